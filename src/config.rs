@@ -1,0 +1,350 @@
+//! Command-line flags of the daemon, with the environment fallbacks CSI
+//! drivers usually offer. Hand-written: one parser, shared by the daemon, by
+//! `--check-args` (which deploy checks use so manifests cannot drift from the
+//! code) and by the unit tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_DRIVER_NAME: &str = "bindery.csi.dev";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bindery";
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
+pub const DEFAULT_ENDPOINT: &str = "unix:///csi/csi.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Node,
+    Controller,
+    All,
+}
+
+impl Mode {
+    pub fn serves_node(self) -> bool {
+        matches!(self, Mode::Node | Mode::All)
+    }
+    pub fn serves_controller(self) -> bool {
+        matches!(self, Mode::Controller | Mode::All)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub endpoint: PathBuf,
+    pub node_id: String,
+    pub driver_name: String,
+    pub state_dir: PathBuf,
+    pub kubelet_dir: PathBuf,
+    pub threads: usize,
+    pub workers: usize,
+    pub mode: Mode,
+    pub max_volumes_per_node: i64,
+    pub mount_timeout: Duration,
+    pub unstage_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub watchdog_interval: Duration,
+    pub fuse_programs: Vec<String>,
+}
+
+pub const HELP: &str = "\
+bindery: Kubernetes CSI driver for shared FUSE (S3) mounts and warm cache volumes
+
+USAGE:
+    bindery [FLAGS]                 run the CSI daemon
+    bindery csi <rpc> [FLAGS]       talk to a running daemon (see `bindery csi --help`)
+    bindery --check-args [FLAGS]    parse FLAGS exactly as the daemon would, then exit
+
+FLAGS (environment fallback in brackets):
+    --endpoint URL          CSI socket, unix:///abs/path or unix:/abs/path
+                            [CSI_ENDPOINT] (default unix:///csi/csi.sock)
+    --node-id ID            this node's name as Kubernetes knows it [KUBE_NODE_NAME]
+                            (required in node and all modes)
+    --driver-name NAME      CSI driver name (default bindery.csi.dev)
+    --state-dir DIR         where volume state and golden caches live
+                            [BINDERY_STATE_DIR] (default /var/lib/bindery)
+    --kubelet-dir DIR       kubelet root dir; node paths must lie under it
+                            [KUBELET_DIR] (default /var/lib/kubelet; k3s and
+                            microk8s use other paths)
+    --mode MODE             node | controller | all (default node)
+    --threads N             gRPC completion-queue threads (default 4)
+    --workers N             worker threads for long operations: stage, unstage,
+                            cache population (default 4)
+    --max-volumes-per-node N  reported by NodeGetInfo; 0 = no limit (default 0)
+    --mount-timeout SECS    how long a mounter may take to become ready (default 30)
+    --unstage-grace SECS    how long a mounter may take to exit by itself after
+                            its mount is gone before SIGTERM/SIGKILL (default 30)
+    --shutdown-grace SECS   how long in-flight calls may run after SIGTERM (default 10)
+    --watchdog-interval SECS  how often staged mounts are checked (default 5; 0 = off)
+    --fuse-programs LIST    comma-separated programs that volumes with mounter
+                            `fuse` may run (default geesefs,goofys,mount-s3)
+    -h, --help              print this help
+    -V, --version           print the version
+
+Logging is controlled by RUST_LOG (error, warn, info, debug; default info).
+";
+
+fn parse_secs(flag: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{flag}: expected whole seconds, got {v:?}"))
+}
+
+fn parse_count(flag: &str, v: &str, min: usize) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= min && n <= 1024 => Ok(n),
+        _ => Err(format!(
+            "{flag}: expected a number from {min} to 1024, got {v:?}"
+        )),
+    }
+}
+
+/// `unix:///abs/path` or `unix:/abs/path` → `/abs/path`.
+pub fn parse_endpoint(v: &str) -> Result<PathBuf, String> {
+    let path = v
+        .strip_prefix("unix://")
+        .or_else(|| v.strip_prefix("unix:"))
+        .ok_or_else(|| format!("--endpoint: only unix sockets are supported, got {v:?}"))?;
+    if !path.starts_with('/') {
+        return Err(format!(
+            "--endpoint: socket path must be absolute, got {v:?}"
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// CSI names: at most 63 characters, alphanumerics at both ends, `-` and `.`
+/// and alphanumerics between.
+pub fn valid_driver_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+}
+
+fn abs_dir(flag: &str, v: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(v);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!(
+            "{flag}: expected an absolute path without '..', got {v:?}"
+        ));
+    }
+    Ok(p)
+}
+
+pub enum Parsed {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+impl Config {
+    /// Parse flags (`--flag value` or `--flag=value`), falling back to `env`
+    /// for the flags that have an environment variable.
+    pub fn parse<I, S>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut endpoint = env("CSI_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let mut node_id = env("KUBE_NODE_NAME").unwrap_or_default();
+        let mut driver_name = DEFAULT_DRIVER_NAME.to_string();
+        let mut state_dir = env("BINDERY_STATE_DIR").unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let mut kubelet_dir = env("KUBELET_DIR").unwrap_or_else(|| DEFAULT_KUBELET_DIR.into());
+        let mut mode = Mode::Node;
+        let mut threads = 4;
+        let mut workers = 4;
+        let mut max_volumes_per_node = 0i64;
+        let mut mount_timeout = Duration::from_secs(30);
+        let mut unstage_grace = Duration::from_secs(30);
+        let mut shutdown_grace = Duration::from_secs(10);
+        let mut watchdog_interval = Duration::from_secs(5);
+        let mut fuse_programs: Vec<String> =
+            ["geesefs", "goofys", "mount-s3"].map(String::from).to_vec();
+
+        let args: Vec<String> = args.into_iter().map(Into::into).collect();
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            if arg == "-h" || arg == "--help" {
+                return Ok(Parsed::Help);
+            }
+            if arg == "-V" || arg == "--version" {
+                return Ok(Parsed::Version);
+            }
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            if !flag.starts_with("--") {
+                return Err(format!("unexpected argument {arg:?} (see --help)"));
+            }
+            let mut value = || -> Result<String, String> {
+                match &inline {
+                    Some(v) => Ok(v.clone()),
+                    None => it.next().ok_or_else(|| format!("{flag} needs a value")),
+                }
+            };
+            match flag.as_str() {
+                "--endpoint" => endpoint = value()?,
+                "--node-id" => node_id = value()?,
+                "--driver-name" => driver_name = value()?,
+                "--state-dir" => state_dir = value()?,
+                "--kubelet-dir" => kubelet_dir = value()?,
+                "--mode" => {
+                    mode = match value()?.as_str() {
+                        "node" => Mode::Node,
+                        "controller" => Mode::Controller,
+                        "all" => Mode::All,
+                        other => {
+                            return Err(format!(
+                                "--mode: expected node, controller or all, got {other:?}"
+                            ))
+                        }
+                    }
+                }
+                "--threads" => threads = parse_count(&flag, &value()?, 1)?,
+                "--workers" => workers = parse_count(&flag, &value()?, 1)?,
+                "--max-volumes-per-node" => {
+                    let v = value()?;
+                    max_volumes_per_node = v
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| format!("{flag}: expected a number >= 0, got {v:?}"))?;
+                }
+                "--mount-timeout" => mount_timeout = parse_secs(&flag, &value()?)?,
+                "--unstage-grace" => unstage_grace = parse_secs(&flag, &value()?)?,
+                "--shutdown-grace" => shutdown_grace = parse_secs(&flag, &value()?)?,
+                "--watchdog-interval" => watchdog_interval = parse_secs(&flag, &value()?)?,
+                "--fuse-programs" => {
+                    let v = value()?;
+                    fuse_programs = v
+                        .split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(String::from)
+                        .collect();
+                    if let Some(bad) = fuse_programs.iter().find(|p| {
+                        !p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+                    }) {
+                        return Err(format!("{flag}: {bad:?} is not a program name or path"));
+                    }
+                }
+                _ => return Err(format!("unknown flag {flag:?} (see --help)")),
+            }
+        }
+
+        if !valid_driver_name(&driver_name) {
+            return Err(format!(
+                "--driver-name: {driver_name:?} is not a valid CSI name (≤63 characters, \
+                 alphanumerics, '-' and '.', alphanumeric at both ends)"
+            ));
+        }
+        if mode.serves_node() && node_id.is_empty() {
+            return Err("--node-id (or KUBE_NODE_NAME) is required in node mode".into());
+        }
+        if mount_timeout.is_zero() {
+            return Err("--mount-timeout must be at least 1 second".into());
+        }
+        Ok(Parsed::Run(Box::new(Config {
+            endpoint: parse_endpoint(&endpoint)?,
+            node_id,
+            driver_name,
+            state_dir: abs_dir("--state-dir", &state_dir)?,
+            kubelet_dir: abs_dir("--kubelet-dir", &kubelet_dir)?,
+            threads,
+            workers,
+            mode,
+            max_volumes_per_node,
+            mount_timeout,
+            unstage_grace,
+            shutdown_grace,
+            watchdog_interval,
+            fuse_programs,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        match Config::parse(args.iter().copied(), &no_env)? {
+            Parsed::Run(c) => Ok(*c),
+            _ => Err("not a run".into()),
+        }
+    }
+
+    #[test]
+    fn both_flag_forms_and_defaults() {
+        let c = parse(&[
+            "--node-id",
+            "n1",
+            "--endpoint=unix:/tmp/x.sock",
+            "--threads=2",
+        ])
+        .unwrap();
+        assert_eq!(c.node_id, "n1");
+        assert_eq!(c.endpoint, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.driver_name, DEFAULT_DRIVER_NAME);
+        assert_eq!(c.kubelet_dir, PathBuf::from(DEFAULT_KUBELET_DIR));
+        assert_eq!(c.mode, Mode::Node);
+    }
+
+    #[test]
+    fn env_fallbacks() {
+        let env = |k: &str| match k {
+            "KUBE_NODE_NAME" => Some("from-env".to_string()),
+            "CSI_ENDPOINT" => Some("unix:///run/b.sock".to_string()),
+            _ => None,
+        };
+        let Parsed::Run(c) = Config::parse(Vec::<String>::new(), &env).unwrap() else {
+            panic!("expected a config")
+        };
+        assert_eq!(c.node_id, "from-env");
+        assert_eq!(c.endpoint, PathBuf::from("/run/b.sock"));
+    }
+
+    #[test]
+    fn bad_flags_name_themselves() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--node-id=n", "--endpoint=tcp://x"], "--endpoint"),
+            (&["--node-id=n", "--endpoint=unix:rel.sock"], "--endpoint"),
+            (&["--node-id=n", "--mode=fast"], "--mode"),
+            (&["--node-id=n", "--threads=0"], "--threads"),
+            (&["--node-id=n", "--driver-name=-bad"], "--driver-name"),
+            (&["--node-id=n", "--kubelet-dir=rel"], "--kubelet-dir"),
+            (&["--node-id=n", "--state-dir=/a/../b"], "--state-dir"),
+            (&["--node-id=n", "--bogus=1"], "--bogus"),
+            (&["--node-id"], "--node-id"),
+            (&[], "--node-id"),
+        ];
+        for (args, needle) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn controller_mode_needs_no_node_id() {
+        let c = parse(&["--mode", "controller"]).unwrap();
+        assert!(c.mode.serves_controller() && !c.mode.serves_node());
+    }
+
+    #[test]
+    fn driver_names() {
+        assert!(valid_driver_name("bindery.csi.dev"));
+        assert!(valid_driver_name("a"));
+        assert!(!valid_driver_name(""));
+        assert!(!valid_driver_name("a."));
+        assert!(!valid_driver_name("a_b"));
+        assert!(!valid_driver_name(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,200 @@
+//! The one error type of bindery and its one mapping to gRPC status codes.
+//!
+//! Every variant says what failed and carries the field, path or errno that
+//! explains it. Messages never contain secrets: variants that could carry
+//! user-provided text only carry field *names* or paths, and mounter output
+//! is masked before it is stored here (see `mounter::mask_secrets`).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use grpcio::RpcStatusCode;
+use nix::errno::Errno;
+
+#[derive(Debug)]
+pub enum Error {
+    /// A required request field is empty or absent.
+    MissingField(&'static str),
+    /// A field is present but its value is not acceptable.
+    InvalidField { field: String, reason: String },
+    /// The requested volume capability (access type or mode) is not supported.
+    Unsupported { field: &'static str, reason: String },
+    /// A capacity range this plugin cannot satisfy.
+    OutOfRange(String),
+    /// The volume is not known to this node.
+    VolumeNotFound(String),
+    /// Some other named object (a cache, a snapshot, a path) does not exist.
+    NotFound { what: &'static str, name: String },
+    /// The call violates the volume lifecycle (e.g. publish before stage).
+    Precondition { volume: String, reason: String },
+    /// The call conflicts with what already exists (e.g. same target, different flags).
+    AlreadyExists { volume: String, reason: String },
+    /// Another long operation is in flight on the volume; the CO retries.
+    Aborted { volume: String, op: &'static str },
+    /// A method this build does not implement.
+    Unimplemented(&'static str),
+    /// A system call failed.
+    Sys {
+        op: &'static str,
+        path: PathBuf,
+        errno: Errno,
+    },
+    /// A file or process I/O operation failed.
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A mounter process failed to produce a working mount.
+    Mounter { volume: String, reason: String },
+    /// Persisted state could not be read or written.
+    State { path: PathBuf, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidField {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn sys(op: &'static str, path: impl AsRef<Path>, errno: Errno) -> Self {
+        Error::Sys {
+            op,
+            path: path.as_ref().to_path_buf(),
+            errno,
+        }
+    }
+
+    pub fn io(op: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn precondition(volume: &str, reason: impl Into<String>) -> Self {
+        Error::Precondition {
+            volume: volume.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn exists(volume: &str, reason: impl Into<String>) -> Self {
+        Error::AlreadyExists {
+            volume: volume.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn mounter(volume: &str, reason: impl Into<String>) -> Self {
+        Error::Mounter {
+            volume: volume.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The one mapping from errors to gRPC status codes. Exhaustive on purpose:
+    /// a new variant does not compile until someone decides its code.
+    pub fn code(&self) -> RpcStatusCode {
+        match self {
+            Error::MissingField(_) | Error::InvalidField { .. } => RpcStatusCode::INVALID_ARGUMENT,
+            Error::Unsupported { .. } => RpcStatusCode::INVALID_ARGUMENT,
+            Error::OutOfRange(_) => RpcStatusCode::OUT_OF_RANGE,
+            Error::VolumeNotFound(_) | Error::NotFound { .. } => RpcStatusCode::NOT_FOUND,
+            Error::Precondition { .. } => RpcStatusCode::FAILED_PRECONDITION,
+            Error::AlreadyExists { .. } => RpcStatusCode::ALREADY_EXISTS,
+            Error::Aborted { .. } => RpcStatusCode::ABORTED,
+            Error::Unimplemented(_) => RpcStatusCode::UNIMPLEMENTED,
+            Error::Sys { .. } | Error::Io { .. } | Error::Mounter { .. } | Error::State { .. } => {
+                RpcStatusCode::INTERNAL
+            }
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::MissingField(field) => write!(f, "{field} is required"),
+            Error::InvalidField { field, reason } => write!(f, "{field}: {reason}"),
+            Error::Unsupported { field, reason } => write!(f, "{field}: unsupported: {reason}"),
+            Error::OutOfRange(why) => write!(f, "capacity_range: {why}"),
+            Error::VolumeNotFound(id) => write!(f, "volume {id:?} not found on this node"),
+            Error::NotFound { what, name } => write!(f, "{what} {name:?} not found"),
+            Error::Precondition { volume, reason } => write!(f, "volume {volume:?}: {reason}"),
+            Error::AlreadyExists { volume, reason } => write!(f, "volume {volume:?}: {reason}"),
+            Error::Aborted { volume, op } => write!(
+                f,
+                "volume {volume:?}: {op} already in progress, retry later"
+            ),
+            Error::Unimplemented(method) => write!(f, "{method} is not implemented by bindery"),
+            Error::Sys { op, path, errno } => {
+                write!(f, "{op} {}: {} ({errno})", path.display(), errno.desc())
+            }
+            Error::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
+            Error::Mounter { volume, reason } => {
+                write!(f, "volume {volume:?}: mount failed: {reason}")
+            }
+            Error::State { path, reason } => write!(f, "state {}: {reason}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_spec() {
+        assert_eq!(
+            Error::MissingField("volume_id").code(),
+            RpcStatusCode::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            Error::VolumeNotFound("v".into()).code(),
+            RpcStatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            Error::precondition("v", "not staged").code(),
+            RpcStatusCode::FAILED_PRECONDITION
+        );
+        assert_eq!(
+            Error::exists("v", "other flags").code(),
+            RpcStatusCode::ALREADY_EXISTS
+        );
+        assert_eq!(
+            Error::Aborted {
+                volume: "v".into(),
+                op: "NodeStageVolume"
+            }
+            .code(),
+            RpcStatusCode::ABORTED
+        );
+        assert_eq!(
+            Error::sys("mount", "/x", Errno::EPERM).code(),
+            RpcStatusCode::INTERNAL
+        );
+        assert_eq!(
+            Error::Unimplemented("CreateSnapshot").code(),
+            RpcStatusCode::UNIMPLEMENTED
+        );
+    }
+
+    #[test]
+    fn messages_name_the_field_or_path() {
+        assert_eq!(
+            Error::MissingField("target_path").to_string(),
+            "target_path is required"
+        );
+        let e = Error::sys("mount", "/var/lib/kubelet/x", Errno::ENOENT);
+        assert!(e.to_string().contains("/var/lib/kubelet/x"));
+    }
+}
