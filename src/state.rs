@@ -1,0 +1,180 @@
+//! What is staged and published, persisted under `--state-dir` so that a
+//! restarted daemon can rebuild its table. One protobuf record per volume,
+//! written atomically (temp file, fsync, rename, fsync dir), mode 0600 in a
+//! 0700 directory: records may hold node-stage secrets for self-healing.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use log::warn;
+use protobuf::Message;
+
+use crate::error::{Error, Result};
+use crate::proto::bindery::VolumeRecord;
+
+pub struct StateStore {
+    root: PathBuf,
+}
+
+/// FNV-1a: a stable, dependency-free hash for turning volume ids (any
+/// length, any characters) into file names.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A file-name-safe key for a volume id: the hash plus a readable prefix.
+pub fn volume_key(id: &str) -> String {
+    let readable: String = id
+        .chars()
+        .take(40)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{:016x}-{readable}", fnv1a(id.as_bytes()))
+}
+
+pub fn private_dir(path: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io("mkdir", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+/// Write `data` to `path` atomically with mode 0600.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("write", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+impl StateStore {
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        private_dir(state_dir)?;
+        let root = state_dir.join("volumes");
+        private_dir(&root)?;
+        Ok(StateStore { root })
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{}.pb", volume_key(id)))
+    }
+
+    /// A private per-volume directory (credentials, mounter log, caches).
+    pub fn volume_dir(&self, id: &str) -> PathBuf {
+        self.root.join(volume_key(id))
+    }
+
+    /// Persist `rec`; an empty record (nothing staged or published) deletes
+    /// the file.
+    pub fn save(&self, rec: &VolumeRecord) -> Result<()> {
+        let path = self.record_path(rec.get_volume_id());
+        if !rec.has_stage() && rec.get_publications().is_empty() {
+            return match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("remove", &path, e)),
+            };
+        }
+        let bytes = rec.write_to_bytes().map_err(|e| Error::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// Every record on disk; unreadable ones are logged and skipped.
+    pub fn load_all(&self) -> Result<Vec<VolumeRecord>> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(|e| Error::io("readdir", &self.root, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pb") {
+                continue;
+            }
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| VolumeRecord::parse_from_bytes(&b).map_err(|e| e.to_string()))
+            {
+                Ok(rec) if self.record_path(rec.get_volume_id()) == path => out.push(rec),
+                Ok(_) => warn!(
+                    "state {}: record does not match its file name, skipped",
+                    path.display()
+                ),
+                Err(e) => warn!("state {}: unreadable, skipped: {e}", path.display()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::bindery::{Publication, Stage};
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn keys_are_stable_and_safe() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let k = volume_key("bucket/../../etc\n");
+        assert!(
+            !k.contains('/') && !k.contains('\n') && !k.contains(".."),
+            "{k}"
+        );
+        assert_ne!(volume_key("a/b"), volume_key("a_b"));
+    }
+
+    #[test]
+    fn save_load_delete() {
+        let dir = std::env::temp_dir().join(format!("bindery-state-{}", std::process::id()));
+        let store = StateStore::open(&dir).unwrap();
+        let mut rec = VolumeRecord::new();
+        rec.set_volume_id("bucket/prefix".into());
+        let mut st = Stage::new();
+        st.set_staging_path("/var/lib/kubelet/x".into());
+        st.mut_secrets()
+            .insert("secretAccessKey".into(), "s".into());
+        rec.set_stage(st);
+        let mut p = Publication::new();
+        p.set_target_path("/var/lib/kubelet/pods/1".into());
+        rec.mut_publications().push(p);
+        store.save(&rec).unwrap();
+        let meta = fs::metadata(store.record_path("bucket/prefix")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(store.load_all().unwrap(), vec![rec.clone()]);
+        rec.clear_stage();
+        rec.clear_publications();
+        store.save(&rec).unwrap();
+        assert!(store.load_all().unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

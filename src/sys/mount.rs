@@ -1,0 +1,91 @@
+//! mount(2), umount2(2) and statfs(2): the only place bindery changes the
+//! mount table.
+
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::statfs::statfs;
+
+use crate::error::{Error, Result};
+
+/// FUSE_SUPER_MAGIC from linux/magic.h.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Bind `source` onto `target`: how every pod gets its view of a staged volume.
+pub fn bind(source: &Path, target: &Path) -> Result<()> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("bind mount", target, e))
+}
+
+/// Make an existing bind read-only. A single MS_BIND|MS_RDONLY call silently
+/// ignores MS_RDONLY, so read-only binds need this second, remount step.
+pub fn remount_bind_read_only(target: &Path) -> Result<()> {
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("remount read-only", target, e))
+}
+
+/// Unmount `target`. A FUSE mount whose daemon died (ENOTCONN) or is still
+/// used (EBUSY) is detached lazily so the path is usable again at once.
+/// Returns false when nothing was mounted there.
+pub fn unmount(target: &Path) -> Result<bool> {
+    match umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) => Ok(true),
+        Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(false),
+        Err(Errno::EBUSY) | Err(Errno::ENOTCONN) | Err(Errno::EIO) => unmount_lazy(target),
+        Err(e) => Err(Error::sys("unmount", target, e)),
+    }
+}
+
+/// Detach `target` from the tree now; the kernel finishes when it is idle.
+pub fn unmount_lazy(target: &Path) -> Result<bool> {
+    match umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) => Ok(true),
+        Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(Error::sys("lazy unmount", target, e)),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub fuse: bool,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+    pub used_inodes: u64,
+}
+
+/// statfs(2): what filesystem serves `path` and how full it is. ENOTCONN here
+/// is how a dead FUSE mount shows itself.
+pub fn fs_stats(path: &Path) -> Result<FsStats> {
+    let s = statfs(path).map_err(|e| Error::sys("statfs", path, e))?;
+    let bsize = s.block_size() as u64;
+    let total = s.blocks() as u64 * bsize;
+    let free = s.blocks_free() as u64 * bsize;
+    let avail = s.blocks_available() as u64 * bsize;
+    let files = s.files() as u64;
+    let ffree = s.files_free() as u64;
+    Ok(FsStats {
+        fuse: s.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC,
+        total_bytes: total,
+        available_bytes: avail,
+        used_bytes: total.saturating_sub(free),
+        total_inodes: files,
+        free_inodes: ffree,
+        used_inodes: files.saturating_sub(ffree),
+    })
+}

@@ -1,0 +1,156 @@
+//! Processes: starting mounters in their own session, telling whether a PID
+//! is still the process we started, signalling and reaping.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{setsid, Pid};
+
+use crate::error::{Error, Result};
+
+/// What /proc/PID/stat says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub start_ticks: u64,
+}
+
+/// Parse /proc/PID/stat text: the command name may contain spaces and
+/// parentheses, so split after the last ')'.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); field 22 (starttime) is fields[19].
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| parse_stat(&t))
+}
+
+/// True when `pid` runs and is the very process started at `start_ticks`
+/// (not a zombie, not a new process that reused the PID).
+pub fn is_alive(pid: i32, start_ticks: u64) -> bool {
+    pid > 0
+        && matches!(stat(pid), Some(s) if s.start_ticks == start_ticks && s.state != 'Z' && s.state != 'X')
+}
+
+/// Start `cmd` as the leader of a new session (setsid), so that it outlives
+/// the daemon and can be signalled as a group. Output goes to `log`.
+pub fn spawn_session(mut cmd: Command, log: &Path) -> Result<(i32, u64)> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io("open", log, e))?;
+    let err = out.try_clone().map_err(|e| Error::io("dup", log, e))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setsid(2), which is async-signal-safe and touches no shared state.
+    unsafe {
+        cmd.pre_exec(|| setsid().map(|_| ()).map_err(io::Error::from));
+    }
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("spawn", Path::new(&program), e))?;
+    let pid = child.id() as i32;
+    // The Child handle is dropped without waiting: reaping is done by pid
+    // (reap()), also after a daemon restart when the process is no longer ours.
+    drop(child);
+    let start = stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+    Ok((pid, start))
+}
+
+/// Collect the exit status of our child `pid` if it has exited, so it does not
+/// linger as a zombie. Harmless for processes that are not our children.
+pub fn reap(pid: i32) -> Option<WaitStatus> {
+    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) | Err(_) => None,
+        Ok(status) => Some(status),
+    }
+}
+
+/// Send `sig` to the process group led by `pid` (falls back to the process).
+pub fn signal_group(pid: i32, sig: Signal) {
+    if killpg(Pid::from_raw(pid), sig) == Err(Errno::ESRCH) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// Wait until the process is gone (reaping it if it is our child).
+pub fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        reap(pid);
+        if !is_alive(pid, start_ticks) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stop a process group: wait `grace` for it to exit by itself, then SIGTERM,
+/// then SIGKILL after another `grace`.
+pub fn stop(pid: i32, start_ticks: u64, grace: Duration) {
+    if wait_gone(pid, start_ticks, grace) {
+        return;
+    }
+    signal_group(pid, Signal::SIGTERM);
+    if wait_gone(pid, start_ticks, grace) {
+        return;
+    }
+    signal_group(pid, Signal::SIGKILL);
+    wait_gone(pid, start_ticks, Duration::from_secs(5));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let t = "1234 (s3fs (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 100";
+        let s = parse_stat(t).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.start_ticks, 987654);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn spawned_session_is_tracked_and_stopped() {
+        let dir = std::env::temp_dir().join(format!("bindery-proc-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let (pid, start) = spawn_session(cmd, &log).unwrap();
+        assert!(is_alive(pid, start));
+        assert!(
+            !is_alive(pid, start + 1),
+            "a different start time is another process"
+        );
+        // A new session: its session id is its own pid.
+        let sid = nix::unistd::getsid(Some(Pid::from_raw(pid))).unwrap();
+        assert_eq!(sid.as_raw(), pid);
+        stop(pid, start, Duration::from_millis(50));
+        assert!(!is_alive(pid, start));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
