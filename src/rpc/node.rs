@@ -1,0 +1,127 @@
+//! Node service glue. Stage and unstage may take seconds (a mounter starting
+//! or flushing), so they run on the worker pool after an inline admission
+//! that validates and takes the volume guard (ABORTED at once when busy).
+//! Binds, unbinds and stats are short and answer inline.
+
+use std::sync::Arc;
+
+use grpcio::{RpcContext, UnarySink};
+
+use super::{inline, offload, Subject};
+use crate::error::Error;
+use crate::node::Node;
+use crate::proto::csi::*;
+use crate::proto::csi_grpc::Node as NodeApi;
+use crate::workers::Workers;
+
+#[derive(Clone)]
+pub struct NodeService {
+    pub node: Arc<Node>,
+    pub workers: Arc<Workers>,
+}
+
+impl NodeApi for NodeService {
+    fn node_stage_volume(
+        &mut self,
+        ctx: RpcContext,
+        req: NodeStageVolumeRequest,
+        sink: UnarySink<NodeStageVolumeResponse>,
+    ) {
+        let subject = Subject::new(req.get_volume_id(), req.get_staging_target_path());
+        let node = self.node.clone();
+        offload(
+            &ctx,
+            &self.workers,
+            "NodeStageVolume",
+            subject,
+            sink,
+            self.node.admit_stage(&req),
+            move |(guard, staging)| node.stage(&req, guard, staging),
+        )
+    }
+
+    fn node_unstage_volume(
+        &mut self,
+        ctx: RpcContext,
+        req: NodeUnstageVolumeRequest,
+        sink: UnarySink<NodeUnstageVolumeResponse>,
+    ) {
+        let subject = Subject::new(req.get_volume_id(), req.get_staging_target_path());
+        let node = self.node.clone();
+        offload(
+            &ctx,
+            &self.workers,
+            "NodeUnstageVolume",
+            subject,
+            sink,
+            self.node.admit_unstage(&req),
+            move |(guard, staging)| node.unstage(guard, staging),
+        )
+    }
+
+    fn node_publish_volume(
+        &mut self,
+        ctx: RpcContext,
+        req: NodePublishVolumeRequest,
+        sink: UnarySink<NodePublishVolumeResponse>,
+    ) {
+        let subject = Subject::new(req.get_volume_id(), req.get_target_path());
+        inline(&ctx, "NodePublishVolume", Some(subject), sink, || {
+            self.node.publish(&req)
+        })
+    }
+
+    fn node_unpublish_volume(
+        &mut self,
+        ctx: RpcContext,
+        req: NodeUnpublishVolumeRequest,
+        sink: UnarySink<NodeUnpublishVolumeResponse>,
+    ) {
+        let subject = Subject::new(req.get_volume_id(), req.get_target_path());
+        inline(&ctx, "NodeUnpublishVolume", Some(subject), sink, || {
+            self.node.unpublish(&req)
+        })
+    }
+
+    fn node_get_volume_stats(
+        &mut self,
+        ctx: RpcContext,
+        req: NodeGetVolumeStatsRequest,
+        sink: UnarySink<NodeGetVolumeStatsResponse>,
+    ) {
+        inline(&ctx, "NodeGetVolumeStats", None, sink, || {
+            self.node.stats(&req)
+        })
+    }
+
+    fn node_expand_volume(
+        &mut self,
+        ctx: RpcContext,
+        _req: NodeExpandVolumeRequest,
+        sink: UnarySink<NodeExpandVolumeResponse>,
+    ) {
+        inline(&ctx, "NodeExpandVolume", None, sink, || {
+            Err(Error::Unimplemented("NodeExpandVolume"))
+        })
+    }
+
+    fn node_get_capabilities(
+        &mut self,
+        ctx: RpcContext,
+        _req: NodeGetCapabilitiesRequest,
+        sink: UnarySink<NodeGetCapabilitiesResponse>,
+    ) {
+        inline(&ctx, "NodeGetCapabilities", None, sink, || {
+            Ok(self.node.get_capabilities())
+        })
+    }
+
+    fn node_get_info(
+        &mut self,
+        ctx: RpcContext,
+        _req: NodeGetInfoRequest,
+        sink: UnarySink<NodeGetInfoResponse>,
+    ) {
+        inline(&ctx, "NodeGetInfo", None, sink, || Ok(self.node.get_info()))
+    }
+}

@@ -1,0 +1,236 @@
+//! The daemon: a grpcio server with a fixed pool of completion-queue
+//! threads on a unix socket, a worker pool for long operations, state
+//! recovery and the watchdog, and an orderly shutdown on SIGTERM/SIGINT.
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::pin::pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver};
+use grpcio::{EnvBuilder, ServerBuilder, ServerCredentials};
+use log::{error, info, warn};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::{umask, Mode};
+
+use crate::config::Config;
+use crate::controller::Controller;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::proto::csi_grpc::{create_controller, create_identity, create_node};
+use crate::rpc::controller::ControllerService;
+use crate::rpc::identity::IdentityService;
+use crate::rpc::node::NodeService;
+use crate::workers::Workers;
+
+struct ThreadWaker(thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Drive `f` on this thread until it completes or `timeout` passes. grpcio's
+/// own threads complete the futures it returns; this only waits for them.
+pub fn wait_future<F: Future>(f: F, timeout: Duration) -> Option<F::Output> {
+    let mut f = pin!(f);
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return Some(v);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        thread::park_timeout(deadline - now);
+    }
+}
+
+/// Make `path` free for a new socket: remove a stale socket, refuse when a
+/// live daemon answers there or when the path is not a socket at all.
+pub fn claim_socket_path(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(Error::io("stat", path, e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::invalid(
+            "--endpoint",
+            format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(Error::invalid(
+            "--endpoint",
+            format!(
+                "another daemon is listening on {}; refusing to start",
+                path.display()
+            ),
+        )),
+        Err(_) => {
+            warn!("removing stale socket {}", path.display());
+            fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+        }
+    }
+}
+
+/// SIGTERM and SIGINT are blocked in every thread (the mask is inherited by
+/// the threads started after this) and received synchronously by one thread,
+/// which turns them into a message on the returned channel.
+fn signal_channel() -> Result<Receiver<Signal>> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block()
+        .map_err(|e| Error::sys("sigprocmask", "/", e))?;
+    let (tx, rx) = bounded(1);
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            if let Ok(sig) = set.wait() {
+                let _ = tx.try_send(sig);
+            }
+        })
+        .map_err(|e| Error::io("spawn thread", "signals", e))?;
+    Ok(rx)
+}
+
+pub fn run(cfg: Config) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    let signals = signal_channel()?;
+    claim_socket_path(&cfg.endpoint)?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let workers = Arc::new(Workers::new("worker", cfg.workers));
+    let env = Arc::new(
+        EnvBuilder::new()
+            .cq_count(cfg.threads)
+            .name_prefix("grpc")
+            .build(),
+    );
+    let identity = IdentityService {
+        name: cfg.driver_name.clone(),
+        controller: cfg.mode.serves_controller(),
+        ready: ready.clone(),
+    };
+    let mut builder = ServerBuilder::new(env).register_service(create_identity(identity));
+    let node = if cfg.mode.serves_node() {
+        let node = Arc::new(Node::new(cfg.clone(), ready.clone())?);
+        builder = builder.register_service(create_node(NodeService {
+            node: node.clone(),
+            workers: workers.clone(),
+        }));
+        Some(node)
+    } else {
+        None
+    };
+    if cfg.mode.serves_controller() {
+        let controller = Arc::new(Controller::new(cfg.clone())?);
+        builder = builder.register_service(create_controller(ControllerService {
+            controller,
+            workers: workers.clone(),
+        }));
+    }
+    let mut server = builder
+        .build()
+        .map_err(|e| Error::invalid("--endpoint", format!("cannot build server: {e}")))?;
+    // The socket is created with mode 0600: only root may talk to the driver.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = server.add_listening_port(
+        format!("unix:{}", cfg.endpoint.display()),
+        ServerCredentials::insecure(),
+    );
+    umask(old);
+    bound.map_err(|e| {
+        Error::invalid(
+            "--endpoint",
+            format!("cannot listen on {}: {e}", cfg.endpoint.display()),
+        )
+    })?;
+    fs::set_permissions(&cfg.endpoint, fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod", &cfg.endpoint, e))?;
+    server.start();
+    info!(
+        "bindery {} ({:?} mode) listening on {} with {} gRPC threads and {} workers",
+        env!("CARGO_PKG_VERSION"),
+        cfg.mode,
+        cfg.endpoint.display(),
+        cfg.threads,
+        cfg.workers
+    );
+
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let background = match node {
+        Some(node) => {
+            let interval = cfg.watchdog_interval;
+            Some(
+                thread::Builder::new()
+                    .name("watchdog".into())
+                    .spawn(move || {
+                        node.recover();
+                        if interval.is_zero() {
+                            let _ = stop_rx.recv();
+                            return;
+                        }
+                        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                            stop_rx.recv_timeout(interval)
+                        {
+                            node.watchdog_pass();
+                        }
+                    })
+                    .map_err(|e| Error::io("spawn thread", "watchdog", e))?,
+            )
+        }
+        None => {
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            None
+        }
+    };
+
+    let sig = signals.recv().unwrap_or(Signal::SIGTERM);
+    info!(
+        "{sig:?} received: no new calls, waiting up to {:?} for calls in flight",
+        cfg.shutdown_grace
+    );
+    if wait_future(server.shutdown(), cfg.shutdown_grace).is_none() {
+        warn!(
+            "calls still running after {:?}; cancelling them",
+            cfg.shutdown_grace
+        );
+        server.cancel_all_calls();
+    }
+    drop(stop_tx);
+    if let Some(t) = background {
+        if t.join().is_err() {
+            error!("watchdog thread panicked");
+        }
+    }
+    match fs::remove_file(&cfg.endpoint) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!("remove {}: {e}", cfg.endpoint.display()),
+    }
+    info!("stopped; mounter processes keep serving their volumes");
+    Ok(())
+}
