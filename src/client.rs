@@ -85,9 +85,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") && !matches!(f, "--param" | "--secret") => {
-                (f.to_string(), Some(v.to_string()))
-            }
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
         let mut value = || -> Result<String, String> {

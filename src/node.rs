@@ -289,8 +289,11 @@ impl Node {
                 format!("still published at {}", published.join(", ")),
             ));
         }
+        let files = self.volume_files(&id);
+        let kind = mounter::kind_of(rec.get_stage().get_parameters());
+        mounter::wait_for_uploads(&id, kind, &files, self.cfg.unstage_grace)?;
         mounter::stop(&staging, running(rec.get_stage()), self.cfg.unstage_grace);
-        self.volume_files(&id).remove()?;
+        files.remove()?;
         rec.clear_stage();
         self.save(&rec)?;
         *guard.data() = rec;

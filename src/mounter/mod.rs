@@ -288,6 +288,15 @@ pub fn valid_prefix(p: &str) -> bool {
             }))
 }
 
+/// The mounter kind recorded in already validated parameters.
+pub fn kind_of(params: &HashMap<String, String>) -> Kind {
+    match params.get("mounter").map(String::as_str) {
+        Some("rclone") => Kind::Rclone,
+        Some("fuse") => Kind::Fuse,
+        _ => Kind::S3fs,
+    }
+}
+
 /// Build a MountSpec from volume parameters (volume context) and secrets.
 /// `volume_id` of a static PV is `bucket` or `bucket/prefix`; parameters win.
 pub fn parse_spec(
@@ -308,7 +317,7 @@ pub fn parse_spec(
             format!("unknown parameters: {}", unknown.join(", ")),
         ));
     }
-    let kind = match params.get("mounter").map(String::as_str).unwrap_or("s3fs") {
+    let kind = match params.get("mounter").map(String::as_str).unwrap_or("") {
         "s3fs" | "" => Kind::S3fs,
         "rclone" => Kind::Rclone,
         "fuse" => Kind::Fuse,
@@ -512,7 +521,14 @@ pub fn command(spec: &MountSpec, mnt: &Path, files: &VolumeFiles) -> Result<Comm
                 format!(":s3:{}/{}", spec.bucket, spec.prefix)
             };
             cmd.arg("mount").arg(remote).arg(mnt);
-            cmd.args(["--allow-other", "--vfs-cache-mode", "writes"]);
+            // Write-back after 1 s instead of 5 s: unstage waits for it.
+            cmd.args([
+                "--allow-other",
+                "--vfs-cache-mode",
+                "writes",
+                "--vfs-write-back",
+                "1s",
+            ]);
             cmd.arg("--cache-dir").arg(&files.cache);
             if let Some(uid) = spec.uid {
                 cmd.arg(format!("--uid={uid}"));
@@ -654,6 +670,69 @@ pub fn start(
             timeout
         ),
     ))
+}
+
+/// Files rclone has accepted but not uploaded yet: its VFS cache keeps one
+/// JSON metadata file per cached object, with `"Dirty": true` until the
+/// upload is done.
+pub fn pending_uploads(files: &VolumeFiles) -> Vec<PathBuf> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&p, base, out),
+                Ok(t) if t.is_file() => {
+                    let dirty = fs::read_to_string(&p)
+                        .map(|t| t.replace([' ', '\t', '\n'], "").contains("\"Dirty\":true"))
+                        .unwrap_or(false);
+                    if dirty {
+                        out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let meta = files.cache.join("vfsMeta");
+    let mut out = Vec::new();
+    walk(&meta, &meta, &mut out);
+    out
+}
+
+/// Wait until rclone has uploaded every write it acknowledged: killing it or
+/// unmounting earlier would leave them in its cache only. s3fs uploads on
+/// close, so it has nothing pending once no file is open.
+pub fn wait_for_uploads(
+    volume: &str,
+    kind: Kind,
+    files: &VolumeFiles,
+    timeout: Duration,
+) -> Result<()> {
+    if kind != Kind::Rclone {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pending = pending_uploads(files);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::mounter(
+                volume,
+                format!(
+                    "{} file(s) still waiting for upload after {timeout:?} (e.g. {}); \
+                     the volume stays staged so that no acknowledged write is lost",
+                    pending.len(),
+                    pending[0].display()
+                ),
+            ));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Unmount `mnt` (lazily if the FUSE side is dead), let the mounter exit by

@@ -302,7 +302,8 @@ impl S3Server {
             .args(["--dir-cache-time", "0", "--etag-hash", ""])
             .arg(&dir)
             .env("RCLONE_CONFIG", "/dev/null")
-            .env("RCLONE_AUTH_KEY", format!("{ACCESS_KEY},{SECRET_KEY}"))
+            // The value is a CSV list of pairs: the quotes keep one pair together.
+            .env("RCLONE_AUTH_KEY", format!("\"{ACCESS_KEY},{SECRET_KEY}\""))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(scratch.path.join("s3.log")).unwrap())

@@ -1,0 +1,484 @@
+//! Shared FUSE mounts against the real thing: real s3fs and rclone mounts of
+//! a real S3 server on 127.0.0.1, as root inside the private namespace of
+//! .ci/test.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BUCKET: &str = "shared-bucket";
+
+fn stage_args(s3: &S3Server, volume: &str, staging: &str, mounter: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "node-stage".into(),
+        "--volume-id".into(),
+        volume.into(),
+        "--staging-path".into(),
+        staging.into(),
+        "--access-mode".into(),
+        "multi-node-multi-writer".into(),
+        "--param".into(),
+        format!("mounter={mounter}"),
+    ];
+    v.extend(s3.secret_args());
+    v
+}
+
+fn publish(d: &Daemon, volume: &str, staging: &str, target: &str, readonly: bool) -> Out {
+    let mut a = vec![
+        "node-publish",
+        "--volume-id",
+        volume,
+        "--staging-path",
+        staging,
+        "--target-path",
+        target,
+        "--access-mode",
+        "multi-node-multi-writer",
+    ];
+    if readonly {
+        a.push("--readonly");
+    }
+    d.csi(&a)
+}
+
+fn mounter_pids(staging: &str) -> Vec<i32> {
+    pids_matching(|c| {
+        (c.starts_with("s3fs ") || c.starts_with("rclone mount")) && c.contains(staging)
+    })
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn one_volume_many_pods(mounter: &str) {
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--unstage-grace=20"]);
+    let volume = format!("{BUCKET}/team-{mounter}");
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/h1/globalmount");
+    let out = d.csi(&args(&stage_args(&s3, &volume, &staging, mounter)));
+    assert!(out.ok(), "stage: {out:?}");
+    // Same stage again: OK, no second process.
+    let again = d.csi(&args(&stage_args(&s3, &volume, &staging, mounter)));
+    assert!(again.ok(), "repeat stage: {again:?}");
+
+    let targets: Vec<String> = (0..10)
+        .map(|i| {
+            d.kpath(&format!(
+                "pods/pod-{i}/volumes/kubernetes.io~csi/data/mount"
+            ))
+        })
+        .collect();
+    for (i, t) in targets.iter().enumerate() {
+        let out = publish(&d, &volume, &staging, t, i == 9);
+        assert!(out.ok(), "publish {i}: {out:?}");
+    }
+    // Repeat publish with the same flags: OK; with other flags: ALREADY_EXISTS.
+    assert!(publish(&d, &volume, &staging, &targets[0], false).ok());
+    assert_eq!(publish(&d, &volume, &staging, &targets[0], true).code, 6);
+    assert_eq!(
+        mounter_pids(&staging).len(),
+        1,
+        "exactly one mounter for ten pods"
+    );
+
+    // Written through pod A, read through pod B, lands in the S3 backend.
+    fs::write(Path::new(&targets[0]).join("hello.txt"), "from pod 0").unwrap();
+    assert_eq!(
+        fs::read_to_string(Path::new(&targets[1]).join("hello.txt")).unwrap(),
+        "from pod 0"
+    );
+    let backend = s3
+        .dir
+        .join(BUCKET)
+        .join(format!("team-{mounter}"))
+        .join("hello.txt");
+    wait_until("object in the S3 backend", 30, || {
+        fs::read_to_string(&backend)
+            .map(|s| s == "from pod 0")
+            .unwrap_or(false)
+    });
+    // Read-only target refuses writes with EROFS but reads.
+    let err = fs::write(Path::new(&targets[9]).join("x"), "no").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_erofs()), "{err}");
+    assert_eq!(
+        fs::read_to_string(Path::new(&targets[9]).join("hello.txt")).unwrap(),
+        "from pod 0"
+    );
+
+    // Secrets: in no command line and no log line.
+    let leaks = pids_matching(|c| c.contains(SECRET_KEY) || c.contains(ACCESS_KEY));
+    assert!(leaks.is_empty(), "secret in argv of {leaks:?}");
+    assert!(
+        !d.log_text().contains(SECRET_KEY),
+        "secret in the daemon log"
+    );
+
+    // Unstage refuses while published.
+    let out = d.csi(&[
+        "node-unstage",
+        "--volume-id",
+        &volume,
+        "--staging-path",
+        &staging,
+    ]);
+    assert_eq!(out.code, 9, "{out:?}");
+    // Unpublish removes only that bind and its dir.
+    for t in &targets[1..] {
+        let out = d.csi(&["node-unpublish", "--volume-id", &volume, "--target-path", t]);
+        assert!(out.ok(), "{out:?}");
+        assert!(!Path::new(t).exists(), "{t} left behind");
+    }
+    assert_eq!(
+        fs::read_to_string(Path::new(&targets[0]).join("hello.txt")).unwrap(),
+        "from pod 0"
+    );
+    // Write, then unpublish and unstage at once: no acknowledged write is lost
+    // (rclone uploads asynchronously; unstage lets it finish).
+    fs::write(Path::new(&targets[0]).join("last.txt"), "last words").unwrap();
+    assert!(d
+        .csi(&[
+            "node-unpublish",
+            "--volume-id",
+            &volume,
+            "--target-path",
+            &targets[0]
+        ])
+        .ok());
+    let out = d.csi(&[
+        "node-unstage",
+        "--volume-id",
+        &volume,
+        "--staging-path",
+        &staging,
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let last = s3
+        .dir
+        .join(BUCKET)
+        .join(format!("team-{mounter}"))
+        .join("last.txt");
+    assert_eq!(
+        fs::read_to_string(&last).unwrap_or_default(),
+        "last words",
+        "write lost on unstage"
+    );
+    assert!(mounter_pids(&staging).is_empty(), "mounter still running");
+    assert!(
+        mounts_below(&d.kubelet).is_empty(),
+        "mounts left: {:?}",
+        mounts_below(&d.kubelet)
+    );
+    // Credentials and per-volume files are gone.
+    let leftovers: Vec<_> = fs::read_dir(d.state.join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(leftovers.is_empty(), "state left: {leftovers:?}");
+    // Idempotent.
+    assert!(d
+        .csi(&[
+            "node-unstage",
+            "--volume-id",
+            &volume,
+            "--staging-path",
+            &staging
+        ])
+        .ok());
+}
+
+fn libc_erofs() -> i32 {
+    nix::errno::Errno::EROFS as i32
+}
+
+#[test]
+fn s3fs_one_mounter_for_ten_pods() {
+    if can_mount("s3fs_one_mounter_for_ten_pods") {
+        one_volume_many_pods("s3fs");
+    }
+}
+
+#[test]
+fn rclone_one_mounter_for_ten_pods() {
+    if can_mount("rclone_one_mounter_for_ten_pods") {
+        one_volume_many_pods("rclone");
+    }
+}
+
+#[test]
+fn bad_credentials_fail_cleanly() {
+    if !can_mount("bad_credentials_fail_cleanly") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--mount-timeout=5"]);
+    let staging = d.kpath("plugins/x/globalmount");
+    let wrong = "wrong-secret-Pq9";
+    let out = d.csi(&[
+        "node-stage",
+        "--volume-id",
+        BUCKET,
+        "--staging-path",
+        &staging,
+        "--secret",
+        &format!("accessKeyID={ACCESS_KEY}"),
+        "--secret",
+        &format!("secretAccessKey={wrong}"),
+        "--secret",
+        &format!("endpoint={}", s3.endpoint),
+    ]);
+    assert_eq!(out.code, 13, "{out:?}");
+    assert!(
+        out.stderr.contains("did not become ready"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(wrong), "secret in the error message");
+    assert!(!d.log_text().contains(wrong), "secret in the log");
+    assert!(mounter_pids(&staging).is_empty());
+    assert!(mounts_below(&d.kubelet).is_empty());
+    assert!(
+        !d.state.join("volumes").read_dir().unwrap().any(|_| true),
+        "credentials left"
+    );
+}
+
+#[test]
+fn killed_mounter_is_reported_and_healed() {
+    if !can_mount("killed_mounter_is_reported_and_healed") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--watchdog-interval=3"]);
+    let volume = BUCKET.to_string();
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/h2/globalmount");
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
+        .ok());
+    let ta = d.kpath("pods/a/volumes/v/mount");
+    let tb = d.kpath("pods/b/volumes/v/mount");
+    assert!(publish(&d, &volume, &staging, &ta, false).ok());
+    assert!(publish(&d, &volume, &staging, &tb, true).ok());
+    fs::write(Path::new(&ta).join("f.txt"), "data").unwrap();
+    let old = mounter_pids(&staging);
+    assert_eq!(old.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The targets are dead now; the condition says so.
+    let e = fs::read_to_string(Path::new(&ta).join("f.txt")).unwrap_err();
+    // ENOTCONN or ECONNABORTED, depending on how far the kernel got.
+    assert!(matches!(e.raw_os_error(), Some(107) | Some(103)), "{e}");
+    let stats = d.csi(&["node-stats", "--volume-id", &volume, "--target-path", &ta]);
+    assert!(stats.ok(), "{stats:?}");
+    assert!(stats.stdout.contains("abnormal: true"), "{}", stats.stdout);
+    // The watchdog remounts and re-binds every target.
+    wait_until("healed targets", 30, || {
+        fs::read_to_string(Path::new(&ta).join("f.txt"))
+            .map(|s| s == "data")
+            .unwrap_or(false)
+            && fs::read_to_string(Path::new(&tb).join("f.txt"))
+                .map(|s| s == "data")
+                .unwrap_or(false)
+    });
+    let new = mounter_pids(&staging);
+    assert_eq!(new.len(), 1);
+    assert_ne!(new, old);
+    let stats = d.csi(&["node-stats", "--volume-id", &volume, "--target-path", &tb]);
+    assert!(!stats.stdout.contains("abnormal: true"), "{}", stats.stdout);
+    // Read-only survives healing.
+    assert!(fs::write(Path::new(&tb).join("x"), "no").is_err());
+    for t in [&ta, &tb] {
+        assert!(d
+            .csi(&["node-unpublish", "--volume-id", &volume, "--target-path", t])
+            .ok());
+    }
+    assert!(d
+        .csi(&[
+            "node-unstage",
+            "--volume-id",
+            &volume,
+            "--staging-path",
+            &staging
+        ])
+        .ok());
+    assert!(mounter_pids(&staging).is_empty());
+}
+
+#[test]
+fn daemon_crash_keeps_mounts_and_restart_adopts_them() {
+    if !can_mount("daemon_crash_keeps_mounts_and_restart_adopts_them") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let mut d = Daemon::start(&[]);
+    let volume = format!("{BUCKET}/crash");
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/h3/globalmount");
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
+        .ok());
+    let t = d.kpath("pods/a/volumes/v/mount");
+    assert!(publish(&d, &volume, &staging, &t, false).ok());
+    fs::write(Path::new(&t).join("before.txt"), "1").unwrap();
+    let pid = mounter_pids(&staging);
+    d.kill9();
+    // The pod keeps its data while the daemon is down.
+    fs::write(Path::new(&t).join("during.txt"), "2").unwrap();
+    assert_eq!(
+        fs::read_to_string(Path::new(&t).join("before.txt")).unwrap(),
+        "1"
+    );
+    d.restart();
+    let probe = d.csi(&["probe"]);
+    assert!(probe.stdout.contains("value: true"), "{probe:?}");
+    assert_eq!(
+        mounter_pids(&staging),
+        pid,
+        "the live mounter is re-adopted, not replaced"
+    );
+    let stats = d.csi(&["node-stats", "--volume-id", &volume, "--target-path", &t]);
+    assert!(
+        stats.ok() && !stats.stdout.contains("abnormal: true"),
+        "{stats:?}"
+    );
+    // Same stage and publish again are OK (the kubelet retries after restarts).
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
+        .ok());
+    assert!(publish(&d, &volume, &staging, &t, false).ok());
+    assert!(d
+        .csi(&[
+            "node-unpublish",
+            "--volume-id",
+            &volume,
+            "--target-path",
+            &t
+        ])
+        .ok());
+    assert!(d
+        .csi(&[
+            "node-unstage",
+            "--volume-id",
+            &volume,
+            "--staging-path",
+            &staging
+        ])
+        .ok());
+    assert!(
+        mounter_pids(&staging).is_empty(),
+        "unstage after restart stops the adopted mounter"
+    );
+    assert!(mounts_below(&d.kubelet).is_empty());
+}
+
+#[test]
+fn controller_creates_prefix_volumes() {
+    if !can_mount("controller_creates_prefix_volumes") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--mode=all"]);
+    let secrets = s3.secret_args();
+    let mut create: Vec<String> = vec![
+        "create-volume".into(),
+        "--name".into(),
+        "pvc-ABC_1".into(),
+        "--capacity".into(),
+        "1073741824".into(),
+    ];
+    create.extend([
+        "--param".into(),
+        format!("bucket={BUCKET}"),
+        "--param".into(),
+        "reclaimData=true".into(),
+    ]);
+    create.extend(secrets.clone());
+    let out = d.csi(&args(&create));
+    assert!(out.ok(), "{out:?}");
+    let id_line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("volume_id"))
+        .unwrap()
+        .to_string();
+    let id = id_line.split('"').nth(1).unwrap().to_string();
+    assert!(id.starts_with(&format!("{BUCKET}/")), "{id}");
+    assert!(
+        out.stdout.contains("capacity_bytes: 1073741824"),
+        "{}",
+        out.stdout
+    );
+    // Idempotent by name; other capacity is ALREADY_EXISTS.
+    let again = d.csi(&args(&create));
+    assert!(again.ok() && again.stdout.contains(&id), "{again:?}");
+    let mut bigger = create.clone();
+    bigger[4] = "2147483648".into();
+    assert_eq!(d.csi(&args(&bigger)).code, 6);
+    // Unknown parameters are named.
+    let mut bad = create.clone();
+    bad.extend(["--param".into(), "flavour=x".into()]);
+    bad[2] = "other".into();
+    let out = d.csi(&args(&bad));
+    assert_eq!(out.code, 3);
+    assert!(out.stderr.contains("flavour"), "{}", out.stderr);
+    // Validate: known → confirmed; unknown → NOT_FOUND.
+    assert!(d
+        .csi(&["validate-volume", "--volume-id", &id])
+        .stdout
+        .contains("confirmed"));
+    assert_eq!(
+        d.csi(&["validate-volume", "--volume-id", "fake-vol-id-1"])
+            .code,
+        5
+    );
+    // The node stages it from the context CreateVolume returned.
+    let prefix = id.split_once('/').unwrap().1.to_string();
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/h4/globalmount");
+    let mut stage = stage_args(&s3, &id, &staging, "s3fs");
+    stage.extend([
+        "--param".into(),
+        format!("bucket={BUCKET}"),
+        "--param".into(),
+        format!("prefix={prefix}"),
+    ]);
+    assert!(d.csi(&args(&stage)).ok());
+    let t = d.kpath("pods/a/volumes/v/mount");
+    assert!(publish(&d, &id, &staging, &t, false).ok());
+    fs::write(Path::new(&t).join("data.bin"), "payload").unwrap();
+    assert!(d
+        .csi(&["node-unpublish", "--volume-id", &id, "--target-path", &t])
+        .ok());
+    assert!(d
+        .csi(&[
+            "node-unstage",
+            "--volume-id",
+            &id,
+            "--staging-path",
+            &staging
+        ])
+        .ok());
+    let stored = s3.dir.join(BUCKET).join(&prefix).join("data.bin");
+    assert!(stored.exists(), "{}", stored.display());
+    // reclaimData=true: DeleteVolume removes the prefix's data; twice is OK.
+    let mut delete: Vec<String> = vec!["delete-volume".into(), "--volume-id".into(), id.clone()];
+    delete.extend(secrets);
+    let out = d.csi(&args(&delete));
+    assert!(out.ok(), "{out:?}");
+    assert!(!stored.exists(), "data not reclaimed");
+    assert!(d.csi(&args(&delete)).ok());
+    assert!(d.csi(&["delete-volume", "--volume-id", "fake-vol-id"]).ok());
+    assert!(mounts_below(&d.scratch.path).is_empty());
+}
