@@ -99,6 +99,15 @@ impl Error {
         }
     }
 
+    /// The errno behind a system error, if there is one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Sys { errno, .. } => Some(*errno),
+            Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            _ => None,
+        }
+    }
+
     /// The one mapping from errors to gRPC status codes. Exhaustive on purpose:
     /// a new variant does not compile until someone decides its code.
     pub fn code(&self) -> RpcStatusCode {

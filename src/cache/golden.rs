@@ -1,0 +1,496 @@
+//! The golden store: immutable, versioned copies of each declared cache.
+//!
+//! ```text
+//! <root>/<name>/                     mode 0700 (pods reach files through links/mounts only)
+//!   <version>/                       a complete tree: files root:root, a-w, no setuid;
+//!                                    dirs root:root 0755
+//!   .tmp-<version>/                  a build in progress (or a crash's leftover, see gc)
+//!   .meta/<version>.manifest         outside the tree, so pods never see it
+//!   .meta/<version>.retired          this version is never handed out again
+//!   current                          the version to hand out (text, replaced by rename)
+//!   .lock                            flock: one build/retire/gc of a cache at a time,
+//!                                    across processes (daemon and `bindery cache build`)
+//! ```
+//! A version is the build's start time in unix nanoseconds, zero-padded to 20 digits, so
+//! string order is time order.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fmt;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+
+use crate::cache::manifest::Manifest;
+use crate::cache::populate::{populate_masked, Owner, Strategy};
+use crate::cache::remove::remove_tree;
+use crate::error::{Error, Result};
+use crate::sys::fs;
+
+const TMP_PREFIX: &str = ".tmp-";
+const META: &str = ".meta";
+
+/// A golden version id: 20 decimal digits (unix nanoseconds at build start).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(String);
+
+impl Version {
+    pub fn parse(s: &str) -> Option<Version> {
+        (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit())).then(|| Version(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn from_nanos(n: u128) -> Version {
+        Version(format!("{n:020}"))
+    }
+
+    fn nanos(&self) -> u128 {
+        // Parse only accepts 20 digits, which always fit in a u128.
+        self.0.parse().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The golden copies of all caches under one root (`<state-dir>/golden`).
+#[derive(Clone, Debug)]
+pub struct GoldenStore {
+    root: PathBuf,
+    threads: usize,
+}
+
+impl GoldenStore {
+    /// A store under `root` (created on first build). Builds copy with 4 threads.
+    pub fn new(root: &Path) -> GoldenStore {
+        GoldenStore {
+            root: root.to_path_buf(),
+            threads: 4,
+        }
+    }
+
+    /// Threads used to copy a source tree into a new version.
+    pub fn with_threads(mut self, threads: usize) -> GoldenStore {
+        self.threads = threads.max(1);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where `version` of cache `name` lives (whether or not it exists).
+    pub fn path(&self, name: &str, version: &Version) -> PathBuf {
+        self.root.join(name).join(version.as_str())
+    }
+
+    fn cache_dir(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    fn meta_path(&self, name: &str, version: &Version, ext: &str) -> PathBuf {
+        self.root
+            .join(name)
+            .join(META)
+            .join(format!("{version}.{ext}"))
+    }
+
+    fn lock(&self, name: &str) -> Result<fs::LockGuard> {
+        let dir = self.cache_dir(name)?;
+        std::fs::create_dir_all(dir.join(META)).map_err(|e| Error::io("create", &dir, e))?;
+        let d = fs::open_dir(&dir)?;
+        fs::fchmod(d.as_fd(), 0o700).map_err(|e| Error::sys("fchmod", &dir, e))?;
+        fs::lock_exclusive(&dir.join(".lock"))
+    }
+
+    /// Build a new version of `name` from the directory `source`, make it current, and
+    /// return it. Copies into `.tmp-<version>` (files root:root, read-only, setuid and
+    /// setgid dropped, mtimes kept; dirs root:root 0755; fifos/sockets/devices left
+    /// out; symlinks kept as they are), writes the manifest beside the tree, syncs the
+    /// filesystem, then renames into place and updates `current`. Holds the cache's
+    /// lock throughout; a failed build leaves nothing but what `gc` cleans.
+    pub fn build_from_dir(&self, name: &str, source: &Path) -> Result<Version> {
+        let started = Instant::now();
+        let _lock = self.lock(name)?;
+        let dir = self.cache_dir(name)?;
+        let source =
+            std::fs::canonicalize(source).map_err(|e| Error::io("resolve source", source, e))?;
+        let version = self.next_version(name)?;
+        let tmp_name = format!("{TMP_PREFIX}{version}");
+        let tmp = dir.join(&tmp_name);
+        let result = (|| {
+            std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            let root = Owner {
+                uid: Some(0),
+                gid: Some(0),
+                mode: Some(0o755),
+            };
+            let stats = populate_masked(&source, &tmp, Strategy::Copy, &root, self.threads, 0o555)?;
+            let manifest = Manifest::scan(&tmp)?;
+            manifest.write_to(&self.meta_path(name, &version, "manifest"))?;
+            let tmp_fd = fs::open_dir(&tmp)?;
+            fs::syncfs(tmp_fd.as_fd(), &tmp)?;
+            let dir_fd = fs::open_dir(&dir)?;
+            fs::rename_at(
+                dir_fd.as_fd(),
+                OsStr::new(&tmp_name),
+                dir_fd.as_fd(),
+                OsStr::new(version.as_str()),
+            )
+            .map_err(|e| Error::sys("rename into place", &tmp, e))?;
+            self.set_current(name, Some(&version))?;
+            Ok(stats)
+        })();
+        match result {
+            Ok(stats) => {
+                info!(
+                    "cache {name}: built version {version} from {} in {:?} ({} files, {} dirs, \
+                     {} symlinks, {} bytes, {} skipped)",
+                    source.display(),
+                    started.elapsed(),
+                    stats.files,
+                    stats.dirs,
+                    stats.symlinks,
+                    stats.bytes,
+                    stats.skipped
+                );
+                Ok(version)
+            }
+            Err(e) => {
+                if let Err(e2) = remove_tree(&tmp) {
+                    warn!("cache {name}: cannot clean up failed build: {e2}");
+                }
+                let _ = fs::unlink_path(&self.meta_path(name, &version, "manifest"), false);
+                Err(e)
+            }
+        }
+    }
+
+    /// A version id newer than every existing one, even if the clock went back.
+    fn next_version(&self, name: &str) -> Result<Version> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let newest = self.versions(name)?.last().map(Version::nanos).unwrap_or(0);
+        Ok(Version::from_nanos(now.max(newest + 1)))
+    }
+
+    /// Point `current` at `version` (None removes it): temp file, fsync, rename, fsync dir.
+    fn set_current(&self, name: &str, version: Option<&Version>) -> Result<()> {
+        let dir = self.cache_dir(name)?;
+        let cur = dir.join("current");
+        match version {
+            Some(v) => {
+                let tmp = dir.join(".current.tmp");
+                let mut f = fs::create_file(&tmp, true)?;
+                f.write_all(format!("{v}\n").as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| Error::io("write", &tmp, e))?;
+                fs::rename_path(&tmp, &cur)?;
+            }
+            None => match fs::unlink_path(&cur, false) {
+                Err(e) if e.errno() != Some(nix::errno::Errno::ENOENT) => return Err(e),
+                _ => {}
+            },
+        }
+        let d = fs::open_dir(&dir)?;
+        fs::fsync(d.as_fd(), &dir)
+    }
+
+    /// The version to hand out to new volumes: what `current` names if it is complete
+    /// and not retired, else the newest version that is. None: nothing built yet.
+    pub fn current(&self, name: &str) -> Result<Option<Version>> {
+        let dir = self.cache_dir(name)?;
+        let cur = dir.join("current");
+        let pointed = match std::fs::read_to_string(&cur) {
+            Ok(s) => Version::parse(s.trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("read", &cur, e)),
+        };
+        if let Some(v) = pointed {
+            if self.path(name, &v).is_dir() && !self.is_retired(name, &v) {
+                return Ok(Some(v));
+            }
+        }
+        Ok(self
+            .versions(name)?
+            .into_iter()
+            .rev()
+            .find(|v| !self.is_retired(name, v)))
+    }
+
+    /// Complete versions of `name` (retired ones included), oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<Version>> {
+        let dir = self.cache_dir(name)?;
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if let (true, Some(v)) = (is_dir, entry.file_name().to_str().and_then(Version::parse)) {
+                out.push(v);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn is_retired(&self, name: &str, version: &Version) -> bool {
+        self.meta_path(name, version, "retired").exists()
+    }
+
+    /// The manifest written when `version` was built.
+    pub fn manifest(&self, name: &str, version: &Version) -> Result<Manifest> {
+        check_name(name)?;
+        Manifest::read_from(&self.meta_path(name, version, "manifest"))
+    }
+
+    /// Golden entries of `version` changed since it was built (empty: intact).
+    pub fn verify(&self, name: &str, version: &Version) -> Result<Vec<PathBuf>> {
+        self.manifest(name, version)?
+            .verify(&self.path(name, version))
+    }
+
+    /// Mark `version` as never to be handed out again (it was tampered with); if it was
+    /// current, `current` moves to the newest other non-retired version (or goes away).
+    /// The tree stays until `gc` finds it unused. Rebuilding is the caller's job.
+    pub fn retire(&self, name: &str, version: &Version) -> Result<()> {
+        let _lock = self.lock(name)?;
+        let marker = self.meta_path(name, version, "retired");
+        let f = fs::create_file(&marker, true)?;
+        f.sync_all().map_err(|e| Error::io("fsync", &marker, e))?;
+        warn!("cache {name}: version {version} retired");
+        let next = self
+            .versions(name)?
+            .into_iter()
+            .rev()
+            .find(|v| v != version && !self.is_retired(name, v));
+        self.set_current(name, next.as_ref())
+    }
+
+    /// Delete versions that are neither current nor in `in_use` (version strings of
+    /// published volumes, and of populations in flight), their metadata, and leftovers
+    /// of crashed builds. Returns the versions deleted.
+    pub fn gc(&self, name: &str, in_use: &HashSet<String>) -> Result<Vec<Version>> {
+        let _lock = self.lock(name)?;
+        let dir = self.cache_dir(name)?;
+        let current = self.current(name)?;
+        let mut removed = Vec::new();
+        for v in self.versions(name)? {
+            if Some(&v) == current.as_ref() || in_use.contains(v.as_str()) {
+                continue;
+            }
+            remove_tree(&self.path(name, &v))?;
+            for ext in ["manifest", "retired"] {
+                let _ = fs::unlink_path(&self.meta_path(name, &v, ext), false);
+            }
+            info!("cache {name}: removed unused version {v}");
+            removed.push(v);
+        }
+        // We hold the lock: no build is running, any .tmp-* is a crash's leftover.
+        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+            let fname = entry.file_name();
+            if let Some(v) = fname.to_str().and_then(|s| s.strip_prefix(TMP_PREFIX)) {
+                remove_tree(&entry.path())?;
+                if let Some(v) = Version::parse(v) {
+                    let _ = fs::unlink_path(&self.meta_path(name, &v, "manifest"), false);
+                }
+                info!(
+                    "cache {name}: removed unfinished build {}",
+                    entry.path().display()
+                );
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Cache names are path components under our control: `[A-Za-z0-9._-]`, not starting with '.'.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "cache",
+            format!("invalid cache name {name:?}: use letters, digits, '.', '_', '-', not starting with '.'"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::populate::populate;
+    use crate::cache::testutil::*;
+
+    fn store() -> (TempDir, GoldenStore) {
+        let t = TempDir::new("store");
+        let s = GoldenStore::new(&t.path().join("golden")).with_threads(2);
+        (t, s)
+    }
+
+    #[test]
+    fn build_makes_a_sealed_current_version_with_manifest_outside() {
+        if skip_unless_root("build_makes_a_sealed_current_version_with_manifest_outside") {
+            return;
+        }
+        let src = TempDir::new("src");
+        sample_tree(src.path());
+        let (_t, s) = store();
+        assert_eq!(s.current("npm").unwrap(), None);
+        let v = s.build_from_dir("npm", src.path()).unwrap();
+        assert_eq!(s.current("npm").unwrap(), Some(v.clone()));
+        assert_eq!(s.versions("npm").unwrap(), vec![v.clone()]);
+        let p = s.path("npm", &v);
+        // Same content and symlinks, no fifo; files root-owned and read-only; dirs 0755.
+        let want = describe(src.path(), false);
+        let got = describe(&p, true);
+        assert_eq!(
+            want.keys().collect::<Vec<_>>(),
+            got.keys().collect::<Vec<_>>()
+        );
+        for (k, (kind, mode, data)) in &got {
+            assert_eq!((kind, data), (&want[k].0, &want[k].2), "{k:?}");
+            match kind {
+                'd' => assert_eq!(*mode, 0o755, "{k:?}"),
+                'f' => assert_eq!(*mode, want[k].1 & 0o555, "{k:?}"),
+                _ => {}
+            }
+        }
+        assert_eq!(owner(&p.join("exec.sh")), (0, 0, 0o550));
+        assert!(!got.keys().any(|k| k.to_string_lossy().contains("manifest")));
+        assert!(s.verify("npm", &v).unwrap().is_empty());
+        assert!(std::fs::read_dir(s.root().join("npm")).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TMP_PREFIX)));
+    }
+
+    #[test]
+    fn new_versions_become_current_and_gc_keeps_what_is_in_use() {
+        if skip_unless_root("new_versions_become_current_and_gc_keeps_what_is_in_use") {
+            return;
+        }
+        let src = TempDir::new("src");
+        std::fs::write(src.path().join("f"), b"1").unwrap();
+        let (_t, s) = store();
+        let v1 = s.build_from_dir("c", src.path()).unwrap();
+        std::fs::write(src.path().join("f"), b"2").unwrap();
+        let v2 = s.build_from_dir("c", src.path()).unwrap();
+        let v3 = s.build_from_dir("c", src.path()).unwrap();
+        assert!(v1 < v2 && v2 < v3);
+        assert_eq!(s.current("c").unwrap(), Some(v3.clone()));
+        assert_eq!(std::fs::read(s.path("c", &v3).join("f")).unwrap(), b"2");
+        // A crash's leftover build.
+        let stale = s
+            .root()
+            .join("c")
+            .join(format!("{TMP_PREFIX}00000000000000000001"));
+        std::fs::create_dir_all(stale.join("x")).unwrap();
+        let in_use: HashSet<String> = [v1.to_string()].into();
+        assert_eq!(s.gc("c", &in_use).unwrap(), vec![v2.clone()]);
+        assert_eq!(s.versions("c").unwrap(), vec![v1.clone(), v3.clone()]);
+        assert!(!stale.exists());
+        assert!(!s.meta_path("c", &v2, "manifest").exists());
+        assert_eq!(s.gc("c", &HashSet::new()).unwrap(), vec![v1]);
+        assert_eq!(s.versions("c").unwrap(), vec![v3]);
+    }
+
+    #[test]
+    fn tampered_version_is_detected_and_retired() {
+        if skip_unless_root("tampered_version_is_detected_and_retired") {
+            return;
+        }
+        let src = TempDir::new("src");
+        sample_tree(src.path());
+        let (_t, s) = store();
+        let v1 = s.build_from_dir("c", src.path()).unwrap();
+        let v2 = s.build_from_dir("c", src.path()).unwrap();
+        let pod = TempDir::new("pod");
+        let owner = Owner {
+            uid: Some(1000),
+            gid: Some(1000),
+            mode: None,
+        };
+        populate(&s.path("c", &v2), pod.path(), Strategy::Hardlink, &owner, 2).unwrap();
+        assert!(s.verify("c", &v2).unwrap().is_empty());
+        // A root pod writes through its hardlink, although the file is read-only.
+        std::fs::write(pod.path().join("a/one"), b"tampered").unwrap();
+        assert_eq!(s.verify("c", &v2).unwrap(), vec![PathBuf::from("a/one")]);
+        s.retire("c", &v2).unwrap();
+        assert!(s.is_retired("c", &v2));
+        assert_eq!(s.current("c").unwrap(), Some(v1.clone()));
+        // Rebuilding gives a fresh, intact current version.
+        let v3 = s.build_from_dir("c", src.path()).unwrap();
+        assert_eq!(s.current("c").unwrap(), Some(v3.clone()));
+        assert!(s.verify("c", &v3).unwrap().is_empty());
+        s.retire("c", &v3).unwrap();
+        s.retire("c", &v1).unwrap();
+        assert_eq!(s.current("c").unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_builds_take_turns() {
+        if skip_unless_root("concurrent_builds_take_turns") {
+            return;
+        }
+        let src = TempDir::new("src");
+        sample_tree(src.path());
+        let (_t, s) = store();
+        let vs: Vec<Version> = std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| scope.spawn(|| s.build_from_dir("c", src.path()).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = vs.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 3);
+        assert_eq!(s.versions("c").unwrap(), sorted);
+        for v in &sorted {
+            assert!(s.verify("c", v).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn names_are_checked_and_failed_builds_leave_nothing() {
+        let (_t, s) = store();
+        for bad in ["", ".hidden", "a/b", "..", "x y", "a\0b"] {
+            assert!(matches!(
+                s.build_from_dir(bad, Path::new("/nonexistent")),
+                Err(Error::InvalidField { .. })
+            ));
+        }
+        assert!(s
+            .build_from_dir("ok", Path::new("/nonexistent-bindery"))
+            .is_err());
+        assert!(s.versions("ok").unwrap().is_empty());
+        assert_eq!(Version::parse("123"), None);
+        assert!(Version::parse("00000000000000000042").is_some());
+    }
+}

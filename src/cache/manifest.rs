@@ -1,0 +1,477 @@
+//! The manifest of a golden version: what every entry looked like when it was built.
+//!
+//! With the hardlink strategy a pod's files ARE the golden inodes; a root pod writing in
+//! place, or chmodding, changes the golden copy for every pod. `verify` compares the
+//! tree with its manifest and names what changed, so the version can be retired.
+//!
+//! Compared per regular file: inode, size, mtime, mode, uid, gid. The ctime is recorded
+//! but NOT compared: every link and unlink of a golden file (each publish and unpublish
+//! with hardlink) changes its ctime. A same-size write that also restores the mtime
+//! (utimensat, root only) is therefore not seen; only hashing the content would be.
+//!
+//! Text format, one entry per line, fields separated by one space, paths and link
+//! targets percent-encoded (any byte but a few safe ASCII ones, so spaces, newlines and
+//! `%` never appear raw):
+//!
+//! ```text
+//! bindery-manifest 1
+//! d <mode-octal> <uid> <gid> <path>
+//! f <mode-octal> <uid> <gid> <size> <ino> <mtime s.ns> <ctime s.ns> <path>
+//! l <path> <target>
+//! ```
+//! The root directory's path is `.`.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::stat::SFlag;
+
+use crate::error::{Error, Result};
+use crate::sys::fs::{self, Stat};
+
+const HEADER: &str = "bindery-manifest 1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One entry of a golden tree. Fields that do not apply to the kind are 0 / None.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative to the tree's root; the root itself is `.`.
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// Permission bits (no file type).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub ino: u64,
+    /// (seconds, nanoseconds)
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    /// Symlinks only: the target text, byte for byte.
+    pub target: Option<OsString>,
+}
+
+/// All entries of a tree, sorted by path bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    entries: Vec<Entry>,
+}
+
+impl Manifest {
+    #[cfg(test)]
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Record every directory, regular file and symlink under `dir` (fifos, sockets and
+    /// devices are left out, as population leaves them out). Walks fd-relative, no symlink followed.
+    pub fn scan(dir: &Path) -> Result<Manifest> {
+        let root = fs::open_dir(dir)?;
+        let st = fs::fstat(root.as_fd()).map_err(|e| Error::sys("fstat", dir, e))?;
+        let mut entries = vec![entry_from_stat(PathBuf::from("."), Kind::Dir, &st, None)];
+        let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(root, PathBuf::new())];
+        while let Some((fd, rel)) = stack.pop() {
+            let list_err = |e| Error::sys("read directory", dir.join(&rel), e);
+            let mut d = fs::read_dir(fd.as_fd()).map_err(list_err)?;
+            for ent in d.iter() {
+                let ent = ent.map_err(list_err)?;
+                let name = ent.file_name();
+                if matches!(name.to_bytes(), b"." | b"..") {
+                    continue;
+                }
+                let child = rel.join(OsStr::from_bytes(name.to_bytes()));
+                let st = fs::stat_at(fd.as_fd(), name)
+                    .map_err(|e| Error::sys("fstatat", dir.join(&child), e))?;
+                match kind_of(st.st_mode) {
+                    Some(Kind::Dir) => {
+                        let sub = fs::open_dir_at(fd.as_fd(), name)
+                            .map_err(|e| Error::sys("open directory", dir.join(&child), e))?;
+                        entries.push(entry_from_stat(child.clone(), Kind::Dir, &st, None));
+                        stack.push((sub, child));
+                    }
+                    Some(Kind::File) => {
+                        entries.push(entry_from_stat(child, Kind::File, &st, None));
+                    }
+                    Some(Kind::Symlink) => {
+                        let t = fs::readlink_at(fd.as_fd(), name)
+                            .map_err(|e| Error::sys("readlinkat", dir.join(&child), e))?;
+                        entries.push(entry_from_stat(child, Kind::Symlink, &st, Some(t)));
+                    }
+                    None => {}
+                }
+            }
+        }
+        entries.sort_by(|a, b| {
+            a.path
+                .as_os_str()
+                .as_bytes()
+                .cmp(b.path.as_os_str().as_bytes())
+        });
+        Ok(Manifest { entries })
+    }
+
+    /// Entries of `dir` that no longer match the manifest (changed, replaced or missing),
+    /// as paths relative to `dir`. Empty means intact.
+    pub fn verify(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let root = fs::open_dir(dir)?;
+        let mut bad = Vec::new();
+        for want in &self.entries {
+            let st = match fs::stat_rel(root.as_fd(), &want.path) {
+                Ok(st) => st,
+                Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                    bad.push(want.path.clone());
+                    continue;
+                }
+                Err(e) => return Err(Error::sys("fstatat", dir.join(&want.path), e)),
+            };
+            let target = match want.kind {
+                Kind::Symlink if kind_of(st.st_mode) == Some(Kind::Symlink) => {
+                    let (parent, name) = split_rel(&want.path);
+                    let pfd = if parent.as_os_str().is_empty() {
+                        None
+                    } else {
+                        Some(
+                            fs::open_dir_at(root.as_fd(), &cpath(&parent)?)
+                                .map_err(|e| Error::sys("open directory", dir.join(&parent), e))?,
+                        )
+                    };
+                    let at = pfd.as_ref().map_or(root.as_fd(), |f| f.as_fd());
+                    Some(
+                        fs::readlink_at(at, &cpath(Path::new(&name))?)
+                            .map_err(|e| Error::sys("readlinkat", dir.join(&want.path), e))?,
+                    )
+                }
+                _ => None,
+            };
+            let got = entry_from_stat(want.path.clone(), want.kind, &st, target);
+            if !matches(want, &got, st.st_mode) {
+                bad.push(want.path.clone());
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Write atomically (temp file, fsync, rename).
+    pub fn write_to(&self, path: &Path) -> Result<()> {
+        let mut text = String::with_capacity(64 * self.entries.len() + 32);
+        text.push_str(HEADER);
+        text.push('\n');
+        for e in &self.entries {
+            let p = encode(e.path.as_os_str().as_bytes());
+            // Writing to a String cannot fail.
+            let _ = match e.kind {
+                Kind::Dir => writeln!(text, "d {:o} {} {} {p}", e.mode, e.uid, e.gid),
+                Kind::File => writeln!(
+                    text,
+                    "f {:o} {} {} {} {} {}.{:09} {}.{:09} {p}",
+                    e.mode, e.uid, e.gid, e.size, e.ino, e.mtime.0, e.mtime.1, e.ctime.0, e.ctime.1
+                ),
+                Kind::Symlink => {
+                    let t = e.target.as_deref().unwrap_or_default();
+                    writeln!(text, "l {p} {}", encode(t.as_bytes()))
+                }
+            };
+        }
+        let tmp = tmp_name(path);
+        let mut f = fs::create_file(&tmp, true)?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("write manifest", &tmp, e))?;
+        drop(f);
+        fs::rename_path(&tmp, path)
+    }
+
+    pub fn read_from(path: &Path) -> Result<Manifest> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io("open manifest", path, e))?;
+        let bad = |n: usize, why: &str| Error::State {
+            path: path.to_path_buf(),
+            reason: format!("line {n}: {why}"),
+        };
+        let mut entries = Vec::new();
+        for (i, line) in BufReader::new(f).lines().enumerate() {
+            let n = i + 1;
+            let line = line.map_err(|e| Error::io("read manifest", path, e))?;
+            if n == 1 {
+                if line != HEADER {
+                    return Err(bad(n, "not a bindery manifest (version 1)"));
+                }
+                continue;
+            }
+            let fields: Vec<&str> = line.split(' ').collect();
+            let num = |s: &str| s.parse::<u64>().map_err(|_| bad(n, "bad number"));
+            let oct = |s: &str| u32::from_str_radix(s, 8).map_err(|_| bad(n, "bad mode"));
+            let id = |s: &str| s.parse::<u32>().map_err(|_| bad(n, "bad id"));
+            let time = |s: &str| -> Result<(i64, i64)> {
+                let (a, b) = s.split_once('.').ok_or_else(|| bad(n, "bad time"))?;
+                Ok((
+                    a.parse().map_err(|_| bad(n, "bad time"))?,
+                    b.parse().map_err(|_| bad(n, "bad time"))?,
+                ))
+            };
+            let path_of = |s: &str| -> Result<PathBuf> {
+                Ok(PathBuf::from(OsString::from_vec(
+                    decode(s).ok_or_else(|| bad(n, "bad path encoding"))?,
+                )))
+            };
+            let mut e = Entry {
+                path: PathBuf::new(),
+                kind: Kind::Dir,
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                ino: 0,
+                mtime: (0, 0),
+                ctime: (0, 0),
+                target: None,
+            };
+            match fields.as_slice() {
+                ["d", mode, uid, gid, p] => {
+                    (e.mode, e.uid, e.gid, e.path) = (oct(mode)?, id(uid)?, id(gid)?, path_of(p)?);
+                }
+                ["f", mode, uid, gid, size, ino, mtime, ctime, p] => {
+                    e.kind = Kind::File;
+                    (e.mode, e.uid, e.gid) = (oct(mode)?, id(uid)?, id(gid)?);
+                    (e.size, e.ino) = (num(size)?, num(ino)?);
+                    (e.mtime, e.ctime, e.path) = (time(mtime)?, time(ctime)?, path_of(p)?);
+                }
+                ["l", p, t] => {
+                    e.kind = Kind::Symlink;
+                    e.path = path_of(p)?;
+                    e.target = Some(OsString::from_vec(
+                        decode(t).ok_or_else(|| bad(n, "bad target encoding"))?,
+                    ));
+                }
+                _ => return Err(bad(n, "unknown entry")),
+            }
+            if e.path.is_absolute()
+                || e.path
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(bad(n, "path escapes the tree"));
+            }
+            entries.push(e);
+        }
+        if entries.is_empty() {
+            return Err(Error::State {
+                path: path.to_path_buf(),
+                reason: "empty manifest".into(),
+            });
+        }
+        Ok(Manifest { entries })
+    }
+}
+
+fn kind_of(mode: u32) -> Option<Kind> {
+    match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => Some(Kind::Dir),
+        SFlag::S_IFREG => Some(Kind::File),
+        SFlag::S_IFLNK => Some(Kind::Symlink),
+        _ => None,
+    }
+}
+
+fn entry_from_stat(path: PathBuf, kind: Kind, st: &Stat, target: Option<OsString>) -> Entry {
+    let file = kind == Kind::File;
+    Entry {
+        path,
+        kind,
+        mode: if kind == Kind::Symlink {
+            0
+        } else {
+            st.st_mode & 0o7777
+        },
+        uid: if kind == Kind::Symlink { 0 } else { st.st_uid },
+        gid: if kind == Kind::Symlink { 0 } else { st.st_gid },
+        size: if file { st.st_size as u64 } else { 0 },
+        ino: if file { st.st_ino } else { 0 },
+        mtime: if file {
+            (st.st_mtime, st.st_mtime_nsec)
+        } else {
+            (0, 0)
+        },
+        ctime: if file {
+            (st.st_ctime, st.st_ctime_nsec)
+        } else {
+            (0, 0)
+        },
+        target,
+    }
+}
+
+/// Same kind and same recorded fields, ctime excepted (see the module doc).
+fn matches(want: &Entry, got: &Entry, got_mode: u32) -> bool {
+    if kind_of(got_mode) != Some(want.kind) {
+        return false;
+    }
+    let meta = (want.mode, want.uid, want.gid) == (got.mode, got.uid, got.gid);
+    match want.kind {
+        Kind::Dir => meta,
+        Kind::File => meta && (want.size, want.ino, want.mtime) == (got.size, got.ino, got.mtime),
+        Kind::Symlink => want.target == got.target,
+    }
+}
+
+fn split_rel(rel: &Path) -> (PathBuf, OsString) {
+    let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = rel.file_name().map(OsStr::to_os_string).unwrap_or_default();
+    (parent, name)
+}
+
+fn cpath(p: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid("path", format!("{}: NUL byte", p.display())))
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(format!(".tmp-{}", std::process::id()));
+    PathBuf::from(s)
+}
+
+/// Percent-encode every byte but unreserved ASCII and '/', so a field never holds a
+/// space, a newline or a raw '%'.
+pub fn encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"/._-+,=@~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Inverse of `encode`; None on a malformed escape.
+pub fn decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::populate::{populate, Owner, Strategy};
+    use crate::cache::testutil::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn encoding_roundtrips_any_byte() {
+        let all: Vec<u8> = (1u8..=255).collect();
+        let e = encode(&all);
+        assert!(!e.contains(' ') && !e.contains('\n'));
+        assert_eq!(decode(&e).unwrap(), all);
+        assert_eq!(encode(b"a b\n%"), "a%20b%0A%25");
+        assert!(decode("%4").is_none() && decode("%zz").is_none());
+    }
+
+    #[test]
+    fn scan_write_read_roundtrip_and_intact_tree_verifies() {
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let m = Manifest::scan(g.path()).unwrap();
+        let kinds = |k| m.entries().iter().filter(|e| e.kind == k).count();
+        assert_eq!(
+            (kinds(Kind::Dir), kinds(Kind::File), kinds(Kind::Symlink)),
+            (6, 8, 4)
+        );
+        let out = TempDir::new("manifest");
+        let p = out.path().join("v.manifest");
+        m.write_to(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("weird%0Aname%20%2541"), "{text}");
+        assert_eq!(Manifest::read_from(&p).unwrap(), m);
+        assert!(m.verify(g.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn detects_in_place_write_through_a_hardlink() {
+        if skip_unless_root("detects_in_place_write_through_a_hardlink") {
+            return;
+        }
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let m = Manifest::scan(g.path()).unwrap();
+        let pod = TempDir::new("pod");
+        let owner = Owner {
+            uid: Some(1000),
+            gid: Some(1000),
+            mode: None,
+        };
+        populate(g.path(), pod.path(), Strategy::Hardlink, &owner, 2).unwrap();
+        // Publishing (linking) changes golden ctimes, and must not count as tampering.
+        assert!(m.verify(g.path()).unwrap().is_empty());
+        // A root pod writes in place through its link, another chmods, a third deletes
+        // a golden file it should not reach (here: directly, as a stand-in).
+        std::fs::write(pod.path().join("a/b/two"), b"evil").unwrap();
+        std::fs::set_permissions(
+            pod.path().join("top.txt"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        std::fs::remove_file(g.path().join("exec.sh")).unwrap();
+        let mut bad = m.verify(g.path()).unwrap();
+        bad.sort();
+        assert_eq!(
+            bad,
+            vec![
+                PathBuf::from("a/b/two"),
+                PathBuf::from("exec.sh"),
+                PathBuf::from("top.txt")
+            ]
+        );
+        // A replaced symlink target is seen too.
+        std::fs::remove_file(g.path().join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", g.path().join("abs-link")).unwrap();
+        assert!(m
+            .verify(g.path())
+            .unwrap()
+            .contains(&PathBuf::from("abs-link")));
+    }
+
+    #[test]
+    fn rejects_malformed_manifests() {
+        let d = TempDir::new("manifest");
+        for (i, text) in [
+            "nope\n",
+            "bindery-manifest 1\nx 1 2\n",
+            "bindery-manifest 1\nd 755 0 0 ../etc\n",
+            "bindery-manifest 1\nf 644 0 0 1 2 3 4.5 a\n",
+            "bindery-manifest 1\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = d.path().join(format!("m{i}"));
+            std::fs::write(&p, text).unwrap();
+            let e = Manifest::read_from(&p).unwrap_err();
+            assert!(matches!(e, Error::State { .. }), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,844 @@
+//! Populate a pod's volume from a golden version: hardlink, reflink or copy, in parallel.
+//!
+//! The walk is fd-relative from the two roots: every golden directory is opened
+//! with `openat(O_DIRECTORY|O_NOFOLLOW)` relative to its parent, files with
+//! `O_NOFOLLOW`, entries are created with `mkdirat`/`linkat`/`symlinkat`/`openat(O_EXCL)`.
+//! No path string is resolved below the roots, so a symlink in either tree is never
+//! followed: symlinks are recreated with the same target text; fifos, sockets and
+//! devices are skipped (debug log).
+//!
+//! Work items are directories. A fixed set of `threads` workers (the calling thread is
+//! one of them) share a crossbeam channel; each worker walks depth-first from its own
+//! local stack and offers work on the channel only while another worker is idle. That
+//! keeps open descriptors proportional to the depth of the tree (a pending directory
+//! holds only its parent's two fds, shared with its siblings), not to its width.
+
+use std::collections::VecDeque;
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use log::{debug, info};
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::sys::fs::{self, EntryType};
+
+/// How a pod's tree is filled from the golden copy (overlay is a mount, done elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// `linkat` per file: the pod's files ARE the golden inodes (root-owned, read-only).
+    Hardlink,
+    /// `ioctl(FICLONE)` per file: copy-on-write copies, the pod's own (XFS reflink=1, btrfs).
+    Reflink,
+    /// `copy_file_range` per file: plain copies, for filesystems with neither.
+    Copy,
+}
+
+impl Strategy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Hardlink => "hardlink",
+            Strategy::Reflink => "reflink",
+            Strategy::Copy => "copy",
+        }
+    }
+
+    /// What `auto` means for a golden store in `store_dir`: reflink when a probe
+    /// FICLONE succeeds there, else hardlink.
+    pub fn auto(store_dir: &Path) -> Strategy {
+        let s = if probe_reflink(store_dir) {
+            Strategy::Reflink
+        } else {
+            Strategy::Hardlink
+        };
+        info!("strategy auto in {}: {}", store_dir.display(), s.as_str());
+        s
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+
+    /// Parses `hardlink`, `reflink` or `copy`; `auto` and `overlay` are resolved by the caller.
+    fn from_str(s: &str) -> Result<Strategy> {
+        match s {
+            "hardlink" => Ok(Strategy::Hardlink),
+            "reflink" => Ok(Strategy::Reflink),
+            "copy" => Ok(Strategy::Copy),
+            _ => Err(Error::invalid(
+                "strategy",
+                format!("unknown strategy {s:?} (expected hardlink, reflink or copy)"),
+            )),
+        }
+    }
+}
+
+/// Who owns what population creates. `None` keeps the creator's (root's) id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Permission bits for every directory; `None` copies each golden directory's mode.
+    pub mode: Option<u32>,
+}
+
+/// What one population did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Regular files linked, cloned or copied.
+    pub files: u64,
+    /// Directories created below the destination root (the root itself not counted).
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Fifos, sockets and device nodes left out.
+    pub skipped: u64,
+    /// Bytes cloned or copied (0 with hardlink, which does not stat files).
+    pub bytes: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.symlinks += o.symlinks;
+        self.skipped += o.skipped;
+        self.bytes += o.bytes;
+    }
+}
+
+/// Whether two paths are on the same filesystem (st_dev), as hardlink and reflink need.
+pub fn same_filesystem(a: &Path, b: &Path) -> Result<bool> {
+    Ok(fs::stat_path(a)?.st_dev == fs::stat_path(b)?.st_dev)
+}
+
+static PROBE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Whether FICLONE works in `dir`: clones a small temp file into another, then removes both.
+pub fn probe_reflink(dir: &Path) -> bool {
+    match try_probe_reflink(dir) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!("reflink probe in {}: {e}", dir.display());
+            false
+        }
+    }
+}
+
+fn try_probe_reflink(dir: &Path) -> Result<()> {
+    let dfd = fs::open_dir(dir)?;
+    let seq = PROBE_SEQ.fetch_add(1, Ordering::Relaxed);
+    let base = format!(".bindery-reflink-probe-{}-{seq}", std::process::id());
+    let names = [format!("{base}-a"), format!("{base}-b")];
+    let mut created: Vec<CString> = Vec::new();
+    let result = (|| {
+        let mut fds = Vec::new();
+        for n in &names {
+            let c = cstring(n.as_bytes(), dir)?;
+            let fd = fs::create_file_at(dfd.as_fd(), &c, 0o600)
+                .map_err(|e| Error::sys("create reflink probe", dir.join(n), e))?;
+            created.push(c);
+            fds.push(fd);
+        }
+        let mut src = File::from(fds.remove(0));
+        src.write_all(&[0x5a; 4096])
+            .map_err(|e| Error::io("write reflink probe", dir.join(&names[0]), e))?;
+        // FICLONE needs a source open for reading.
+        let src = fs::open_file_at(dfd.as_fd(), &created[0])
+            .map_err(|e| Error::sys("open reflink probe", dir.join(&names[0]), e))?;
+        fs::ficlone(fds[0].as_fd(), src.as_fd())
+            .map_err(|e| Error::sys("ioctl FICLONE", dir.join(&names[1]), e))
+    })();
+    for c in &created {
+        if let Err(e) = fs::unlink_at(dfd.as_fd(), c, false) {
+            debug!("cannot remove reflink probe in {}: {e}", dir.display());
+        }
+    }
+    result
+}
+
+fn cstring(bytes: &[u8], ctx: &Path) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::invalid("path", format!("{}: NUL byte", ctx.display())))
+}
+
+/// Fill `dest` (an existing, empty directory) with the tree at `golden`.
+///
+/// Directories are created fresh, owned by `owner.uid/gid`, with `owner.mode` or the
+/// golden directory's mode (the root `dest` gets the same treatment). Files: with
+/// `Hardlink` they are the golden inodes and are never chowned or chmodded; with
+/// `Reflink`/`Copy` they get `owner.uid/gid`, the golden permission bits (setuid and
+/// setgid dropped) and the golden atime/mtime. Symlinks are recreated and owned by the
+/// owner; fifos, sockets and devices are skipped.
+///
+/// `threads` workers run at once (at least 1); `threads == 1` walks on the calling
+/// thread and gives the same result. On error the first error is returned and the
+/// destination is left partly filled: the caller populates into a temporary name
+/// and removes it on failure. Hardlink/reflink across filesystems and filesystems
+/// without FICLONE fail with `Error::InvalidField { field: "strategy", .. }`.
+pub fn populate(
+    golden: &Path,
+    dest: &Path,
+    strategy: Strategy,
+    owner: &Owner,
+    threads: usize,
+) -> Result<Stats> {
+    populate_masked(golden, dest, strategy, owner, threads, 0o1777)
+}
+
+/// `populate` with the permission bits copied files keep (`file_mask`): the golden store
+/// builds with 0o555 (read-only, no setuid/setgid). Ignored with `Hardlink`.
+pub(crate) fn populate_masked(
+    golden: &Path,
+    dest: &Path,
+    strategy: Strategy,
+    owner: &Owner,
+    threads: usize,
+    file_mask: u32,
+) -> Result<Stats> {
+    let threads = threads.max(1);
+    let src = fs::open_dir(golden)?;
+    let dst = fs::open_dir(dest)?;
+    let sst = fs::fstat(src.as_fd()).map_err(|e| Error::sys("fstat", golden, e))?;
+    let dstat = fs::fstat(dst.as_fd()).map_err(|e| Error::sys("fstat", dest, e))?;
+    if strategy != Strategy::Copy && sst.st_dev != dstat.st_dev {
+        return Err(cross_fs(strategy, golden, dest));
+    }
+    let job = Shared {
+        golden,
+        dest,
+        strategy,
+        owner: *owner,
+        file_mask,
+        threads,
+        pending: AtomicUsize::new(0),
+        idle: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        error: Mutex::new(None),
+        chan: unbounded(),
+    };
+    job.set_dir_owner(dst.as_fd(), sst.st_mode, dest)?;
+    let root = Arc::new(Pair {
+        src,
+        dst,
+        rel: PathBuf::new(),
+    });
+    job.pending.store(1, Ordering::SeqCst);
+    job.offer(Job::Root(root));
+
+    let started = std::time::Instant::now();
+    let mut stats = Stats::default();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(|| job.worker())).collect();
+        stats = job.worker();
+        for h in handles {
+            match h.join() {
+                Ok(s) => stats.add(&s),
+                // Re-raise a worker's panic on the caller's thread.
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    });
+    let error = match job.error.into_inner() {
+        Ok(e) => e,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(e) = error {
+        return Err(e);
+    }
+    debug!(
+        "populated {} from {} ({strategy}, {threads} threads): {stats:?} in {:?}",
+        dest.display(),
+        golden.display(),
+        started.elapsed()
+    );
+    Ok(stats)
+}
+
+fn cross_fs(strategy: Strategy, golden: &Path, dest: &Path) -> Error {
+    Error::invalid(
+        "strategy",
+        format!(
+            "{strategy}: golden copy {} and target {} are on different filesystems (or mounts); \
+             put the golden store on the filesystem of the kubelet's pods dir or use strategy copy",
+            golden.display(),
+            dest.display()
+        ),
+    )
+}
+
+/// A golden directory and its copy, both open; `rel` is the path below the roots.
+struct Pair {
+    src: OwnedFd,
+    dst: OwnedFd,
+    rel: PathBuf,
+}
+
+enum Job {
+    /// The roots, already open and owned.
+    Root(Arc<Pair>),
+    /// Subdirectory `name` of `parent`: create it, then copy its entries.
+    Sub { parent: Arc<Pair>, name: CString },
+}
+
+struct Shared<'a> {
+    golden: &'a Path,
+    dest: &'a Path,
+    strategy: Strategy,
+    owner: Owner,
+    file_mask: u32,
+    threads: usize,
+    /// Jobs created and not yet finished; the worker that brings it to 0 stops everyone.
+    pending: AtomicUsize,
+    /// Workers blocked on the channel.
+    idle: AtomicUsize,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+    /// `None` tells a worker to exit.
+    chan: (Sender<Option<Job>>, Receiver<Option<Job>>),
+}
+
+/// Stops every worker if the one holding it unwinds, so a panic cannot hang `populate`.
+struct PanicGuard<'s, 'a>(&'s Shared<'a>);
+
+impl Drop for PanicGuard<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::SeqCst);
+            self.0.stop_all();
+        }
+    }
+}
+
+impl Shared<'_> {
+    fn stop_all(&self) {
+        for _ in 0..self.threads {
+            // Cannot fail: this struct holds a receiver for as long as it lives.
+            let _ = self.chan.0.send(None);
+        }
+    }
+
+    fn offer(&self, job: Job) {
+        // Cannot fail: this struct holds a receiver for as long as it lives.
+        let _ = self.chan.0.send(Some(job));
+    }
+
+    fn fail(&self, e: Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        let mut slot = match self.error.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
+    /// Share local work while some worker waits with an empty channel.
+    fn share(&self, local: &mut VecDeque<Job>) {
+        while local.len() > 1 && self.idle.load(Ordering::Relaxed) > self.chan.1.len() {
+            if let Some(job) = local.pop_front() {
+                self.offer(job);
+            }
+        }
+    }
+
+    fn worker(&self) -> Stats {
+        let _guard = PanicGuard(self);
+        let mut local: VecDeque<Job> = VecDeque::new();
+        let mut stats = Stats::default();
+        loop {
+            self.share(&mut local);
+            let job = match local.pop_back() {
+                Some(j) => j,
+                None => {
+                    self.idle.fetch_add(1, Ordering::SeqCst);
+                    let msg = self.chan.1.recv();
+                    self.idle.fetch_sub(1, Ordering::SeqCst);
+                    match msg {
+                        Ok(Some(j)) => j,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            if !self.failed.load(Ordering::Relaxed) {
+                if let Err(e) = self.run(job, &mut local, &mut stats) {
+                    self.fail(e);
+                }
+            }
+            if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.stop_all();
+            }
+        }
+        stats
+    }
+
+    fn run(&self, job: Job, local: &mut VecDeque<Job>, stats: &mut Stats) -> Result<()> {
+        let pair = match job {
+            Job::Root(pair) => pair,
+            Job::Sub { parent, name } => {
+                let pair = self.make_dir(&parent, &name)?;
+                stats.dirs += 1;
+                Arc::new(pair)
+            }
+        };
+        self.copy_entries(&pair, local, stats)
+    }
+
+    fn src_path(&self, rel: &Path, name: &CStr) -> PathBuf {
+        self.golden
+            .join(rel)
+            .join(OsStr::from_bytes(name.to_bytes()))
+    }
+
+    fn dst_path(&self, rel: &Path, name: &CStr) -> PathBuf {
+        self.dest.join(rel).join(OsStr::from_bytes(name.to_bytes()))
+    }
+
+    fn set_dir_owner(&self, dst: BorrowedFd<'_>, golden_mode: u32, path: &Path) -> Result<()> {
+        if self.owner.uid.is_some() || self.owner.gid.is_some() {
+            fs::fchown(dst, self.owner.uid, self.owner.gid)
+                .map_err(|e| Error::sys("fchown directory", path, e))?;
+        }
+        let mode = self.owner.mode.unwrap_or(golden_mode) & 0o7777;
+        fs::fchmod(dst, mode).map_err(|e| Error::sys("fchmod directory", path, e))
+    }
+
+    fn make_dir(&self, parent: &Pair, name: &CStr) -> Result<Pair> {
+        let src = fs::open_dir_at(parent.src.as_fd(), name).map_err(|e| {
+            Error::sys("open golden directory", self.src_path(&parent.rel, name), e)
+        })?;
+        let sst = fs::fstat(src.as_fd())
+            .map_err(|e| Error::sys("fstat", self.src_path(&parent.rel, name), e))?;
+        fs::mkdir_at(parent.dst.as_fd(), name, 0o700)
+            .map_err(|e| Error::sys("mkdirat", self.dst_path(&parent.rel, name), e))?;
+        let dst = fs::open_dir_at(parent.dst.as_fd(), name)
+            .map_err(|e| Error::sys("open directory", self.dst_path(&parent.rel, name), e))?;
+        let rel = parent.rel.join(OsStr::from_bytes(name.to_bytes()));
+        self.set_dir_owner(dst.as_fd(), sst.st_mode, &self.dest.join(&rel))?;
+        Ok(Pair { src, dst, rel })
+    }
+
+    fn copy_entries(
+        &self,
+        pair: &Arc<Pair>,
+        local: &mut VecDeque<Job>,
+        stats: &mut Stats,
+    ) -> Result<()> {
+        let list_err = |e| Error::sys("read golden directory", self.golden.join(&pair.rel), e);
+        let mut dir = fs::read_dir(pair.src.as_fd()).map_err(list_err)?;
+        for entry in dir.iter() {
+            if self.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let entry = entry.map_err(list_err)?;
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Some(t) => t,
+                None => self.stat_type(pair, name)?,
+            };
+            match kind {
+                EntryType::File => {
+                    self.copy_file(pair, name, stats)?;
+                    stats.files += 1;
+                }
+                EntryType::Directory => {
+                    self.pending.fetch_add(1, Ordering::SeqCst);
+                    local.push_back(Job::Sub {
+                        parent: Arc::clone(pair),
+                        name: name.to_owned(),
+                    });
+                }
+                EntryType::Symlink => {
+                    self.copy_symlink(pair, name)?;
+                    stats.symlinks += 1;
+                }
+                EntryType::Fifo
+                | EntryType::Socket
+                | EntryType::CharacterDevice
+                | EntryType::BlockDevice => {
+                    debug!(
+                        "skipping {kind:?} {}",
+                        self.src_path(&pair.rel, name).display()
+                    );
+                    stats.skipped += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stat_type(&self, pair: &Pair, name: &CStr) -> Result<EntryType> {
+        use nix::sys::stat::SFlag;
+        let st = fs::stat_at(pair.src.as_fd(), name)
+            .map_err(|e| Error::sys("fstatat", self.src_path(&pair.rel, name), e))?;
+        let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        Ok(match fmt {
+            SFlag::S_IFREG => EntryType::File,
+            SFlag::S_IFDIR => EntryType::Directory,
+            SFlag::S_IFLNK => EntryType::Symlink,
+            SFlag::S_IFIFO => EntryType::Fifo,
+            SFlag::S_IFSOCK => EntryType::Socket,
+            SFlag::S_IFCHR => EntryType::CharacterDevice,
+            _ => EntryType::BlockDevice,
+        })
+    }
+
+    fn copy_symlink(&self, pair: &Pair, name: &CStr) -> Result<()> {
+        let target = fs::readlink_at(pair.src.as_fd(), name)
+            .map_err(|e| Error::sys("readlinkat", self.src_path(&pair.rel, name), e))?;
+        fs::symlink_at(&target, pair.dst.as_fd(), name)
+            .map_err(|e| Error::sys("symlinkat", self.dst_path(&pair.rel, name), e))?;
+        if self.owner.uid.is_some() || self.owner.gid.is_some() {
+            fs::lchown_at(pair.dst.as_fd(), name, self.owner.uid, self.owner.gid)
+                .map_err(|e| Error::sys("chown symlink", self.dst_path(&pair.rel, name), e))?;
+        }
+        Ok(())
+    }
+
+    fn copy_file(&self, pair: &Pair, name: &CStr, stats: &mut Stats) -> Result<()> {
+        if self.strategy == Strategy::Hardlink {
+            return fs::link_at(pair.src.as_fd(), name, pair.dst.as_fd(), name).map_err(
+                |e| match e {
+                    Errno::EXDEV => cross_fs(self.strategy, self.golden, self.dest),
+                    Errno::EMLINK => Error::sys(
+                        "linkat (too many links to one golden file: use reflink or copy)",
+                        self.src_path(&pair.rel, name),
+                        e,
+                    ),
+                    _ => Error::sys("linkat", self.dst_path(&pair.rel, name), e),
+                },
+            );
+        }
+        let src = fs::open_file_at(pair.src.as_fd(), name)
+            .map_err(|e| Error::sys("open golden file", self.src_path(&pair.rel, name), e))?;
+        let sst = fs::fstat(src.as_fd())
+            .map_err(|e| Error::sys("fstat", self.src_path(&pair.rel, name), e))?;
+        let dst = fs::create_file_at(pair.dst.as_fd(), name, 0o600)
+            .map_err(|e| Error::sys("create file", self.dst_path(&pair.rel, name), e))?;
+        let dpath = || self.dst_path(&pair.rel, name);
+        match self.strategy {
+            Strategy::Reflink => fs::ficlone(dst.as_fd(), src.as_fd()).map_err(|e| match e {
+                Errno::EXDEV => cross_fs(self.strategy, self.golden, self.dest),
+                Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOTTY => Error::invalid(
+                    "strategy",
+                    format!(
+                        "reflink: the filesystem of {} does not support FICLONE ({e}); \
+                         use XFS with reflink=1 or btrfs, or strategy hardlink or copy",
+                        self.dest.display()
+                    ),
+                ),
+                _ => Error::sys("ioctl FICLONE", dpath(), e),
+            })?,
+            _ => copy_data(src, &dst, &dpath)?,
+        }
+        if self.owner.uid.is_some() || self.owner.gid.is_some() {
+            fs::fchown(dst.as_fd(), self.owner.uid, self.owner.gid)
+                .map_err(|e| Error::sys("fchown", dpath(), e))?;
+        }
+        // After fchown (which clears setuid bits anyway): exact bits whatever the umask.
+        fs::fchmod(dst.as_fd(), sst.st_mode & self.file_mask)
+            .map_err(|e| Error::sys("fchmod", dpath(), e))?;
+        fs::set_times(dst.as_fd(), &sst).map_err(|e| Error::sys("futimens", dpath(), e))?;
+        stats.bytes += sst.st_size as u64;
+        Ok(())
+    }
+}
+
+/// Copy a whole file with copy_file_range, falling back to read/write where the
+/// kernel refuses it (across filesystems on old kernels, special filesystems).
+/// A file that grows while copied is copied up to EOF, not up to its stat'ed size.
+fn copy_data(src: OwnedFd, dst: &OwnedFd, dpath: &dyn Fn() -> PathBuf) -> Result<()> {
+    let mut copied: u64 = 0;
+    loop {
+        match fs::copy_range(src.as_fd(), dst.as_fd(), 1 << 30) {
+            Ok(0) => return Ok(()),
+            Ok(n) => copied += n as u64,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
+                if copied == 0 =>
+            {
+                break;
+            }
+            Err(e) => return Err(Error::sys("copy_file_range", dpath(), e)),
+        }
+    }
+    let mut from = File::from(src);
+    let mut to = File::from(dst.try_clone().map_err(|e| Error::io("dup", dpath(), e))?);
+    std::io::copy(&mut from, &mut to)
+        .map(drop)
+        .map_err(|e| Error::io("copy", dpath(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::testutil::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn populate_into(
+        golden: &Path,
+        strategy: Strategy,
+        owner: &Owner,
+        threads: usize,
+    ) -> (TempDir, Stats) {
+        let dest = TempDir::new("dest");
+        let stats = populate(golden, dest.path(), strategy, owner, threads).unwrap();
+        (dest, stats)
+    }
+
+    /// The tree minus the fifo, as population should reproduce it (modes of dirs aside).
+    fn expected(golden: &Path) -> std::collections::BTreeMap<PathBuf, (char, u32, Vec<u8>)> {
+        describe(golden, false)
+    }
+
+    fn check_same_tree(golden: &Path, dest: &Path, dir_mode: Option<u32>) {
+        let mut want = expected(golden);
+        if let Some(m) = dir_mode {
+            for v in want.values_mut() {
+                if v.0 == 'd' {
+                    v.1 = m;
+                }
+            }
+        }
+        let got = describe(dest, true);
+        assert_eq!(
+            want.keys().collect::<Vec<_>>(),
+            got.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(want, got);
+    }
+
+    const POD: Owner = Owner {
+        uid: Some(1234),
+        gid: Some(5678),
+        mode: None,
+    };
+
+    #[test]
+    fn strategy_parses_and_prints() {
+        for s in [Strategy::Hardlink, Strategy::Reflink, Strategy::Copy] {
+            assert_eq!(s.as_str().parse::<Strategy>().unwrap(), s);
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        let e = "overlay".parse::<Strategy>().unwrap_err();
+        assert!(e.to_string().contains("strategy"), "{e}");
+    }
+
+    #[test]
+    fn hardlink_shares_inodes_and_owns_dirs() {
+        if skip_unless_root("hardlink_shares_inodes_and_owns_dirs") {
+            return;
+        }
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        for threads in [1, 4] {
+            let (d, stats) = populate_into(g.path(), Strategy::Hardlink, &POD, threads);
+            check_same_tree(g.path(), d.path(), None);
+            assert_eq!(
+                stats,
+                Stats {
+                    files: 8,
+                    dirs: 5,
+                    symlinks: 4,
+                    skipped: 1,
+                    bytes: 0
+                },
+                "threads={threads}"
+            );
+            assert_eq!(
+                ino(&g.path().join("a/b/c/three")),
+                ino(&d.path().join("a/b/c/three"))
+            );
+            // Files are the golden inodes: never chowned.
+            assert_eq!(owner(&d.path().join("ro/file")), (0, 0, 0o444));
+            // Directories are the pod's, with the golden modes.
+            assert_eq!(owner(&d.path().join("ro")), (1234, 5678, 0o555));
+            assert_eq!(owner(&d.path().join("a/b")).0, 1234);
+            assert_eq!(owner(d.path()).0, 1234);
+            // Symlinks recreated, owned by the pod, never followed.
+            assert_eq!(
+                std::fs::read_link(d.path().join("abs-link")).unwrap(),
+                Path::new("/etc/passwd")
+            );
+            assert_eq!(
+                std::fs::symlink_metadata(d.path().join("a/b/up"))
+                    .unwrap()
+                    .uid(),
+                1234
+            );
+            assert!(!d.path().join("a/fifo").exists());
+        }
+    }
+
+    #[test]
+    fn copy_gives_independent_files_owned_by_pod() {
+        if skip_unless_root("copy_gives_independent_files_owned_by_pod") {
+            return;
+        }
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let pod = Owner {
+            mode: Some(0o2770),
+            ..POD
+        };
+        let (d, stats) = populate_into(g.path(), Strategy::Copy, &pod, 3);
+        check_same_tree(g.path(), d.path(), Some(0o2770));
+        assert_eq!(stats.files, 8);
+        assert_eq!(stats.bytes, 3 + 10_000 + 3 + 200_000 + 10 + 2 + 1);
+        let (gf, df) = (g.path().join("a/b/c/three"), d.path().join("a/b/c/three"));
+        assert_ne!(ino(&gf), ino(&df));
+        assert_eq!(owner(&df), (1234, 5678, 0o644));
+        assert_eq!(owner(&d.path().join("exec.sh")), (1234, 5678, 0o750));
+        let (gm, dm) = (
+            std::fs::metadata(&gf).unwrap(),
+            std::fs::metadata(&df).unwrap(),
+        );
+        assert_eq!((gm.mtime(), gm.mtime_nsec()), (dm.mtime(), dm.mtime_nsec()));
+        std::fs::write(&df, b"pod wrote").unwrap();
+        assert_eq!(std::fs::read(&gf).unwrap(), vec![3u8; 200_000]);
+    }
+
+    #[test]
+    fn single_and_multi_threaded_agree_on_a_wide_deep_tree() {
+        if skip_unless_root("single_and_multi_threaded_agree_on_a_wide_deep_tree") {
+            return;
+        }
+        let g = TempDir::new("golden");
+        for i in 0..40 {
+            let mut p = g.path().join(format!("w{i}"));
+            for j in 0..(i % 7) {
+                p = p.join(format!("d{j}"));
+            }
+            std::fs::create_dir_all(&p).unwrap();
+            for k in 0..5 {
+                std::fs::write(p.join(format!("f{k}")), format!("{i}-{k}")).unwrap();
+            }
+        }
+        let (d1, s1) = populate_into(g.path(), Strategy::Copy, &Owner::default(), 1);
+        let (d4, s4) = populate_into(g.path(), Strategy::Copy, &Owner::default(), 4);
+        assert_eq!(s1, s4);
+        assert_eq!(describe(d1.path(), true), describe(d4.path(), true));
+        check_same_tree(g.path(), d4.path(), None);
+    }
+
+    #[test]
+    fn non_empty_destination_is_an_error_with_the_path() {
+        if skip_unless_root("non_empty_destination_is_an_error_with_the_path") {
+            return;
+        }
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let d = TempDir::new("dest");
+        std::fs::write(d.path().join("top.txt"), b"already").unwrap();
+        let e = populate(g.path(), d.path(), Strategy::Hardlink, &POD, 2).unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::EEXIST));
+        assert!(e.to_string().contains("top.txt"), "{e}");
+    }
+
+    #[test]
+    fn golden_root_symlink_is_refused() {
+        let g = TempDir::new("golden");
+        let d = TempDir::new("dest");
+        let link = g.path().join("link");
+        std::os::unix::fs::symlink(d.path(), &link).unwrap();
+        assert!(populate(&link, d.path(), Strategy::Copy, &Owner::default(), 1).is_err());
+    }
+
+    #[test]
+    fn same_filesystem_and_probe() {
+        let a = TempDir::new("fs-a");
+        assert!(same_filesystem(a.path(), &std::env::temp_dir()).unwrap());
+        // /proc is never the filesystem of /tmp.
+        assert!(!same_filesystem(a.path(), Path::new("/proc/self")).unwrap());
+        // The probe answers either way and leaves nothing behind.
+        let _ = probe_reflink(a.path());
+        assert_eq!(std::fs::read_dir(a.path()).unwrap().count(), 0);
+        assert!(!probe_reflink(Path::new("/nonexistent-bindery")));
+    }
+
+    #[test]
+    fn hardlink_across_filesystems_is_a_clear_error() {
+        if skip_unless_root("hardlink_across_filesystems_is_a_clear_error") {
+            return;
+        }
+        // /dev/shm is a tmpfs, never the filesystem of /tmp on these machines.
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() || same_filesystem(shm, &std::env::temp_dir()).unwrap() {
+            eprintln!("SKIP hardlink_across_filesystems_is_a_clear_error: no second filesystem");
+            return;
+        }
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let d = TempDir::new_in(shm, "dest");
+        for s in [Strategy::Hardlink, Strategy::Reflink] {
+            let e = populate(g.path(), d.path(), s, &POD, 2).unwrap_err();
+            assert!(matches!(e, Error::InvalidField { .. }), "{e}");
+            assert!(e.to_string().contains("different filesystems"), "{e}");
+        }
+        let stats = populate(g.path(), d.path(), Strategy::Copy, &POD, 2).unwrap();
+        assert_eq!(stats.files, 8);
+    }
+
+    /// Reflink on XFS (reflink=1): BINDERY_XFS_DIR names a directory on such a mount.
+    #[test]
+    fn reflink_on_xfs() {
+        let Some(xfs) = env_dir("BINDERY_XFS_DIR", "reflink_on_xfs") else {
+            return;
+        };
+        assert!(probe_reflink(&xfs));
+        assert_eq!(Strategy::auto(&xfs), Strategy::Reflink);
+        let g = TempDir::new_in(&xfs, "golden");
+        sample_tree(g.path());
+        for threads in [1, 4] {
+            let d = TempDir::new_in(&xfs, "dest");
+            let stats = populate(g.path(), d.path(), Strategy::Reflink, &POD, threads).unwrap();
+            assert_eq!(stats.files, 8);
+            check_same_tree(g.path(), d.path(), None);
+            let (gf, df) = (g.path().join("a/b/c/three"), d.path().join("a/b/c/three"));
+            assert_ne!(ino(&gf), ino(&df));
+            assert_eq!(owner(&df), (1234, 5678, 0o644));
+            std::fs::write(&df, b"pod wrote").unwrap();
+            assert_eq!(std::fs::read(&gf).unwrap(), vec![3u8; 200_000]);
+            let d2 = TempDir::new_in(&xfs, "dest");
+            populate(g.path(), d2.path(), Strategy::Hardlink, &POD, threads).unwrap();
+            check_same_tree(g.path(), d2.path(), None);
+        }
+    }
+
+    /// tmpfs has no FICLONE: reflink fails clearly, hardlink and copy work.
+    #[test]
+    fn strategies_on_tmpfs() {
+        let Some(tmpfs) = env_dir("BINDERY_TMPFS_DIR", "strategies_on_tmpfs") else {
+            return;
+        };
+        assert!(!probe_reflink(&tmpfs));
+        assert_eq!(Strategy::auto(&tmpfs), Strategy::Hardlink);
+        let g = TempDir::new_in(&tmpfs, "golden");
+        sample_tree(g.path());
+        let d = TempDir::new_in(&tmpfs, "dest");
+        let e = populate(g.path(), d.path(), Strategy::Reflink, &POD, 2).unwrap_err();
+        assert!(e.to_string().contains("FICLONE"), "{e}");
+        for s in [Strategy::Hardlink, Strategy::Copy] {
+            let d = TempDir::new_in(&tmpfs, "dest");
+            populate(g.path(), d.path(), s, &POD, 2).unwrap();
+            check_same_tree(g.path(), d.path(), None);
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! File-system system calls used by the cache engine (populate, remove, golden store).
+//!
+//! Every nix call of the cache engine goes through here, one small wrapper per
+//! step, each with one line saying why the step exists. Two families:
+//!
+//! - fd-relative wrappers (`*_at`, `fstat`, `fchown`, `ficlone`, …) are on the hot
+//!   path of population and removal (one call per file). They return
+//!   `nix::Result` so that no path is built unless something fails: the caller,
+//!   which knows the path, wraps the errno with `Error::sys(op, path, errno)`.
+//! - path wrappers (`open_dir`, `stat_path`, `lock_exclusive`, …)
+//!   return `crate::error::Result` with the path and errno already attached.
+//!
+//! Directories are always opened with `O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC`, files
+//! with `O_NOFOLLOW`: a symlink planted in a tree is never followed.
+
+use std::ffi::{CStr, OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{self, AtFlags, Flock, FlockArg, OFlag};
+use nix::sys::stat::{self, FileStat, Mode};
+use nix::unistd::{self, Gid, Uid, UnlinkatFlags};
+
+use crate::error::{Error, Result};
+
+pub use nix::dir::Type as EntryType;
+pub use nix::sys::stat::FileStat as Stat;
+
+/// Flags for every directory open: never follow a final symlink, fail on non-directories.
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// `..`, to reopen a parent directory from a child's fd.
+const DOTDOT: &CStr = match CStr::from_bytes_with_nul(b"..\0") {
+    Ok(c) => c,
+    Err(_) => panic!("literal is NUL-terminated"),
+};
+
+/// Turn a raw fd that a successful syscall just returned into an owned one.
+fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful open/openat/openat2 call, so
+    // it is a valid descriptor that nothing else owns or will close.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Open a directory by path, refusing a symlink as last component, as the root of an fd-relative walk.
+pub fn open_dir(path: &Path) -> Result<OwnedFd> {
+    fcntl::open(path, DIR_FLAGS, Mode::empty())
+        .map(owned)
+        .map_err(|e| Error::sys("open directory", path, e))
+}
+
+/// Open a subdirectory relative to its parent fd without following a symlink, to descend a tree safely.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
+    fcntl::openat(Some(dir.as_raw_fd()), name, DIR_FLAGS, Mode::empty()).map(owned)
+}
+
+/// Open a subdirectory like `open_dir_at` but fail with EXDEV if it is a mount point
+/// (any mount, bind mounts of the same filesystem included), so removal never crosses
+/// into another mount. Returns ENOSYS on kernels without openat2 (< 5.6).
+pub fn open_dir_at_no_xdev(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
+    let how = fcntl::OpenHow::new()
+        .flags(DIR_FLAGS)
+        .resolve(fcntl::ResolveFlag::RESOLVE_NO_XDEV | fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+    fcntl::openat2(dir.as_raw_fd(), name, how).map(owned)
+}
+
+/// Open a directory's parent (`..`) from its fd, to get an ancestor back after its fd was closed.
+pub fn open_parent(dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    fcntl::openat(Some(dir.as_raw_fd()), DOTDOT, DIR_FLAGS, Mode::empty()).map(owned)
+}
+
+/// Open a regular file read-only relative to its directory, never following a symlink, to copy or clone it.
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    fcntl::openat(Some(dir.as_raw_fd()), name, flags, Mode::empty()).map(owned)
+}
+
+/// Create a new file exclusively (fails if anything, a symlink included, has the name), to receive a copy.
+pub fn create_file_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_EXCL
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOCTTY;
+    fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags,
+        Mode::from_bits_truncate(mode),
+    )
+    .map(owned)
+}
+
+/// Open (creating if needed) a small file by path for writing, for pointers, markers and locks.
+pub fn create_file(path: &Path, truncate: bool) -> Result<File> {
+    let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if truncate {
+        flags |= OFlag::O_TRUNC;
+    }
+    fcntl::open(path, flags, Mode::from_bits_truncate(0o644))
+        .map(|fd| File::from(owned(fd)))
+        .map_err(|e| Error::sys("create file", path, e))
+}
+
+/// Create a directory relative to its parent fd: population recreates directories, never links them.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> nix::Result<()> {
+    stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode))
+}
+
+/// Hard-link a file into another directory without following a symlink: the `hardlink` strategy.
+pub fn link_at(
+    src_dir: BorrowedFd<'_>,
+    src: &CStr,
+    dst_dir: BorrowedFd<'_>,
+    dst: &CStr,
+) -> nix::Result<()> {
+    unistd::linkat(
+        Some(src_dir.as_raw_fd()),
+        src,
+        Some(dst_dir.as_raw_fd()),
+        dst,
+        AtFlags::empty(),
+    )
+}
+
+/// Create a symlink with the given target text: symlinks are recreated, never followed.
+pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<()> {
+    unistd::symlinkat(target, Some(dir.as_raw_fd()), name)
+}
+
+/// Read a symlink's target text relative to its directory, to recreate the link as it is.
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OsString> {
+    fcntl::readlinkat(Some(dir.as_raw_fd()), name)
+}
+
+/// Stat an entry relative to its directory without following a symlink, when readdir gives no type.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<FileStat> {
+    stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+/// Stat a relative path (which may contain '/') under a directory fd, not following a final symlink,
+/// to compare a golden file with its manifest entry.
+pub fn stat_rel(dir: BorrowedFd<'_>, rel: &Path) -> nix::Result<FileStat> {
+    stat::fstatat(Some(dir.as_raw_fd()), rel, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+/// Stat an open file: its mode, owner and device (to compare filesystems and detect mount points).
+pub fn fstat(fd: BorrowedFd<'_>) -> nix::Result<FileStat> {
+    stat::fstat(fd.as_raw_fd())
+}
+
+/// Stat a path, following symlinks, to learn which filesystem (st_dev) it lives on.
+pub fn stat_path(path: &Path) -> Result<FileStat> {
+    stat::stat(path).map_err(|e| Error::sys("stat", path, e))
+}
+
+/// Remove a directory entry relative to its parent fd (a directory if `is_dir`): fd-relative removal.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> nix::Result<()> {
+    let flag = if is_dir {
+        UnlinkatFlags::RemoveDir
+    } else {
+        UnlinkatFlags::NoRemoveDir
+    };
+    unistd::unlinkat(Some(dir.as_raw_fd()), name, flag)
+}
+
+/// Remove a path (a directory if `is_dir`), for the top of a tree and for small files.
+pub fn unlink_path(path: &Path, is_dir: bool) -> Result<()> {
+    let flag = if is_dir {
+        UnlinkatFlags::RemoveDir
+    } else {
+        UnlinkatFlags::NoRemoveDir
+    };
+    unistd::unlinkat(None, path, flag).map_err(|e| Error::sys("unlink", path, e))
+}
+
+/// Rename an entry between two directory fds: atomic publish of a golden version, moves into the trash.
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+) -> nix::Result<()> {
+    fcntl::renameat(
+        Some(old_dir.as_raw_fd()),
+        old,
+        Some(new_dir.as_raw_fd()),
+        new,
+    )
+}
+
+/// Rename a path to another path (replacing a file there): atomic update of small pointer files.
+pub fn rename_path(old: &Path, new: &Path) -> Result<()> {
+    fcntl::renameat(None, old, None, new).map_err(|e| Error::sys("rename", old, e))
+}
+
+// FICLONE = _IOW(0x94, 9, int): share the extents of the source fd with the destination.
+nix::ioctl_write_int!(ioctl_ficlone, 0x94, 9);
+
+/// Clone a whole file's extents into an empty destination (copy-on-write): the `reflink` strategy.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> nix::Result<()> {
+    // FICLONE takes the source fd as its integer argument; an fd is non-negative.
+    let src_fd =
+        nix::sys::ioctl::ioctl_param_type::try_from(src.as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    // SAFETY: both fds are valid for the duration of the call (they are borrowed),
+    // and FICLONE reads no memory from us: its argument is passed by value.
+    unsafe { ioctl_ficlone(dst.as_raw_fd(), src_fd) }.map(drop)
+}
+
+/// Copy up to `len` bytes in the kernel between the current offsets of two fds: the `copy` strategy.
+/// (A raw syscall: nix wraps it only behind its `zerocopy` feature, which bindery does not enable.)
+pub fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: usize) -> nix::Result<usize> {
+    // SAFETY: both fds are valid while borrowed; null offset pointers mean "use and
+    // advance the file offsets", so the kernel writes to no memory of ours.
+    let n = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_copy_file_range,
+            src.as_raw_fd(),
+            std::ptr::null_mut::<nix::libc::loff_t>(),
+            dst.as_raw_fd(),
+            std::ptr::null_mut::<nix::libc::loff_t>(),
+            len,
+            0u32,
+        )
+    };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// Set owner and group of an open file or directory (None keeps it): population gives the pod its files.
+pub fn fchown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> nix::Result<()> {
+    unistd::fchown(
+        fd.as_raw_fd(),
+        uid.map(Uid::from_raw),
+        gid.map(Gid::from_raw),
+    )
+}
+
+/// Set owner and group of a symlink itself (never its target), for recreated symlinks.
+pub fn lchown_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> nix::Result<()> {
+    unistd::fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        uid.map(Uid::from_raw),
+        gid.map(Gid::from_raw),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
+/// Set the permission bits of an open file or directory: exact modes, whatever the umask.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> nix::Result<()> {
+    stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode))
+}
+
+/// Make a directory we cannot open (mode 000, not root) searchable, through an O_PATH fd so that
+/// a symlink is never followed: removal of trees whose owner locked themselves out.
+pub fn unlock_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<()> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = owned(fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags,
+        Mode::empty(),
+    )?);
+    // fchmod() refuses O_PATH fds; /proc/self/fd/N names exactly the directory we opened.
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    stat::fchmodat(
+        None,
+        proc_path.as_str(),
+        Mode::from_bits_truncate(0o700),
+        stat::FchmodatFlags::FollowSymlink,
+    )
+}
+
+/// Preserve a file's access and modification times on its copy (build tools compare mtimes).
+pub fn set_times(fd: BorrowedFd<'_>, st: &FileStat) -> nix::Result<()> {
+    let atime = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
+    let mtime = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+    stat::futimens(fd.as_raw_fd(), &atime, &mtime)
+}
+
+/// Flush a whole filesystem to disk: one call makes a freshly built golden version durable.
+pub fn syncfs(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    unistd::syncfs(fd.as_raw_fd()).map_err(|e| Error::sys("syncfs", path, e))
+}
+
+/// Flush one file or directory to disk: pointer files and the directory entries renamed into place.
+pub fn fsync(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    unistd::fsync(fd.as_raw_fd()).map_err(|e| Error::sys("fsync", path, e))
+}
+
+/// Open a directory stream on a dup of `fd` to list entries while `fd` stays usable for `*at` calls.
+pub fn read_dir(fd: BorrowedFd<'_>) -> nix::Result<Dir> {
+    let dup = fd
+        .try_clone_to_owned()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EMFILE)))?;
+    // Dir::from closes the dup on failure.
+    Dir::from(dup)
+}
+
+/// An exclusive advisory lock held until dropped.
+#[derive(Debug)]
+pub struct LockGuard {
+    _lock: Flock<File>,
+}
+
+/// Take an exclusive flock on `path` (created if missing), blocking until it is free: builds of one
+/// cache by the daemon and by `bindery cache build` never run at once.
+pub fn lock_exclusive(path: &Path) -> Result<LockGuard> {
+    let file = create_file(path, false)?;
+    match Flock::lock(file, FlockArg::LockExclusive) {
+        Ok(lock) => Ok(LockGuard { _lock: lock }),
+        Err((_, e)) => Err(Error::sys("flock", path, e)),
+    }
+}
+
+/// Whether the fd's filesystem is the same as `dev` (stat's st_dev).
+pub fn same_dev(fd: BorrowedFd<'_>, dev: u64) -> nix::Result<bool> {
+    Ok(fstat(fd)?.st_dev == dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    fn b(fd: &OwnedFd) -> BorrowedFd<'_> {
+        fd.as_fd()
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("bindery-fs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    #[test]
+    fn open_dir_refuses_symlink() {
+        let d = tmp("sym");
+        std::os::unix::fs::symlink("/etc", d.join("l")).unwrap();
+        // O_DIRECTORY|O_NOFOLLOW on a symlink: ENOTDIR (ELOOP on some kernels).
+        let refused = |e: Errno| matches!(e, Errno::ENOTDIR | Errno::ELOOP);
+        let e = open_dir(&d.join("l")).unwrap_err();
+        assert!(refused(e.errno().unwrap()));
+        assert!(e.to_string().contains("/l"));
+        let fd = open_dir(&d).unwrap();
+        assert!(refused(open_dir_at(b(&fd), &c("l")).unwrap_err()));
+        assert!(refused(open_dir_at_no_xdev(b(&fd), &c("l")).unwrap_err()));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn link_symlink_readlink_roundtrip() {
+        let d = tmp("link");
+        std::fs::write(d.join("f"), b"x").unwrap();
+        let fd = open_dir(&d).unwrap();
+        link_at(b(&fd), &c("f"), b(&fd), &c("g")).unwrap();
+        let (a, g) = (
+            stat_at(b(&fd), &c("f")).unwrap(),
+            stat_at(b(&fd), &c("g")).unwrap(),
+        );
+        assert_eq!(a.st_ino, g.st_ino);
+        symlink_at(OsStr::from_bytes(b"../nowhere\n"), b(&fd), &c("s")).unwrap();
+        assert_eq!(
+            readlink_at(b(&fd), &c("s")).unwrap().as_bytes(),
+            b"../nowhere\n"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn lock_is_exclusive_between_open_files() {
+        let d = tmp("lock");
+        let p = d.join(".lock");
+        let g = lock_exclusive(&p).unwrap();
+        let f = create_file(&p, false).unwrap();
+        let again = Flock::lock(f, FlockArg::LockExclusiveNonblock);
+        assert!(matches!(again, Err((_, Errno::EWOULDBLOCK))));
+        drop(g);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
