@@ -43,6 +43,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub watchdog_interval: Duration,
     pub fuse_programs: Vec<String>,
+    pub cache_config: Option<PathBuf>,
+    pub caches: Vec<String>,
+    pub wait_for_caches: bool,
 }
 
 pub const HELP: &str = "\
@@ -76,6 +79,10 @@ FLAGS (environment fallback in brackets):
     --watchdog-interval SECS  how often staged mounts are checked (default 5; 0 = off)
     --fuse-programs LIST    comma-separated programs that volumes with mounter
                             `fuse` may run (default geesefs,goofys,mount-s3)
+    --cache-config FILE     declared caches, one [cache NAME] section each
+                            (a missing file declares none)
+    --cache NAME=SOURCE     declare a cache (repeatable); SOURCE is dir:/path
+    --no-wait-for-caches    report ready before declared caches are built
     -h, --help              print this help
     -V, --version           print the version
 
@@ -163,6 +170,9 @@ impl Config {
         let mut fuse_programs: Vec<String> =
             ["geesefs", "goofys", "mount-s3"].map(String::from).to_vec();
 
+        let mut cache_config = None;
+        let mut caches = Vec::new();
+        let mut wait_for_caches = true;
         let args: Vec<String> = args.into_iter().map(Into::into).collect();
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -217,6 +227,15 @@ impl Config {
                 "--unstage-grace" => unstage_grace = parse_secs(&flag, &value()?)?,
                 "--shutdown-grace" => shutdown_grace = parse_secs(&flag, &value()?)?,
                 "--watchdog-interval" => watchdog_interval = parse_secs(&flag, &value()?)?,
+                "--cache-config" => cache_config = Some(abs_dir("--cache-config", &value()?)?),
+                "--cache" => {
+                    let v = value()?;
+                    if !v.contains('=') {
+                        return Err(format!("--cache: expected NAME=SOURCE, got {v:?}"));
+                    }
+                    caches.push(v);
+                }
+                "--no-wait-for-caches" => wait_for_caches = false,
                 "--fuse-programs" => {
                     let v = value()?;
                     fuse_programs = v
@@ -262,6 +281,9 @@ impl Config {
             shutdown_grace,
             watchdog_interval,
             fuse_programs,
+            cache_config,
+            caches,
+            wait_for_caches,
         })))
     }
 }

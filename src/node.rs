@@ -4,7 +4,7 @@
 //! Every function validates its request in the fixed order (required fields,
 //! capability, paths), then takes the volume guard, then looks at state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
+use crate::cache::volume::{self as cachevol, CacheRequest, Caches};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mounter::{self, Health, MountSpec, Running, VolumeFiles};
@@ -28,6 +29,9 @@ pub struct Node {
     pub table: Arc<VolumeTable<VolumeRecord>>,
     store: StateStore,
     ready: Arc<AtomicBool>,
+    pub caches: Arc<Caches>,
+    /// A cache publication went away: the next upkeep verifies and collects.
+    cache_upkeep_due: AtomicBool,
 }
 
 /// What a publish request asks for, compared on repeat calls.
@@ -81,12 +85,19 @@ impl Node {
     /// `ready` is shared with the Identity service: Probe reports it.
     pub fn new(cfg: Arc<Config>, ready: Arc<AtomicBool>) -> Result<Self> {
         let store = StateStore::open(&cfg.state_dir)?;
+        let caches = Arc::new(Caches::open(cfg.clone())?);
         Ok(Node {
             cfg,
             table: Arc::new(VolumeTable::new()),
             store,
             ready,
+            caches,
+            cache_upkeep_due: AtomicBool::new(true),
         })
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
     }
 
     fn volume_files(&self, id: &str) -> VolumeFiles {
@@ -328,6 +339,7 @@ impl Node {
         };
         let readonly = req.get_readonly() || validate::read_only_mode(cap);
         let fingerprint = publish_fingerprint(readonly, cap);
+        debug_assert!(!cachevol::is_cache_request(req.get_volume_context()));
 
         let guard = self.table.acquire(id, Op::Short("NodePublishVolume"))?;
         let mut rec = guard.data().clone();
@@ -410,14 +422,20 @@ impl Node {
             validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
         let guard = self.table.acquire(id, Op::Short("NodeUnpublishVolume"))?;
         let mut rec = guard.data().clone();
-        let known = rec
+        let found = rec
             .get_publications()
             .iter()
-            .any(|p| Path::new(p.get_target_path()) == target);
-        if known || mountinfo::is_mount_point(&target)? {
-            mount::unmount(&target)?;
+            .find(|p| Path::new(p.get_target_path()) == target);
+        let known = found.is_some();
+        if found.is_some_and(|p| !p.get_cache_name().is_empty()) {
+            self.caches.unpublish(&target)?;
+            self.cache_upkeep_due.store(true, Ordering::SeqCst);
+        } else {
+            if known || mountinfo::is_mount_point(&target)? {
+                mount::unmount(&target)?;
+            }
+            remove_target_dir(&target)?;
         }
-        remove_target_dir(&target)?;
         if known {
             rec.mut_publications()
                 .retain(|p| Path::new(p.get_target_path()) != target);
@@ -453,6 +471,13 @@ impl Node {
                 what: "volume_path",
                 name: req.get_volume_path().to_string(),
             });
+        }
+        if let Some(p) = rec
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == clean && !p.get_cache_name().is_empty())
+        {
+            return self.cache_stats(p);
         }
         let mut resp = NodeGetVolumeStatsResponse::new();
         let mut condition = VolumeCondition::new();
@@ -529,7 +554,6 @@ impl Node {
                 Err(e) => warn!("volume {id:?}: {e}"),
             }
         }
-        self.ready.store(true, Ordering::SeqCst);
         info!("state recovered: {} volume(s)", self.table.len());
     }
 
@@ -603,6 +627,174 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Cache upkeep (tamper checks of shared golden versions, collection of
+    /// unused ones): after a cache volume went away, or when `force`d.
+    pub fn cache_upkeep(&self, force: bool) {
+        if !self.cache_upkeep_due.swap(false, Ordering::SeqCst) && !force {
+            return;
+        }
+        let mut in_use: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut hardlinked = HashSet::new();
+        for id in self.table.ids() {
+            // Populations in flight hold the guard: their versions are in use.
+            let Ok(guard) = self.table.acquire(&id, Op::Short("upkeep")) else {
+                self.cache_upkeep_due.store(true, Ordering::SeqCst);
+                return;
+            };
+            for p in guard
+                .data()
+                .get_publications()
+                .iter()
+                .filter(|p| !p.get_cache_name().is_empty())
+            {
+                let (name, version) = (
+                    p.get_cache_name().to_string(),
+                    p.get_cache_version().to_string(),
+                );
+                if p.get_strategy() == "hardlink" {
+                    hardlinked.insert((name.clone(), version.clone()));
+                }
+                in_use.entry(name).or_default().insert(version);
+            }
+        }
+        self.caches.maintain(&in_use, &hardlinked);
+    }
+
+    // ---- cache volumes -----------------------------------------------------
+
+    /// Validation and admission of a cache volume publish: population takes
+    /// time, so it is a long operation on the volume.
+    pub fn admit_cache_publish(
+        &self,
+        req: &NodePublishVolumeRequest,
+    ) -> Result<(Guard<VolumeRecord>, PathBuf, CacheRequest, bool)> {
+        let id = validate::volume_id(req.get_volume_id())?;
+        validate::required("target_path", req.get_target_path())?;
+        let cap = validate::required_msg(
+            "volume_capability",
+            req.has_volume_capability(),
+            req.get_volume_capability(),
+        )?;
+        validate::capability("volume_capability", cap)?;
+        let target =
+            validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
+        let readonly = req.get_readonly() || validate::read_only_mode(cap);
+        let creq = self.caches.request(
+            req.get_volume_context(),
+            cap.get_mount().get_volume_mount_group(),
+            readonly,
+        )?;
+        let guard = self.table.acquire(id, Op::Long("NodePublishVolume"))?;
+        Ok((guard, target, creq, readonly))
+    }
+
+    /// Fill the target from the golden copy; return only when complete. The
+    /// publication is recorded as incomplete before population starts, so a
+    /// crash midway makes the retry start over instead of reporting a half
+    /// full volume ready.
+    pub fn cache_publish(
+        &self,
+        guard: Guard<VolumeRecord>,
+        target: PathBuf,
+        creq: CacheRequest,
+        readonly: bool,
+    ) -> Result<NodePublishVolumeResponse> {
+        let id = guard.id().to_string();
+        let mut rec = guard.data().clone();
+        if let Some(p) = rec
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target)
+        {
+            if p.get_fingerprint() != creq.fingerprint {
+                return Err(Error::exists(
+                    &id,
+                    format!(
+                        "{} is already published with other attributes",
+                        target.display()
+                    ),
+                ));
+            }
+            if p.get_complete() {
+                return Ok(NodePublishVolumeResponse::new());
+            }
+            warn!(
+                "volume {id:?}: population of {} was interrupted, starting over",
+                target.display()
+            );
+            self.caches.unpublish(&target)?;
+        }
+        rec.set_volume_id(id.clone());
+        rec.mut_publications()
+            .retain(|p| Path::new(p.get_target_path()) != target);
+        let mut pending = Publication::new();
+        pending.set_target_path(target.display().to_string());
+        pending.set_fingerprint(creq.fingerprint.clone());
+        pending.set_cache_name(creq.decl.name.clone());
+        pending.set_complete(false);
+        rec.mut_publications().push(pending);
+        self.save(&rec)?;
+        *guard.data() = rec.clone();
+        let done = self.caches.publish(&creq, &target, readonly);
+        rec.mut_publications()
+            .retain(|p| Path::new(p.get_target_path()) != target);
+        match done {
+            Ok(p) => {
+                rec.mut_publications().push(p);
+                self.save(&rec)?;
+                *guard.data() = rec;
+                Ok(NodePublishVolumeResponse::new())
+            }
+            Err(e) => {
+                if let Err(clean) = self.caches.unpublish(&target) {
+                    warn!("volume {id:?}: cleaning up {}: {clean}", target.display());
+                }
+                self.save(&rec)?;
+                *guard.data() = rec;
+                Err(e)
+            }
+        }
+    }
+
+    fn cache_stats(&self, p: &Publication) -> Result<NodeGetVolumeStatsResponse> {
+        let root = Path::new(p.get_cache_root());
+        let mut condition = VolumeCondition::new();
+        let (bytes, inodes) = match self.caches.usage(root) {
+            Ok(u) => u,
+            Err(e) => {
+                condition.set_abnormal(true);
+                condition.set_message(e.to_string());
+                (0, 0)
+            }
+        };
+        if !condition.get_abnormal() {
+            if self
+                .caches
+                .is_retired(p.get_cache_name(), p.get_cache_version())
+            {
+                condition.set_abnormal(true);
+                condition.set_message(format!(
+                    "golden version {} of cache {:?} was modified through a hardlink; new pods get a rebuilt copy",
+                    p.get_cache_version(),
+                    p.get_cache_name()
+                ));
+            } else {
+                condition.set_message("volume is healthy".into());
+            }
+        }
+        let mut resp = NodeGetVolumeStatsResponse::new();
+        let mut b = VolumeUsage::new();
+        b.set_unit(VolumeUsage_Unit::BYTES);
+        b.set_used(bytes as i64);
+        let mut i = VolumeUsage::new();
+        i.set_unit(VolumeUsage_Unit::INODES);
+        i.set_used(inodes as i64);
+        resp.mut_usage().push(b);
+        resp.mut_usage().push(i);
+        resp.set_volume_condition(condition);
+        Ok(resp)
     }
 }
 

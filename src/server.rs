@@ -184,19 +184,34 @@ pub fn run(cfg: Config) -> Result<()> {
     let background = match node {
         Some(node) => {
             let interval = cfg.watchdog_interval;
+            let wait_for_caches = cfg.wait_for_caches;
             Some(
                 thread::Builder::new()
                     .name("watchdog".into())
                     .spawn(move || {
                         node.recover();
+                        if wait_for_caches {
+                            node.caches.build_missing();
+                            node.set_ready();
+                        } else {
+                            node.set_ready();
+                            node.caches.build_missing();
+                        }
+                        info!("ready");
                         if interval.is_zero() {
                             let _ = stop_rx.recv();
                             return;
                         }
+                        // Tamper checks and collection run after a cache
+                        // volume went away, and about once a minute anyway.
+                        let every = (60 / interval.as_secs().max(1)).max(1);
+                        let mut pass = 0u64;
                         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                             stop_rx.recv_timeout(interval)
                         {
                             node.watchdog_pass();
+                            pass += 1;
+                            node.cache_upkeep(pass % every == 0);
                         }
                     })
                     .map_err(|e| Error::io("spawn thread", "watchdog", e))?,

@@ -170,7 +170,8 @@ fn missing_fields_are_invalid_argument() {
     }
     // Nothing was created for the refused requests.
     assert!(!d.kubelet.join("pods").exists());
-    assert!(!d.kubelet.join("plugins").exists());
+    assert!(!d.kubelet.join("plugins/kubernetes.io").exists());
+    assert!(!d.kubelet.join("plugins/x").exists());
 }
 
 #[test]
@@ -236,7 +237,8 @@ fn bad_paths_and_capabilities_are_refused_without_side_effects() {
         assert_eq!(out.code, INVALID_ARGUMENT, "{args:?}: {out:?}");
     }
     assert!(!outside.exists(), "nothing written outside the kubelet dir");
-    assert!(!d.kubelet.join("plugins").exists());
+    assert!(!d.kubelet.join("plugins/kubernetes.io").exists());
+    assert!(!d.kubelet.join("plugins/x").exists());
     // Bad volume parameters name themselves and change nothing.
     let out = d.csi(&[
         "node-stage",
@@ -251,7 +253,8 @@ fn bad_paths_and_capabilities_are_refused_without_side_effects() {
     ]);
     assert_eq!(out.code, INVALID_ARGUMENT, "{out:?}");
     assert!(out.stderr.contains("colour"), "{}", out.stderr);
-    assert!(!d.kubelet.join("plugins").exists());
+    assert!(!d.kubelet.join("plugins/kubernetes.io").exists());
+    assert!(!d.kubelet.join("plugins/x").exists());
 }
 
 #[test]

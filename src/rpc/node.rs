@@ -8,6 +8,7 @@ use std::sync::Arc;
 use grpcio::{RpcContext, UnarySink};
 
 use super::{inline, offload, Subject};
+use crate::cache::volume::is_cache_request;
 use crate::error::Error;
 use crate::node::Node;
 use crate::proto::csi::*;
@@ -59,6 +60,8 @@ impl NodeApi for NodeService {
         )
     }
 
+    /// A bind of a staged volume is short and answers inline; filling a cache
+    /// volume takes time and runs on the worker pool.
     fn node_publish_volume(
         &mut self,
         ctx: RpcContext,
@@ -66,9 +69,23 @@ impl NodeApi for NodeService {
         sink: UnarySink<NodePublishVolumeResponse>,
     ) {
         let subject = Subject::new(req.get_volume_id(), req.get_target_path());
-        inline(&ctx, "NodePublishVolume", Some(subject), sink, || {
-            self.node.publish(&req)
-        })
+        if is_cache_request(req.get_volume_context()) {
+            let node = self.node.clone();
+            let admission = self.node.admit_cache_publish(&req);
+            offload(
+                &ctx,
+                &self.workers,
+                "NodePublishVolume",
+                subject,
+                sink,
+                admission,
+                move |(guard, target, creq, ro)| node.cache_publish(guard, target, creq, ro),
+            )
+        } else {
+            inline(&ctx, "NodePublishVolume", Some(subject), sink, || {
+                self.node.publish(&req)
+            })
+        }
     }
 
     fn node_unpublish_volume(

@@ -37,6 +37,25 @@ pub fn remount_bind_read_only(target: &Path) -> Result<()> {
     .map_err(|e| Error::sys("remount read-only", target, e))
 }
 
+/// Mount an overlay with a golden version as its read-only lower layer: the
+/// O(1) publish of cache volumes with the overlay strategy.
+pub fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| Error::sys("overlay mount", target, e))
+}
+
 /// Unmount `target`. A FUSE mount whose daemon died (ENOTCONN) or is still
 /// used (EBUSY) is detached lazily so the path is usable again at once.
 /// Returns false when nothing was mounted there.
@@ -73,10 +92,13 @@ pub struct FsStats {
 /// is how a dead FUSE mount shows itself.
 pub fn fs_stats(path: &Path) -> Result<FsStats> {
     let s = statfs(path).map_err(|e| Error::sys("statfs", path, e))?;
-    let bsize = s.block_size() as u64;
-    let total = s.blocks() as u64 * bsize;
-    let free = s.blocks_free() as u64 * bsize;
-    let avail = s.blocks_available() as u64 * bsize;
+    // FUSE servers report whatever they like (s3fs: 2^24 blocks of 2^24
+    // bytes): saturate instead of overflowing, and stay within i64 for CSI.
+    let bytes =
+        |blocks: u64| (blocks as u128 * s.block_size() as u128).min(i64::MAX as u128) as u64;
+    let total = bytes(s.blocks() as u64);
+    let free = bytes(s.blocks_free() as u64);
+    let avail = bytes(s.blocks_available() as u64);
     let files = s.files() as u64;
     let ffree = s.files_free() as u64;
     Ok(FsStats {

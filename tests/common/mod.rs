@@ -26,8 +26,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(tag: &str) -> Self {
+        Self::new_in(&std::env::temp_dir(), tag)
+    }
+
+    pub fn new_in(parent: &Path, tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("bindery-t-{tag}-{}-{n}", std::process::id()));
+        let path = parent.join(format!("bindery-t-{tag}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
         Scratch { path }
@@ -120,7 +124,13 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 impl Daemon {
     /// Start a node-mode daemon with `extra` flags.
     pub fn start(extra: &[&str]) -> Daemon {
-        let scratch = Scratch::new("d");
+        Self::start_in(&std::env::temp_dir(), extra)
+    }
+
+    /// Start a daemon whose kubelet and state dirs live below `parent`
+    /// (e.g. on an XFS or tmpfs mount).
+    pub fn start_in(parent: &Path, extra: &[&str]) -> Daemon {
+        let scratch = Scratch::new_in(parent, "d");
         let root = scratch.path.clone();
         let mut d = Daemon {
             child: None,
@@ -157,8 +167,8 @@ impl Daemon {
         let log = self.log.clone();
         wait_for(
             &format!("socket {} (log: {})", socket.display(), log.display()),
-            Duration::from_secs(20),
-            || socket.exists() && self.csi(&["probe"]).ok(),
+            Duration::from_secs(120),
+            || socket.exists() && self.csi(&["probe"]).stdout.contains("value: true"),
         );
     }
 
@@ -339,4 +349,62 @@ impl Drop for S3Server {
 
 pub fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// A small node_modules-shaped tree: `dirs` directories of `files` files,
+/// modes 0644 and 0755, a relative, an absolute and a dangling symlink.
+pub fn make_tree(root: &Path, dirs: usize, files: usize) {
+    use std::os::unix::fs::symlink;
+    for d in 0..dirs {
+        let dir = root.join(format!("pkg-{d}/lib"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..files {
+            let p = dir.join(format!("f{f}.js"));
+            fs::write(&p, format!("module {d}/{f}\n").repeat(1 + (d * 7 + f) % 50)).unwrap();
+            if f % 5 == 0 {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        symlink("lib/f0.js", root.join(format!("pkg-{d}/index.js"))).unwrap();
+    }
+    symlink("/etc/hostname", root.join("abs-link")).unwrap();
+    symlink("does/not/exist", root.join("dangling")).unwrap();
+}
+
+/// Every entry below `root`: relative path → (kind, mode bits, content or
+/// link target). Symlinks are not followed.
+pub fn tree_listing(root: &Path) -> std::collections::BTreeMap<PathBuf, (char, u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<PathBuf, (char, u32, Vec<u8>)>,
+    ) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let m = p.symlink_metadata().unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if m.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    (
+                        'l',
+                        0,
+                        fs::read_link(&p)
+                            .unwrap()
+                            .into_os_string()
+                            .into_encoded_bytes(),
+                    ),
+                );
+            } else if m.is_dir() {
+                out.insert(rel, ('d', 0, Vec::new()));
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, ('f', m.mode() & 0o777, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
 }
