@@ -46,6 +46,7 @@ pub struct Config {
     pub cache_config: Option<PathBuf>,
     pub caches: Vec<String>,
     pub wait_for_caches: bool,
+    pub mounter_cgroups: Vec<PathBuf>,
 }
 
 pub const HELP: &str = "\
@@ -79,6 +80,9 @@ FLAGS (environment fallback in brackets):
     --watchdog-interval SECS  how often staged mounts are checked (default 5; 0 = off)
     --fuse-programs LIST    comma-separated programs that volumes with mounter
                             `fuse` may run (default geesefs,goofys,mount-s3)
+    --mounter-cgroup DIR    move every mounter into this cgroup dir (repeatable:
+                            one per cgroup v1 hierarchy), so that stopping the
+                            daemon's container does not kill the FUSE mounts
     --cache-config FILE     declared caches, one [cache NAME] section each
                             (a missing file declares none)
     --cache NAME=SOURCE     declare a cache (repeatable); SOURCE is dir:/path
@@ -173,6 +177,7 @@ impl Config {
         let mut cache_config = None;
         let mut caches = Vec::new();
         let mut wait_for_caches = true;
+        let mut mounter_cgroups = Vec::new();
         let args: Vec<String> = args.into_iter().map(Into::into).collect();
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -236,6 +241,7 @@ impl Config {
                     caches.push(v);
                 }
                 "--no-wait-for-caches" => wait_for_caches = false,
+                "--mounter-cgroup" => mounter_cgroups.push(abs_dir("--mounter-cgroup", &value()?)?),
                 "--fuse-programs" => {
                     let v = value()?;
                     fuse_programs = v
@@ -284,6 +290,7 @@ impl Config {
             cache_config,
             caches,
             wait_for_caches,
+            mounter_cgroups,
         })))
     }
 }

@@ -250,7 +250,7 @@ impl Controller {
         let mnt = self.dir.join(format!("mnt-{key}"));
         fs::create_dir_all(&mnt).map_err(|e| Error::io("mkdir", &mnt, e))?;
         let files = VolumeFiles::new(self.dir.join(format!("files-{key}")));
-        let run = mounter::start(id, &spec, &mnt, &files, self.cfg.mount_timeout)?;
+        let run = mounter::start(id, &spec, &mnt, &files, &self.cfg)?;
         let mut result = Ok(());
         match fs::read_dir(&mnt) {
             Ok(entries) => {

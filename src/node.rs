@@ -219,7 +219,7 @@ impl Node {
         }
         ensure_dir(&staging)?;
         let files = self.volume_files(id);
-        let run = mounter::start(id, &spec, &staging, &files, self.cfg.mount_timeout)?;
+        let run = mounter::start(id, &spec, &staging, &files, &self.cfg)?;
         let mut stage = Stage::new();
         stage.set_staging_path(staging.display().to_string());
         stage.set_parameters(req.get_volume_context().clone());
@@ -584,13 +584,7 @@ impl Node {
             )?;
             apply_mount_group(&mut spec, st.get_volume_mount_group())?;
             ensure_dir(&staging)?;
-            let run = mounter::start(
-                &id,
-                &spec,
-                &staging,
-                &self.volume_files(&id),
-                self.cfg.mount_timeout,
-            )?;
+            let run = mounter::start(&id, &spec, &staging, &self.volume_files(&id), &self.cfg)?;
             rec.mut_stage().set_mounter_pid(run.pid);
             rec.mut_stage().set_mounter_start_ticks(run.start_ticks);
             self.save(&rec)?;

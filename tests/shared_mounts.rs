@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -481,4 +481,52 @@ fn controller_creates_prefix_volumes() {
     assert!(d.csi(&args(&delete)).ok());
     assert!(d.csi(&["delete-volume", "--volume-id", "fake-vol-id"]).ok());
     assert!(mounts_below(&d.scratch.path).is_empty());
+}
+
+/// With --mounter-cgroup the mounter leaves the daemon's cgroup, so that a
+/// container runtime emptying the daemon's container cgroup spares it.
+#[test]
+fn mounter_moves_to_its_own_cgroup() {
+    if !can_mount("mounter_moves_to_its_own_cgroup") {
+        return;
+    }
+    let name = format!("bindery-test-{}", std::process::id());
+    let base = if Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+        PathBuf::from("/sys/fs/cgroup/pids")
+    } else {
+        eprintln!("SKIP mounter_moves_to_its_own_cgroup: no writable cgroup hierarchy");
+        return;
+    };
+    let cg = base.join(&name);
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&[&format!("--mounter-cgroup={}", cg.display())]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/cg/globalmount");
+    let out = d.csi(&args(&stage_args(&s3, BUCKET, &staging, "s3fs")));
+    assert!(out.ok(), "{out:?}");
+    let pids = mounter_pids(&staging);
+    assert_eq!(pids.len(), 1);
+    let cgroups = fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
+    let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    assert!(cgroups.contains(&name), "{cgroups}");
+    assert!(procs.lines().any(|l| l == pids[0].to_string()), "{procs}");
+    assert!(!fs::read_to_string(format!("/proc/{}/cgroup", d.pid()))
+        .unwrap()
+        .contains(&name));
+    assert!(d
+        .csi(&[
+            "node-unstage",
+            "--volume-id",
+            BUCKET,
+            "--staging-path",
+            &staging
+        ])
+        .ok());
+    wait_until("cgroup empty", 10, || {
+        fs::read_to_string(cg.join("cgroup.procs"))
+            .map(|p| p.trim().is_empty())
+            .unwrap_or(true)
+    });
+    fs::remove_dir(&cg).unwrap();
 }

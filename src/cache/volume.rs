@@ -206,7 +206,7 @@ impl Caches {
                 let mnt = self.store.root().join(format!(".mnt-{name}"));
                 fs::create_dir_all(&mnt).map_err(|e| Error::io("mkdir", &mnt, e))?;
                 let files = VolumeFiles::new(self.store.root().join(format!(".files-{name}")));
-                let run = mounter::start(&id, &spec, &mnt, &files, self.cfg.mount_timeout)?;
+                let run = mounter::start(&id, &spec, &mnt, &files, &self.cfg)?;
                 let built = self.store.build_from_dir(name, &mnt);
                 mounter::stop(&mnt, run, self.cfg.unstage_grace);
                 let _ = files.remove();

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state::{private_dir, write_atomic};
 use crate::sys::{mount, mountinfo, process};
@@ -622,13 +623,18 @@ pub fn check(mnt: &Path, run: Running) -> Health {
 /// Start the mounter for `spec` at `mnt` and wait until it serves the mount.
 /// On failure nothing is left behind: the process is stopped, the mount
 /// removed, credentials deleted; the error carries the mounter's own output.
+///
+/// The process is moved into each `--mounter-cgroup` so that a container
+/// runtime stopping the daemon's container (which kills what is left in the
+/// container's cgroup) does not take the mounts of running pods with it.
 pub fn start(
     volume: &str,
     spec: &MountSpec,
     mnt: &Path,
     files: &VolumeFiles,
-    timeout: Duration,
+    cfg: &Config,
 ) -> Result<Running> {
+    let timeout = cfg.mount_timeout;
     let cmd = command(spec, mnt, files)?;
     let _ = fs::remove_file(&files.log);
     let (pid, start_ticks) = match process::spawn_session(cmd, &files.log) {
@@ -642,6 +648,15 @@ pub fn start(
         }
     };
     let run = Running { pid, start_ticks };
+    if let Some(e) = cfg
+        .mounter_cgroups
+        .iter()
+        .find_map(|cg| process::move_to_cgroup(pid, cg).err())
+    {
+        stop(mnt, run, Duration::from_millis(200));
+        let _ = files.remove();
+        return Err(Error::mounter(volume, format!("--mounter-cgroup: {e}")));
+    }
     let deadline = Instant::now() + timeout;
     let mut last;
     loop {

@@ -75,6 +75,15 @@ pub fn spawn_session(mut cmd: Command, log: &Path) -> Result<(i32, u64)> {
     Ok((pid, start))
 }
 
+/// Move `pid` into the cgroup directory `dir` (created if missing; cgroup v2,
+/// or one hierarchy of v1): lets a mounter leave the daemon's container
+/// cgroup, which the container runtime empties when the container stops.
+pub fn move_to_cgroup(pid: i32, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
+    let procs = dir.join("cgroup.procs");
+    fs::write(&procs, pid.to_string()).map_err(|e| Error::io("write", &procs, e))
+}
+
 /// Collect the exit status of our child `pid` if it has exited, so it does not
 /// linger as a zombie. Harmless for processes that are not our children.
 pub fn reap(pid: i32) -> Option<WaitStatus> {
