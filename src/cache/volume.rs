@@ -39,6 +39,8 @@ pub struct Caches {
     trash: Option<Trash>,
     /// Golden store and kubelet dir share a filesystem (hardlink/reflink work).
     same_fs: bool,
+    /// What `auto` means here, probed once (a FICLONE on the store).
+    auto: std::sync::OnceLock<Strategy>,
 }
 
 /// A validated cache publish request.
@@ -158,6 +160,7 @@ impl Caches {
             store,
             trash: None,
             same_fs,
+            auto: std::sync::OnceLock::new(),
         })
     }
 
@@ -325,7 +328,7 @@ impl Caches {
     fn resolve(&self, choice: Choice) -> Result<Choice> {
         match choice {
             Choice::Auto if !self.same_fs => Ok(Choice::Fill(Strategy::Copy)),
-            Choice::Auto => Ok(Choice::Fill(Strategy::auto(self.store.root()))),
+            Choice::Auto => Ok(Choice::Fill(*self.auto.get_or_init(|| Strategy::auto(self.store.root())))),
             Choice::Fill(s @ (Strategy::Hardlink | Strategy::Reflink)) if !self.same_fs => Err(Error::invalid(
                 "volume_context.strategy",
                 format!(
