@@ -484,3 +484,70 @@ fn hardlink_on_tmpfs() {
         ),
     }
 }
+
+/// An s3: cache source is fetched through a short-lived mount of the real
+/// S3 server, then served like any other golden version.
+#[test]
+fn s3_source_is_fetched_through_a_mounter() {
+    if !can_mount("s3_source_is_fetched_through_a_mounter") {
+        return;
+    }
+    let s3 = S3Server::start(&["models"]);
+    let obj = s3.dir.join("models/resnet");
+    fs::create_dir_all(obj.join("layers")).unwrap();
+    fs::write(obj.join("config.json"), "{\"layers\": 50}").unwrap();
+    fs::write(obj.join("layers/0.bin"), vec![7u8; 100_000]).unwrap();
+    let conf_dir = Scratch::new("s3conf");
+    let creds = conf_dir.path.join("credentials");
+    fs::write(
+        &creds,
+        format!("accessKeyID={ACCESS_KEY}\nsecretAccessKey={SECRET_KEY}\n"),
+    )
+    .unwrap();
+    let conf = conf_dir.path.join("caches.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[cache models]\nsource = s3:models/resnet\nendpoint = {}\ncredentials = {}\nstrategy = copy\n",
+            s3.endpoint,
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&[&format!("--cache-config={}", conf.display())]);
+    let target = d.kpath("pods/p/volumes/kubernetes.io~csi/m/mount");
+    let out = d.csi(&[
+        "node-publish",
+        "--volume-id",
+        "csi-m",
+        "--target-path",
+        &target,
+        "--param",
+        "cache=models",
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let t = PathBuf::from(&target);
+    assert_eq!(
+        fs::read_to_string(t.join("config.json")).unwrap(),
+        "{\"layers\": 50}"
+    );
+    assert_eq!(
+        fs::read(t.join("layers/0.bin")).unwrap(),
+        vec![7u8; 100_000]
+    );
+    assert!(!d.log_text().contains(SECRET_KEY), "secret in the log");
+    assert!(
+        pids_matching(|c| c.starts_with("s3fs ")).is_empty(),
+        "the fetch mount is gone"
+    );
+    assert!(d
+        .csi(&[
+            "node-unpublish",
+            "--volume-id",
+            "csi-m",
+            "--target-path",
+            &target
+        ])
+        .ok());
+    assert!(mounts_below(&d.scratch.path).is_empty());
+}

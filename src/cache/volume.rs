@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::mounter::{self, VolumeFiles};
 use crate::proto::bindery::Publication;
 use crate::state::private_dir;
-use crate::sys::{mount, mountinfo};
+use crate::sys::{self, mount, mountinfo};
 
 /// Volume attributes a cache volume may carry (plus the CO's own keys).
 const ATTRS: &[&str] = &[
@@ -116,8 +116,7 @@ fn ensure_owned_dir(path: &Path, owner: &Owner) -> Result<()> {
         }
         Err(e) => return Err(Error::io("mkdir", path, e)),
     }
-    nix::unistd::chown(path, owner.uid.map(Into::into), owner.gid.map(Into::into))
-        .map_err(|e| Error::sys("chown", path, e))
+    sys::fs::chown_path(path, owner.uid, owner.gid)
 }
 
 impl Caches {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use grpcio::{RpcContext, UnarySink};
 
-use super::{inline, offload, Subject};
+use super::{inline, log_request, offload, Subject};
 use crate::controller::Controller;
 use crate::error::Error;
 use crate::proto::csi::*;
@@ -36,6 +36,7 @@ impl ControllerApi for ControllerService {
         sink: UnarySink<CreateVolumeResponse>,
     ) {
         let c = self.controller.clone();
+        log_request("CreateVolume", &req);
         let subject = Subject::new(req.get_name(), "");
         offload(
             &ctx,
@@ -55,6 +56,7 @@ impl ControllerApi for ControllerService {
         sink: UnarySink<DeleteVolumeResponse>,
     ) {
         let c = self.controller.clone();
+        log_request("DeleteVolume", &req);
         let subject = Subject::new(req.get_volume_id(), "");
         offload(
             &ctx,

@@ -29,6 +29,83 @@ impl Subject {
     }
 }
 
+/// Log a request at debug level with its secrets and mount flags masked
+/// (the spec: mount_flags "MAY contain sensitive information").
+pub fn log_request(method: &str, req: &dyn protobuf::Message) {
+    if log::log_enabled!(log::Level::Debug) {
+        let text = protobuf::text_format::print_to_string(req);
+        debug!(
+            "{method} request: {}",
+            mask_fields(&text, &["secrets", "mount_flags"])
+        );
+    }
+}
+
+/// Replace the values of the named fields in protobuf text format: map
+/// entries `name {...}` become `name {***}`, strings `name: "..."` become
+/// `name: "***"`. Quoted strings (with escapes) are skipped as a whole, so a
+/// brace or quote inside a value cannot end the masking early.
+pub fn mask_fields(text: &str, names: &[&str]) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    // The end of the quoted string starting at b[start] == b'"'.
+    let skip_quoted = |start: usize| -> usize {
+        let mut j = start + 1;
+        while j < b.len() && b[j] != b'"' {
+            j += if b[j] == b'\\' { 2 } else { 1 };
+        }
+        (j + 1).min(b.len())
+    };
+    while i < b.len() {
+        if b[i] == b'"' {
+            let end = skip_quoted(i);
+            out.push_str(&text[i..end]);
+            i = end;
+            continue;
+        }
+        let at_token = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        let hit = at_token
+            .then(|| names.iter().find(|n| text[i..].starts_with(*n)))
+            .flatten();
+        if let Some(name) = hit {
+            let rest = &text[i + name.len()..];
+            if rest.starts_with(" {") {
+                // Skip the balanced braces of the map entry.
+                let mut j = i + name.len() + 2;
+                let mut depth = 1;
+                while j < b.len() && depth > 0 {
+                    match b[j] {
+                        b'"' => {
+                            j = skip_quoted(j);
+                            continue;
+                        }
+                        b'{' => depth += 1,
+                        b'}' => depth -= 1,
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                out.push_str(name);
+                out.push_str(" {***}");
+                i = j;
+                continue;
+            }
+            if rest.starts_with(": \"") {
+                let start = i + name.len() + 2;
+                out.push_str(name);
+                out.push_str(": \"***\"");
+                i = skip_quoted(start);
+                continue;
+            }
+        }
+        let ch = text[i..].chars().next().unwrap_or(' ');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
 fn status(err: &Error) -> RpcStatus {
     RpcStatus::with_message(err.code(), err.to_string())
 }
@@ -134,5 +211,31 @@ pub fn offload<T, A>(
                 finish_here(reply(method, Some(&subject), started, sink, result));
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_secrets_and_mount_flags() {
+        let text = r#"volume_id: "v" secrets {key: "secretAccessKey" value: "s3cr}et\"x"} secrets {key: "a" value: "b"} volume_capability {mount {mount_flags: "password=hunter2" mount_flags: "ro"}} my_secrets: "kept""#;
+        let masked = mask_fields(text, &["secrets", "mount_flags"]);
+        assert!(
+            !masked.contains("s3cr") && !masked.contains("hunter2"),
+            "{masked}"
+        );
+        assert!(masked.contains(r#"volume_id: "v""#));
+        assert!(
+            masked.contains(r#"my_secrets: "kept""#),
+            "only whole field names: {masked}"
+        );
+        assert_eq!(masked.matches("secrets {***}").count(), 2, "{masked}");
+        assert_eq!(
+            masked.matches(r#"mount_flags: "***""#).count(),
+            2,
+            "{masked}"
+        );
     }
 }

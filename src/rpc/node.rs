@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use grpcio::{RpcContext, UnarySink};
 
-use super::{inline, offload, Subject};
+use super::{inline, log_request, offload, Subject};
 use crate::cache::volume::is_cache_request;
 use crate::error::Error;
 use crate::node::Node;
@@ -28,6 +28,7 @@ impl NodeApi for NodeService {
         req: NodeStageVolumeRequest,
         sink: UnarySink<NodeStageVolumeResponse>,
     ) {
+        log_request("NodeStageVolume", &req);
         let subject = Subject::new(req.get_volume_id(), req.get_staging_target_path());
         let node = self.node.clone();
         offload(
@@ -47,6 +48,7 @@ impl NodeApi for NodeService {
         req: NodeUnstageVolumeRequest,
         sink: UnarySink<NodeUnstageVolumeResponse>,
     ) {
+        log_request("NodeUnstageVolume", &req);
         let subject = Subject::new(req.get_volume_id(), req.get_staging_target_path());
         let node = self.node.clone();
         offload(
@@ -68,6 +70,7 @@ impl NodeApi for NodeService {
         req: NodePublishVolumeRequest,
         sink: UnarySink<NodePublishVolumeResponse>,
     ) {
+        log_request("NodePublishVolume", &req);
         let subject = Subject::new(req.get_volume_id(), req.get_target_path());
         if is_cache_request(req.get_volume_context()) {
             let node = self.node.clone();
@@ -94,6 +97,7 @@ impl NodeApi for NodeService {
         req: NodeUnpublishVolumeRequest,
         sink: UnarySink<NodeUnpublishVolumeResponse>,
     ) {
+        log_request("NodeUnpublishVolume", &req);
         let subject = Subject::new(req.get_volume_id(), req.get_target_path());
         inline(&ctx, "NodeUnpublishVolume", Some(subject), sink, || {
             self.node.unpublish(&req)

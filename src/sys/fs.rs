@@ -330,6 +330,19 @@ pub fn same_dev(fd: BorrowedFd<'_>, dev: u64) -> nix::Result<bool> {
     Ok(fstat(fd)?.st_dev == dev)
 }
 
+/// Give a directory bindery created for a pod to the pod's user, so that it
+/// can add, delete and replace files in it. Follows no symlink at `path`.
+pub fn chown_path(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    unistd::fchownat(
+        None,
+        path,
+        uid.map(Uid::from_raw),
+        gid.map(Gid::from_raw),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| Error::sys("chown", path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
