@@ -611,10 +611,37 @@ impl Node {
         Ok(healed)
     }
 
-    /// One watchdog pass over every staged volume. Volumes with an operation
-    /// in flight are skipped until the next pass.
+    /// Whether a staged volume needs healing: its FUSE mount is dead, its
+    /// mounter gone, or a published target lost its bind.
+    fn needs_healing(&self, rec: &VolumeRecord) -> bool {
+        if !rec.has_stage() {
+            return false;
+        }
+        let st = rec.get_stage();
+        if mounter::check(Path::new(st.get_staging_path()), running(st)) != Health::Ok {
+            return true;
+        }
+        let Ok(table) = mountinfo::read_self() else {
+            return false;
+        };
+        rec.get_publications()
+            .iter()
+            .filter(|p| p.get_cache_name().is_empty())
+            .any(|p| mountinfo::mount_at(&table, Path::new(p.get_target_path())).is_none())
+    }
+
+    /// One watchdog pass over every staged volume. The health check looks at
+    /// a snapshot without taking the volume's gate, so it never turns a CO
+    /// call away; only a volume that needs healing is taken (and skipped
+    /// until the next pass when an operation is in flight on it).
     pub fn watchdog_pass(&self) {
         for id in self.table.ids() {
+            let Some(rec) = self.table.snapshot(&id) else {
+                continue;
+            };
+            if !self.needs_healing(&rec) {
+                continue;
+            }
             if let Ok(guard) = self.table.acquire(&id, Op::Long("watchdog")) {
                 if let Err(e) = self.heal(&guard) {
                     warn!("volume {id:?}: self-heal failed: {e}");

@@ -434,6 +434,15 @@ fn controller_creates_prefix_volumes() {
     let out = d.csi(&args(&bad));
     assert_eq!(out.code, 3);
     assert!(out.stderr.contains("flavour"), "{}", out.stderr);
+    // Missing name or capabilities: INVALID_ARGUMENT.
+    let mut noname = create.clone();
+    noname[2] = String::new();
+    assert_eq!(d.csi(&args(&noname)).code, 3);
+    let mut nocap = create.clone();
+    nocap.push("--no-capability".into());
+    let out = d.csi(&args(&nocap));
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("volume_capabilities"), "{}", out.stderr);
     // Validate: known → confirmed; unknown → NOT_FOUND.
     assert!(d
         .csi(&["validate-volume", "--volume-id", &id])
@@ -454,9 +463,33 @@ fn controller_creates_prefix_volumes() {
         "--param".into(),
         format!("prefix={prefix}"),
     ]);
-    assert!(d.csi(&args(&stage)).ok());
+    // As the CO's idempotency checks do: ten stages and ten publishes with
+    // the same arguments stack nothing; one unpublish and one unstage clean up.
     let t = d.kpath("pods/a/volumes/v/mount");
-    assert!(publish(&d, &id, &staging, &t, false).ok());
+    for _ in 0..10 {
+        assert!(d.csi(&args(&stage)).ok());
+    }
+    for _ in 0..10 {
+        assert!(publish(&d, &id, &staging, &t, false).ok());
+    }
+    assert_eq!(
+        mounts_below(&d.kubelet).len(),
+        2,
+        "{:?}",
+        mounts_below(&d.kubelet)
+    );
+    assert_eq!(mounter_pids(&staging).len(), 1);
+    // Stats need the volume's own path: a relative or unknown one is NOT_FOUND.
+    let st = d.csi(&[
+        "node-stats",
+        "--volume-id",
+        &id,
+        "--target-path",
+        "some/path",
+    ]);
+    assert_eq!(st.code, 5, "{st:?}");
+    let st = d.csi(&["node-stats", "--volume-id", &id, "--target-path", &t]);
+    assert!(st.ok() && st.stdout.contains("BYTES"), "{st:?}");
     fs::write(Path::new(&t).join("data.bin"), "payload").unwrap();
     assert!(d
         .csi(&["node-unpublish", "--volume-id", &id, "--target-path", &t])
@@ -529,4 +562,47 @@ fn mounter_moves_to_its_own_cgroup() {
             .unwrap_or(true)
     });
     fs::remove_dir(&cg).unwrap();
+}
+
+/// The watchdog's health checks never turn a publish away: short calls on a
+/// healthy volume succeed first time while passes run every second.
+#[test]
+fn watchdog_never_aborts_publishes() {
+    if !can_mount("watchdog_never_aborts_publishes") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    for i in 0..200 {
+        fs::write(s3.dir.join(BUCKET).join(format!("obj-{i}")), "x").unwrap();
+    }
+    let d = Daemon::start(&["--watchdog-interval=1"]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/wd/globalmount");
+    assert!(d
+        .csi(&args(&stage_args(&s3, BUCKET, &staging, "s3fs")))
+        .ok());
+    let t = d.kpath("pods/a/volumes/v/mount");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut calls = 0;
+    while Instant::now() < deadline {
+        let out = publish(&d, BUCKET, &staging, &t, false);
+        assert!(out.ok(), "call {calls}: {out:?}");
+        calls += 1;
+    }
+    assert!(
+        d.log_text().matches("watchdog").count() == 0,
+        "no watchdog ABORTED in the log"
+    );
+    assert!(d
+        .csi(&["node-unpublish", "--volume-id", BUCKET, "--target-path", &t])
+        .ok());
+    assert!(d
+        .csi(&[
+            "node-unstage",
+            "--volume-id",
+            BUCKET,
+            "--staging-path",
+            &staging
+        ])
+        .ok());
+    eprintln!("{calls} publishes during 4 watchdog passes, none aborted");
 }
