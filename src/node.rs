@@ -151,15 +151,23 @@ impl Node {
             req.get_volume_capability(),
         )?;
         validate::capability("volume_capability", req.get_volume_capability())?;
-        let staging = validate::node_path(
-            "staging_target_path",
+        self.take_staged(
+            req.get_volume_id(),
             req.get_staging_target_path(),
-            &self.cfg.kubelet_dir,
-        )?;
-        let guard = self
-            .table
-            .acquire(req.get_volume_id(), Op::Long("NodeStageVolume"))?;
-        Ok((guard, staging))
+            "NodeStageVolume",
+        )
+    }
+
+    /// The rest of stage/unstage admission: the staging path (after the
+    /// required fields and capability), then the volume as a long operation.
+    fn take_staged(
+        &self,
+        id: &str,
+        staging: &str,
+        op: &'static str,
+    ) -> Result<(Guard<VolumeRecord>, PathBuf)> {
+        let staging = validate::node_path("staging_target_path", staging, &self.cfg.kubelet_dir)?;
+        Ok((self.table.acquire(id, Op::Long(op))?, staging))
     }
 
     /// Start one mounter for the volume at the staging path. A repeated call
@@ -254,15 +262,11 @@ impl Node {
     ) -> Result<(Guard<VolumeRecord>, PathBuf)> {
         validate::volume_id(req.get_volume_id())?;
         validate::required("staging_target_path", req.get_staging_target_path())?;
-        let staging = validate::node_path(
-            "staging_target_path",
+        self.take_staged(
+            req.get_volume_id(),
             req.get_staging_target_path(),
-            &self.cfg.kubelet_dir,
-        )?;
-        let guard = self
-            .table
-            .acquire(req.get_volume_id(), Op::Long("NodeUnstageVolume"))?;
-        Ok((guard, staging))
+            "NodeUnstageVolume",
+        )
     }
 
     /// Stop the mounter once no pod uses the volume: unmount, let it exit by

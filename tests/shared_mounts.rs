@@ -47,6 +47,26 @@ fn publish(d: &Daemon, volume: &str, staging: &str, target: &str, readonly: bool
     d.csi(&a)
 }
 
+fn unpublish(d: &Daemon, volume: &str, target: &str) -> Out {
+    d.csi(&[
+        "node-unpublish",
+        "--volume-id",
+        volume,
+        "--target-path",
+        target,
+    ])
+}
+
+fn unstage(d: &Daemon, volume: &str, staging: &str) -> Out {
+    d.csi(&[
+        "node-unstage",
+        "--volume-id",
+        volume,
+        "--staging-path",
+        staging,
+    ])
+}
+
 fn mounter_pids(staging: &str) -> Vec<i32> {
     pids_matching(|c| {
         (c.starts_with("s3fs ") || c.starts_with("rclone mount")) && c.contains(staging)
@@ -125,17 +145,11 @@ fn one_volume_many_pods(mounter: &str) {
     );
 
     // Unstage refuses while published.
-    let out = d.csi(&[
-        "node-unstage",
-        "--volume-id",
-        &volume,
-        "--staging-path",
-        &staging,
-    ]);
+    let out = unstage(&d, &volume, &staging);
     assert_eq!(out.code, 9, "{out:?}");
     // Unpublish removes only that bind and its dir.
     for t in &targets[1..] {
-        let out = d.csi(&["node-unpublish", "--volume-id", &volume, "--target-path", t]);
+        let out = unpublish(&d, &volume, t);
         assert!(out.ok(), "{out:?}");
         assert!(!Path::new(t).exists(), "{t} left behind");
     }
@@ -146,22 +160,8 @@ fn one_volume_many_pods(mounter: &str) {
     // Write, then unpublish and unstage at once: no acknowledged write is lost
     // (rclone uploads asynchronously; unstage lets it finish).
     fs::write(Path::new(&targets[0]).join("last.txt"), "last words").unwrap();
-    assert!(d
-        .csi(&[
-            "node-unpublish",
-            "--volume-id",
-            &volume,
-            "--target-path",
-            &targets[0]
-        ])
-        .ok());
-    let out = d.csi(&[
-        "node-unstage",
-        "--volume-id",
-        &volume,
-        "--staging-path",
-        &staging,
-    ]);
+    assert!(unpublish(&d, &volume, &targets[0]).ok());
+    let out = unstage(&d, &volume, &staging);
     assert!(out.ok(), "{out:?}");
     let last = s3
         .dir
@@ -187,15 +187,7 @@ fn one_volume_many_pods(mounter: &str) {
         .collect();
     assert!(leftovers.is_empty(), "state left: {leftovers:?}");
     // Idempotent.
-    assert!(d
-        .csi(&[
-            "node-unstage",
-            "--volume-id",
-            &volume,
-            "--staging-path",
-            &staging
-        ])
-        .ok());
+    assert!(unstage(&d, &volume, &staging).ok());
 }
 
 fn libc_erofs() -> i32 {
@@ -302,19 +294,9 @@ fn killed_mounter_is_reported_and_healed() {
     // Read-only survives healing.
     assert!(fs::write(Path::new(&tb).join("x"), "no").is_err());
     for t in [&ta, &tb] {
-        assert!(d
-            .csi(&["node-unpublish", "--volume-id", &volume, "--target-path", t])
-            .ok());
+        assert!(unpublish(&d, &volume, t).ok());
     }
-    assert!(d
-        .csi(&[
-            "node-unstage",
-            "--volume-id",
-            &volume,
-            "--staging-path",
-            &staging
-        ])
-        .ok());
+    assert!(unstage(&d, &volume, &staging).ok());
     assert!(mounter_pids(&staging).is_empty());
 }
 
@@ -359,24 +341,8 @@ fn daemon_crash_keeps_mounts_and_restart_adopts_them() {
         .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
         .ok());
     assert!(publish(&d, &volume, &staging, &t, false).ok());
-    assert!(d
-        .csi(&[
-            "node-unpublish",
-            "--volume-id",
-            &volume,
-            "--target-path",
-            &t
-        ])
-        .ok());
-    assert!(d
-        .csi(&[
-            "node-unstage",
-            "--volume-id",
-            &volume,
-            "--staging-path",
-            &staging
-        ])
-        .ok());
+    assert!(unpublish(&d, &volume, &t).ok());
+    assert!(unstage(&d, &volume, &staging).ok());
     assert!(
         mounter_pids(&staging).is_empty(),
         "unstage after restart stops the adopted mounter"
@@ -491,18 +457,8 @@ fn controller_creates_prefix_volumes() {
     let st = d.csi(&["node-stats", "--volume-id", &id, "--target-path", &t]);
     assert!(st.ok() && st.stdout.contains("BYTES"), "{st:?}");
     fs::write(Path::new(&t).join("data.bin"), "payload").unwrap();
-    assert!(d
-        .csi(&["node-unpublish", "--volume-id", &id, "--target-path", &t])
-        .ok());
-    assert!(d
-        .csi(&[
-            "node-unstage",
-            "--volume-id",
-            &id,
-            "--staging-path",
-            &staging
-        ])
-        .ok());
+    assert!(unpublish(&d, &id, &t).ok());
+    assert!(unstage(&d, &id, &staging).ok());
     let stored = s3.dir.join(BUCKET).join(&prefix).join("data.bin");
     assert!(stored.exists(), "{}", stored.display());
     // reclaimData=true: DeleteVolume removes the prefix's data; twice is OK.
@@ -547,15 +503,7 @@ fn mounter_moves_to_its_own_cgroup() {
     assert!(!fs::read_to_string(format!("/proc/{}/cgroup", d.pid()))
         .unwrap()
         .contains(&name));
-    assert!(d
-        .csi(&[
-            "node-unstage",
-            "--volume-id",
-            BUCKET,
-            "--staging-path",
-            &staging
-        ])
-        .ok());
+    assert!(unstage(&d, BUCKET, &staging).ok());
     wait_until("cgroup empty", 10, || {
         fs::read_to_string(cg.join("cgroup.procs"))
             .map(|p| p.trim().is_empty())
@@ -592,17 +540,7 @@ fn watchdog_never_aborts_publishes() {
         d.log_text().matches("watchdog").count() == 0,
         "no watchdog ABORTED in the log"
     );
-    assert!(d
-        .csi(&["node-unpublish", "--volume-id", BUCKET, "--target-path", &t])
-        .ok());
-    assert!(d
-        .csi(&[
-            "node-unstage",
-            "--volume-id",
-            BUCKET,
-            "--staging-path",
-            &staging
-        ])
-        .ok());
+    assert!(unpublish(&d, BUCKET, &t).ok());
+    assert!(unstage(&d, BUCKET, &staging).ok());
     eprintln!("{calls} publishes during 4 watchdog passes, none aborted");
 }
