@@ -493,7 +493,14 @@ impl Node {
         } else {
             Health::Ok
         };
-        let stats = mount::fs_stats(&clean);
+        // statfs on a dead or stopped FUSE mount fails or hangs: skip it.
+        let stats = match &health {
+            Health::Ok => mount::fs_stats(&clean),
+            Health::Abnormal(_) => Err(Error::NotFound {
+                what: "usage",
+                name: clean.display().to_string(),
+            }),
+        };
         let health = match (&health, &stats) {
             (Health::Ok, Err(e)) => Health::Abnormal(e.to_string()),
             _ => health,
@@ -574,6 +581,7 @@ impl Node {
         let mut healed = false;
         if let Health::Abnormal(why) = mounter::check(&staging, running(rec.get_stage())) {
             warn!("volume {id:?}: {why}; remounting {}", staging.display());
+            mounter::abort(&staging);
             mounter::stop(
                 &staging,
                 running(rec.get_stage()),

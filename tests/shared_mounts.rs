@@ -217,18 +217,22 @@ fn bad_credentials_fail_cleanly() {
     let d = Daemon::start(&["--mount-timeout=5"]);
     let staging = d.kpath("plugins/x/globalmount");
     let wrong = "wrong-secret-Pq9";
+    let secrets = d.scratch.path.join("wrong-secrets");
+    fs::write(
+        &secrets,
+        format!(
+            "accessKeyID={ACCESS_KEY}\nsecretAccessKey={wrong}\nendpoint={}\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
     let out = d.csi(&[
         "node-stage",
         "--volume-id",
         BUCKET,
         "--staging-path",
         &staging,
-        "--secret",
-        &format!("accessKeyID={ACCESS_KEY}"),
-        "--secret",
-        &format!("secretAccessKey={wrong}"),
-        "--secret",
-        &format!("endpoint={}", s3.endpoint),
+        &format!("--secrets-file={}", secrets.display()),
     ]);
     assert_eq!(out.code, 13, "{out:?}");
     assert!(
@@ -543,4 +547,46 @@ fn watchdog_never_aborts_publishes() {
     assert!(unpublish(&d, BUCKET, &t).ok());
     assert!(unstage(&d, BUCKET, &staging).ok());
     eprintln!("{calls} publishes during 4 watchdog passes, none aborted");
+}
+
+/// A stopped (SIGSTOP) mounter makes every call on its mount hang: the
+/// condition says so without touching the mount, and the watchdog aborts
+/// the FUSE connection, remounts and re-binds.
+#[test]
+fn stopped_mounter_is_reported_and_healed() {
+    if !can_mount("stopped_mounter_is_reported_and_healed") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--watchdog-interval=2"]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/stop/globalmount");
+    assert!(d
+        .csi(&args(&stage_args(&s3, BUCKET, &staging, "s3fs")))
+        .ok());
+    let t = d.kpath("pods/a/volumes/v/mount");
+    assert!(publish(&d, BUCKET, &staging, &t, false).ok());
+    fs::write(Path::new(&t).join("f.txt"), "data").unwrap();
+    let old = mounter_pids(&staging);
+    assert_eq!(old.len(), 1);
+    let pid = nix::unistd::Pid::from_raw(old[0]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t0 = Instant::now();
+    let stats = d.csi(&["node-stats", "--volume-id", BUCKET, "--target-path", &t]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "stats hung on a stopped mounter"
+    );
+    assert!(stats.ok() && stats.stdout.contains("stopped"), "{stats:?}");
+    wait_until("healed after SIGSTOP", 30, || {
+        let new = mounter_pids(&staging);
+        new.len() == 1 && new != old
+    });
+    wait_until("target reads again", 30, || {
+        fs::read_to_string(Path::new(&t).join("f.txt"))
+            .map(|s| s == "data")
+            .unwrap_or(false)
+    });
+    assert!(unpublish(&d, BUCKET, &t).ok());
+    assert!(unstage(&d, BUCKET, &staging).ok());
+    assert!(mounter_pids(&staging).is_empty());
 }

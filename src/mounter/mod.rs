@@ -597,6 +597,11 @@ pub fn check(mnt: &Path, run: Running) -> Health {
     if !process::is_alive(run.pid, run.start_ticks) {
         return Health::Abnormal(format!("mounter process {} is gone", run.pid));
     }
+    // A stopped FUSE server makes every call on its mount (statfs and the
+    // listing below included) hang: look at the process, not the mount.
+    if process::stat(run.pid).is_some_and(|s| s.state == 'T' || s.state == 't') {
+        return Health::Abnormal(format!("mounter process {} is stopped", run.pid));
+    }
     match mountinfo::read_self() {
         Ok(t) => match mountinfo::mount_at(&t, mnt) {
             Some(m) if m.is_fuse() => {}
@@ -747,6 +752,21 @@ pub fn wait_for_uploads(
             ));
         }
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Abort the FUSE connection behind `mnt` (fusectl): calls blocked on a
+/// hung or stopped server fail with ENOTCONN instead of hanging the pods.
+pub fn abort(mnt: &Path) {
+    let Ok(table) = mountinfo::read_self() else {
+        return;
+    };
+    if let Some(m) = mountinfo::mount_at(&table, mnt).filter(|m| m.is_fuse()) {
+        match mount::abort_fuse_connection(m.dev.1) {
+            Ok(true) => log::info!("aborted the FUSE connection of {}", mnt.display()),
+            Ok(false) => {}
+            Err(e) => log::warn!("abort FUSE connection of {}: {e}", mnt.display()),
+        }
     }
 }
 

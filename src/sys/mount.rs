@@ -77,6 +77,33 @@ pub fn unmount_lazy(target: &Path) -> Result<bool> {
     }
 }
 
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Abort the FUSE connection with device minor `minor` through fusectl
+/// (mounted here first if nobody did): a hung server's callers get ENOTCONN.
+/// Returns false when the connection does not exist (any more).
+pub fn abort_fuse_connection(minor: u32) -> Result<bool> {
+    let dir = Path::new(FUSECTL);
+    if !dir.join(minor.to_string()).exists() && dir.is_dir() {
+        match mount(
+            Some("fusectl"),
+            dir,
+            Some("fusectl"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => return Err(Error::sys("mount fusectl", dir, e)),
+        }
+    }
+    let abort = dir.join(minor.to_string()).join("abort");
+    if !abort.exists() {
+        return Ok(false);
+    }
+    std::fs::write(&abort, "1").map_err(|e| Error::io("write", &abort, e))?;
+    Ok(true)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsStats {
     pub fuse: bool,

@@ -330,13 +330,20 @@ impl S3Server {
         }
     }
 
-    /// `--secret` flags for `bindery csi`.
+    /// Secrets for `bindery csi`, passed in a file as the kubelet passes them
+    /// over the socket: a secret on a command line would show in /proc/*/cmdline,
+    /// which the tests check stays free of them.
     pub fn secret_args(&self) -> Vec<String> {
-        vec![
-            format!("--secret=accessKeyID={ACCESS_KEY}"),
-            format!("--secret=secretAccessKey={SECRET_KEY}"),
-            format!("--secret=endpoint={}", self.endpoint),
-        ]
+        let file = self._scratch.path.join("secrets");
+        fs::write(
+            &file,
+            format!(
+                "accessKeyID={ACCESS_KEY}\nsecretAccessKey={SECRET_KEY}\nendpoint={}\n",
+                self.endpoint
+            ),
+        )
+        .unwrap();
+        vec![format!("--secrets-file={}", file.display())]
     }
 }
 
