@@ -436,11 +436,20 @@ impl Caches {
             .collect();
         inside.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
         inside.dedup();
+        // Detach each mount now and let a helper thread drop the last
+        // reference, where the kernel's teardown of the tree happens.
+        let mut held = Vec::new();
         for m in inside {
             while mountinfo::is_mount_point(m)? {
-                if !mount::unmount(m)? {
-                    break;
-                }
+                held.push(mount::detach_holding(m)?);
+            }
+        }
+        if !held.is_empty() {
+            let spawned = std::thread::Builder::new()
+                .name("unmount".into())
+                .spawn(move || drop(held));
+            if let Err(e) = spawned {
+                warn!("no thread to finish unmounting in the background ({e}); finished inline");
             }
         }
         let trash = self.trash.as_ref().ok_or_else(|| Error::State {

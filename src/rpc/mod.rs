@@ -125,8 +125,10 @@ fn reply<T>(
         Ok(resp) => {
             match subject {
                 Some(s) => info!(
-                    "{method} volume={:?} path={:?} ok in {:.1?}",
-                    s.volume, s.path, took
+                    "{method} volume={:?} path={:?} ok in {:.3}ms",
+                    s.volume,
+                    s.path,
+                    took.as_secs_f64() * 1e3
                 ),
                 None => debug!("{method} ok in {took:.1?}"),
             }

@@ -77,6 +77,26 @@ pub fn unmount_lazy(target: &Path) -> Result<bool> {
     }
 }
 
+/// Detach the mount at `target` at once while holding an fd on its root:
+/// the kernel's teardown (dropping every cached dentry of a tree a pod has
+/// walked: hundreds of ms at 100k files) then runs when the fd is closed,
+/// which the caller does off the request path.
+pub fn detach_holding(target: &Path) -> Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{open, OFlag};
+    use std::os::fd::FromRawFd;
+    let raw = open(
+        target,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open", target, e))?;
+    // SAFETY: `open` just returned this fd and nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+        .map_err(|e| Error::sys("detach", target, e))?;
+    Ok(fd)
+}
+
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
 /// Abort the FUSE connection with device minor `minor` through fusectl
