@@ -317,11 +317,13 @@ impl Node {
 
     // ---- NodePublishVolume -----------------------------------------------
 
-    /// Bind the staged mount into the pod's target (created if missing),
-    /// read-only when asked. Spec: "volume_id ... REQUIRED", "target_path
-    /// ... REQUIRED", "volume_capability ... REQUIRED"; publishing a volume
-    /// that is not staged is FAILED_PRECONDITION.
-    pub fn publish(&self, req: &NodePublishVolumeRequest) -> Result<NodePublishVolumeResponse> {
+    /// The fields every publish needs, validated in order: volume_id,
+    /// target_path and volume_capability present, the capability usable, the
+    /// target below the kubelet dir.
+    fn publish_request<'r>(
+        &self,
+        req: &'r NodePublishVolumeRequest,
+    ) -> Result<(&'r str, &'r VolumeCapability, PathBuf)> {
         let id = validate::volume_id(req.get_volume_id())?;
         validate::required("target_path", req.get_target_path())?;
         let cap = validate::required_msg(
@@ -332,6 +334,15 @@ impl Node {
         validate::capability("volume_capability", cap)?;
         let target =
             validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
+        Ok((id, cap, target))
+    }
+
+    /// Bind the staged mount into the pod's target (created if missing),
+    /// read-only when asked. Spec: "volume_id ... REQUIRED", "target_path
+    /// ... REQUIRED", "volume_capability ... REQUIRED"; publishing a volume
+    /// that is not staged is FAILED_PRECONDITION.
+    pub fn publish(&self, req: &NodePublishVolumeRequest) -> Result<NodePublishVolumeResponse> {
+        let (id, cap, target) = self.publish_request(req)?;
         let staging = if req.get_staging_target_path().is_empty() {
             None
         } else {
@@ -703,16 +714,7 @@ impl Node {
         &self,
         req: &NodePublishVolumeRequest,
     ) -> Result<(Guard<VolumeRecord>, PathBuf, CacheRequest, bool)> {
-        let id = validate::volume_id(req.get_volume_id())?;
-        validate::required("target_path", req.get_target_path())?;
-        let cap = validate::required_msg(
-            "volume_capability",
-            req.has_volume_capability(),
-            req.get_volume_capability(),
-        )?;
-        validate::capability("volume_capability", cap)?;
-        let target =
-            validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
+        let (id, cap, target) = self.publish_request(req)?;
         let readonly = req.get_readonly() || validate::read_only_mode(cap);
         let creq = self.caches.request(
             req.get_volume_context(),
