@@ -590,3 +590,37 @@ fn stopped_mounter_is_reported_and_healed() {
     assert!(unstage(&d, BUCKET, &staging).ok());
     assert!(mounter_pids(&staging).is_empty());
 }
+
+/// Non-root pods: uid/gid/umask parameters and fsGroup (volume_mount_group)
+/// decide who owns the files of the mount.
+#[test]
+fn ownership_parameters_and_fs_group() {
+    if !can_mount("ownership_parameters_and_fs_group") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let s3 = S3Server::start(&[BUCKET]);
+    fs::write(s3.dir.join(BUCKET).join("f.txt"), "x").unwrap();
+    let d = Daemon::start(&[]);
+    for (mounter, extra, want) in [
+        (
+            "s3fs",
+            vec!["--param=uid=1000", "--param=gid=2000", "--param=umask=027"],
+            (1000, 2000, 0o750),
+        ),
+        ("rclone", vec!["--mount-group=3000"], (0, 3000, 0o664)),
+    ] {
+        let volume = format!("{BUCKET}-{mounter}");
+        let staging = d.kpath(&format!(
+            "plugins/kubernetes.io/csi/bindery.csi.dev/own-{mounter}/globalmount"
+        ));
+        let mut a = stage_args(&s3, &volume, &staging, mounter);
+        a.push(format!("--param=bucket={BUCKET}"));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let out = d.csi(&args(&a));
+        assert!(out.ok(), "{mounter}: {out:?}");
+        let m = fs::metadata(Path::new(&staging).join("f.txt")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), want, "{mounter}");
+        assert!(unstage(&d, &volume, &staging).ok());
+    }
+}
