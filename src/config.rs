@@ -56,6 +56,8 @@ USAGE:
     bindery [FLAGS]                 run the CSI daemon
     bindery csi <rpc> [FLAGS]       talk to a running daemon (see `bindery csi --help`)
     bindery --check-args [FLAGS]    parse FLAGS exactly as the daemon would, then exit
+    bindery cache build NAME [FLAGS]  build a new version of a declared cache (the
+                                    daemon may run; give it the daemon's flags)
 
 FLAGS (environment fallback in brackets):
     --endpoint URL          CSI socket, unix:///abs/path or unix:/abs/path

@@ -59,7 +59,14 @@ fn main() -> ExitCode {
         }
         _ => (false, None, &args[..]),
     };
-    let cfg = match Config::parse(flags.iter().cloned(), &env_var) {
+    // A cache build serves no node: it needs no --node-id of its own.
+    let placeholder = build
+        .as_ref()
+        .map(|_| "--node-id=bindery-cache-build".to_string());
+    let cfg = match Config::parse(
+        placeholder.into_iter().chain(flags.iter().cloned()),
+        &env_var,
+    ) {
         Ok(Parsed::Run(cfg)) => cfg,
         Ok(Parsed::Help) => {
             print!("{HELP}");

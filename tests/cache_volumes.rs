@@ -353,7 +353,7 @@ fn new_versions_are_picked_up_and_old_ones_collected() {
         n.source.parent().unwrap().join("caches.conf").display()
     );
     let out = Command::new(BIN)
-        .args(["cache", "build", "nm", &conf, "--node-id=n"])
+        .args(["cache", "build", "nm", &conf])
         .arg(format!("--state-dir={}", n.d.state.display()))
         .arg(format!("--kubelet-dir={}", n.d.kubelet.display()))
         .output()
