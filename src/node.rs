@@ -199,7 +199,7 @@ impl Node {
                     "already staged with different parameters or capability",
                 ));
             }
-            if mounter::check(&staging, running(st)) == Health::Ok {
+            if mounter::check(&staging, running(st), mounter::PROBE_TIMEOUT) == Health::Ok {
                 return Ok(NodeStageVolumeResponse::new());
             }
             warn!("volume {id:?}: staged mount is not healthy, mounting again");
@@ -497,9 +497,11 @@ impl Node {
         let mut resp = NodeGetVolumeStatsResponse::new();
         let mut condition = VolumeCondition::new();
         let health = if rec.has_stage() {
+            // Answered inline on a gRPC thread: wait less than a watchdog does.
             mounter::check(
                 Path::new(rec.get_stage().get_staging_path()),
                 running(rec.get_stage()),
+                Duration::from_secs(2),
             )
         } else {
             Health::Ok
@@ -590,7 +592,9 @@ impl Node {
         }
         let staging = PathBuf::from(rec.get_stage().get_staging_path());
         let mut healed = false;
-        if let Health::Abnormal(why) = mounter::check(&staging, running(rec.get_stage())) {
+        if let Health::Abnormal(why) =
+            mounter::check(&staging, running(rec.get_stage()), mounter::PROBE_TIMEOUT)
+        {
             warn!("volume {id:?}: {why}; remounting {}", staging.display());
             mounter::abort(&staging);
             mounter::stop(
@@ -641,7 +645,12 @@ impl Node {
             return false;
         }
         let st = rec.get_stage();
-        if mounter::check(Path::new(st.get_staging_path()), running(st)) != Health::Ok {
+        if mounter::check(
+            Path::new(st.get_staging_path()),
+            running(st),
+            mounter::PROBE_TIMEOUT,
+        ) != Health::Ok
+        {
             return true;
         }
         let Ok(table) = mountinfo::read_self() else {

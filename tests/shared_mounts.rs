@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -623,4 +624,74 @@ fn ownership_parameters_and_fs_group() {
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), want, "{mounter}");
         assert!(unstage(&d, &volume, &staging).ok());
     }
+}
+
+/// A FUSE server that mounts but never answers a listing (a deadlock, not a
+/// stop): the stage gives up within --mount-timeout instead of hanging, and
+/// leaves no mount and no process behind.
+#[test]
+fn hung_fuse_server_fails_the_stage_cleanly() {
+    if !can_mount("hung_fuse_server_fails_the_stage_cleanly") {
+        return;
+    }
+    if Command::new("python3")
+        .args(["-c", "import fuse"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        eprintln!("SKIP hung_fuse_server_fails_the_stage_cleanly: python3 fusepy missing (.ci/setup installs it)");
+        return;
+    }
+    let scratch = Scratch::new("hung");
+    let prog = scratch.path.join("hungfs");
+    script(
+        &prog,
+        r#"exec python3 - "$@" <<'PY'
+import errno, stat, sys, time
+from fuse import FUSE, Operations, FuseOSError
+class Hung(Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+        raise FuseOSError(errno.ENOENT)
+    def statfs(self, path):
+        return {"f_bsize": 4096, "f_blocks": 1, "f_bavail": 1}
+    def readdir(self, path, fh):
+        time.sleep(3600)
+        return [".", ".."]
+FUSE(Hung(), sys.argv[1], foreground=True, allow_other=True, nothreads=True)
+PY"#,
+    );
+    let d = Daemon::start(&[
+        &format!("--fuse-programs={}", prog.display()),
+        "--mount-timeout=3",
+    ]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/hung/globalmount");
+    let server = || pids_matching(|c| c.starts_with("python3") && c.contains("hung/globalmount"));
+    let t0 = Instant::now();
+    let out = d.csi(&[
+        "node-stage",
+        "--volume-id",
+        "hung",
+        "--staging-path",
+        &staging,
+        "--param=mounter=fuse",
+        "--param=bucket=bkt",
+        &format!("--param=command={} {{mountpoint}}", prog.display()),
+    ]);
+    assert_eq!(out.code, 13, "{out:?}");
+    assert!(out.stderr.contains("did not answer"), "{}", out.stderr);
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "stage hung: {:?}",
+        t0.elapsed()
+    );
+    wait_until("hung server gone", 10, || server().is_empty());
+    assert!(
+        mounts_below(&d.kubelet).is_empty(),
+        "{:?}",
+        mounts_below(&d.kubelet)
+    );
+    assert!(d.csi(&["probe"]).ok());
 }

@@ -589,16 +589,51 @@ pub enum Health {
     Abnormal(String),
 }
 
-/// The mount at `mnt` is FUSE, answers statfs and a listing, and its process
-/// is alive (not a zombie). Exit codes are not evidence: s3fs exits 0 on bad
-/// credentials without mounting, rclone mounts a missing bucket as empty.
-pub fn check(mnt: &Path, run: Running) -> Health {
+/// How long a health check waits for a FUSE server to answer statfs and a
+/// listing before it calls the mount abnormal.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// statfs + a listing of `mnt`, on a helper thread: a FUSE server that hangs
+/// would block the caller forever. The helper stays blocked until the server
+/// answers or its connection is aborted (healing does that).
+fn probe_mount(mnt: &Path, timeout: Duration) -> std::result::Result<(), String> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let path = mnt.to_path_buf();
+    let spawned = thread::Builder::new()
+        .name("fuse-probe".into())
+        .spawn(move || {
+            let result = match mount::fs_stats(&path) {
+                Ok(s) if s.fuse => fs::read_dir(&path)
+                    .and_then(|mut d| d.next().transpose())
+                    .map(|_| ())
+                    .map_err(|e| format!("listing {}: {e}", path.display())),
+                Ok(_) => Err(format!("statfs {}: not a FUSE filesystem", path.display())),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start a probe thread: {e}"));
+    }
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(format!(
+            "{} did not answer within {timeout:?}",
+            mnt.display()
+        ))
+    })
+}
+
+/// The mount at `mnt` is FUSE, answers statfs and a listing within
+/// `timeout`, and its process is alive (not a zombie, not stopped). Exit
+/// codes are not evidence: s3fs exits 0 on bad credentials without
+/// mounting, rclone mounts a missing bucket as empty.
+pub fn check(mnt: &Path, run: Running, timeout: Duration) -> Health {
     process::reap(run.pid);
     if !process::is_alive(run.pid, run.start_ticks) {
         return Health::Abnormal(format!("mounter process {} is gone", run.pid));
     }
-    // A stopped FUSE server makes every call on its mount (statfs and the
-    // listing below included) hang: look at the process, not the mount.
+    // A stopped FUSE server makes every call on its mount hang: look at the
+    // process first, not the mount.
     if process::stat(run.pid).is_some_and(|s| s.state == 'T' || s.state == 't') {
         return Health::Abnormal(format!("mounter process {} is stopped", run.pid));
     }
@@ -612,16 +647,9 @@ pub fn check(mnt: &Path, run: Running) -> Health {
         },
         Err(e) => return Health::Abnormal(e.to_string()),
     }
-    match mount::fs_stats(mnt) {
-        Ok(s) if s.fuse => {}
-        Ok(_) => {
-            return Health::Abnormal(format!("statfs {}: not a FUSE filesystem", mnt.display()))
-        }
-        Err(e) => return Health::Abnormal(e.to_string()),
-    }
-    match fs::read_dir(mnt).and_then(|mut d| d.next().transpose()) {
-        Ok(_) => Health::Ok,
-        Err(e) => Health::Abnormal(format!("listing {}: {e}", mnt.display())),
+    match probe_mount(mnt, timeout) {
+        Ok(()) => Health::Ok,
+        Err(why) => Health::Abnormal(why),
     }
 }
 
@@ -665,7 +693,8 @@ pub fn start(
     let deadline = Instant::now() + timeout;
     let mut last;
     loop {
-        last = check(mnt, run);
+        let left = deadline.saturating_duration_since(Instant::now());
+        last = check(mnt, run, left.max(Duration::from_millis(100)));
         if last == Health::Ok {
             return Ok(run);
         }
@@ -675,6 +704,7 @@ pub fn start(
         }
         thread::sleep(Duration::from_millis(10));
     }
+    abort(mnt);
     stop(mnt, run, Duration::from_millis(200));
     let tail = log_tail(&files.log, 2048, &spec.secrets);
     let _ = files.remove();
