@@ -56,15 +56,8 @@
 # coreutils. No network.
 set -euo pipefail
 
-if [ -z "${BINDERY_BENCH_NS:-}" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "cache_volumes.sh: must run as root (mounts, namespaces)" >&2
-    exit 1
-  fi
-  export BINDERY_BENCH_NS=1
-  exec unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
-    bash "$(readlink -f "$0")" "$@"
-fi
+# shellcheck source=benches/namespace.sh
+source "$(dirname "$(readlink -f "$0")")/namespace.sh" "$0" "$@"
 
 # ---------------------------------------------------------------- settings --
 HERE=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)

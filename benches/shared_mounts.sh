@@ -27,15 +27,8 @@
 # SIGTERM to the inner bash, the one whose parent is unshare.)
 set -euo pipefail
 
-if [ -z "${BINDERY_BENCH_NS:-}" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "shared_mounts.sh: must run as root (FUSE mounts, namespaces)" >&2
-    exit 1
-  fi
-  export BINDERY_BENCH_NS=1
-  exec unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
-    bash "$(readlink -f "$0")" "$@"
-fi
+# shellcheck source=benches/namespace.sh
+source "$(dirname "$(readlink -f "$0")")/namespace.sh" "$0" "$@"
 
 # ---------------------------------------------------------------- settings --
 N=${1:-${N:-50}}

@@ -1,0 +1,15 @@
+# shellcheck shell=bash
+# Sourced by the benchmark scripts: re-run the calling script as root inside
+# a private mount and PID namespace, so that every mount and process it makes
+# is gone when it exits. Usage: source namespace.sh "$0" "$@"
+if [ -z "${BINDERY_BENCH_NS:-}" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "$(basename "$1"): must run as root (mounts, namespaces)" >&2
+    exit 1
+  fi
+  export BINDERY_BENCH_NS=1
+  script=$(readlink -f "$1")
+  shift
+  exec unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
+    bash "$script" "$@"
+fi
