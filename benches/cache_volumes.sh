@@ -100,7 +100,6 @@ LOG=""
 RESULTS="$W/results.tsv"
 say() { printf '\n== %s\n' "$*"; }
 now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
-mounts_under() { awk -v p="$1" 'index($5, p) == 1 {c++} END {print c + 0}' /proc/self/mountinfo; }
 is_mount() { awk -v p="$1" '$5 == p {f = 1} END {exit !f}' /proc/self/mountinfo; }
 
 stop_daemon() {
@@ -131,11 +130,7 @@ cleanup() {
   if [ -e "$W/xfs.img" ]; then
     for dev in $(losetup -n -O NAME -j "$W/xfs.img" 2>/dev/null); do losetup -d "$dev" 2>/dev/null; done
   fi
-  if [ "$(mounts_under "$W/")" = 0 ]; then
-    rm -rf --one-file-system "$W"
-  else
-    echo "mounts left under $W, not deleting it" >&2
-  fi
+  remove_workdir "$W"
   exit "$rc"
 }
 trap cleanup EXIT

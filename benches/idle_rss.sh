@@ -48,7 +48,7 @@ cleanup() {
   fi
   awk -v p="$W/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | tac |
     while read -r m; do umount -l "$m" 2>/dev/null; done
-  rm -rf --one-file-system "$W"
+  remove_workdir "$W"
   exit "$rc"
 }
 trap cleanup EXIT

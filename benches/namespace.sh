@@ -13,3 +13,16 @@ if [ -z "${BINDERY_BENCH_NS:-}" ]; then
   exec unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
     bash "$script" "$@"
 fi
+
+# Mount points at or below $1 (a path prefix), as a count.
+mounts_under() { awk -v p="$1" 'index($5, p) == 1 {c++} END {print c + 0}' /proc/self/mountinfo; }
+
+# Delete the work dir $1, but never while anything is still mounted below it
+# (rm would reach into the mounted filesystem).
+remove_workdir() {
+  if [ "$(mounts_under "$1/")" = 0 ]; then
+    rm -rf --one-file-system "$1"
+  else
+    echo "mounts left under $1, not deleting it" >&2
+  fi
+}

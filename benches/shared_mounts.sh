@@ -87,7 +87,6 @@ rss_kb() {
 }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 is_mounted() { awk -v p="$1" '$5 == p {f = 1} END {exit !f}' /proc/self/mountinfo; }
-mounts_under() { awk -v p="$1" 'index($5, p) == 1 {c++} END {print c + 0}' /proc/self/mountinfo; }
 count_mounters() { mounter_pids "$1" | wc -l; }
 # Microseconds since the epoch, without forking.
 now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
@@ -119,11 +118,7 @@ cleanup() {
   for pid in $(mounter_pids "$W/") "${BASE_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
   [ -n "$SERVER" ] && stop_pid "$SERVER" 20
   wait 2>/dev/null
-  if [ "$(mounts_under "$W/")" = 0 ]; then
-    rm -rf --one-file-system "$W"
-  else
-    echo "mounts left under $W, not deleting it" >&2
-  fi
+  remove_workdir "$W"
   exit "$rc"
 }
 trap cleanup EXIT
