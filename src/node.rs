@@ -506,39 +506,27 @@ impl Node {
         } else {
             Health::Ok
         };
-        // statfs on a dead or stopped FUSE mount fails or hangs: skip it.
-        let stats = match &health {
-            Health::Ok => mount::fs_stats(&clean),
-            Health::Abnormal(_) => Err(Error::NotFound {
-                what: "usage",
-                name: clean.display().to_string(),
-            }),
+        // statfs on a dead or stopped FUSE mount fails or hangs: only a
+        // healthy one is asked.
+        let (s, health) = match health {
+            Health::Ok => match mount::fs_stats(&clean) {
+                Ok(s) => (s, Health::Ok),
+                Err(e) => (mount::FsStats::default(), Health::Abnormal(e.to_string())),
+            },
+            abnormal => (mount::FsStats::default(), abnormal),
         };
-        let health = match (&health, &stats) {
-            (Health::Ok, Err(e)) => Health::Abnormal(e.to_string()),
-            _ => health,
-        };
-        let s = stats.unwrap_or(mount::FsStats {
-            fuse: false,
-            total_bytes: 0,
-            available_bytes: 0,
-            used_bytes: 0,
-            total_inodes: 0,
-            free_inodes: 0,
-            used_inodes: 0,
-        });
-        let mut bytes = VolumeUsage::new();
-        bytes.set_unit(VolumeUsage_Unit::BYTES);
-        bytes.set_total(s.total_bytes as i64);
-        bytes.set_available(s.available_bytes as i64);
-        bytes.set_used(s.used_bytes as i64);
-        let mut inodes = VolumeUsage::new();
-        inodes.set_unit(VolumeUsage_Unit::INODES);
-        inodes.set_total(s.total_inodes as i64);
-        inodes.set_available(s.free_inodes as i64);
-        inodes.set_used(s.used_inodes as i64);
-        resp.mut_usage().push(bytes);
-        resp.mut_usage().push(inodes);
+        resp.mut_usage().push(volume_usage(
+            VolumeUsage_Unit::BYTES,
+            s.total_bytes,
+            s.available_bytes,
+            s.used_bytes,
+        ));
+        resp.mut_usage().push(volume_usage(
+            VolumeUsage_Unit::INODES,
+            s.total_inodes,
+            s.free_inodes,
+            s.used_inodes,
+        ));
         match health {
             Health::Ok => {
                 condition.set_abnormal(false);
@@ -829,17 +817,23 @@ impl Node {
             }
         }
         let mut resp = NodeGetVolumeStatsResponse::new();
-        let mut b = VolumeUsage::new();
-        b.set_unit(VolumeUsage_Unit::BYTES);
-        b.set_used(bytes as i64);
-        let mut i = VolumeUsage::new();
-        i.set_unit(VolumeUsage_Unit::INODES);
-        i.set_used(inodes as i64);
-        resp.mut_usage().push(b);
-        resp.mut_usage().push(i);
+        resp.mut_usage()
+            .push(volume_usage(VolumeUsage_Unit::BYTES, 0, 0, bytes));
+        resp.mut_usage()
+            .push(volume_usage(VolumeUsage_Unit::INODES, 0, 0, inodes));
         resp.set_volume_condition(condition);
         Ok(resp)
     }
+}
+
+/// One usage entry of NodeGetVolumeStats (0 = unknown, as the spec allows).
+fn volume_usage(unit: VolumeUsage_Unit, total: u64, available: u64, used: u64) -> VolumeUsage {
+    let mut u = VolumeUsage::new();
+    u.set_unit(unit);
+    u.set_total(total as i64);
+    u.set_available(available as i64);
+    u.set_used(used as i64);
+    u
 }
 
 /// fsGroup (VOLUME_MOUNT_GROUP): files of the mount belong to that group.

@@ -124,7 +124,7 @@ pub fn abort_fuse_connection(minor: u32) -> Result<bool> {
     Ok(true)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FsStats {
     pub fuse: bool,
     pub total_bytes: u64,
