@@ -318,11 +318,9 @@ pub fn parse_spec(
             format!("unknown parameters: {}", unknown.join(", ")),
         ));
     }
-    let kind = match params.get("mounter").map(String::as_str).unwrap_or("") {
-        "s3fs" | "" => Kind::S3fs,
-        "rclone" => Kind::Rclone,
-        "fuse" => Kind::Fuse,
-        other => {
+    let kind = match params.get("mounter").map(String::as_str) {
+        None | Some("" | "s3fs" | "rclone" | "fuse") => kind_of(params),
+        Some(other) => {
             return Err(Error::invalid(
                 "volume_context.mounter",
                 format!("{other:?}: expected s3fs, rclone or fuse"),
