@@ -3,4 +3,6 @@
 pub mod fs;
 pub mod mount;
 pub mod mountinfo;
+pub mod nodepath;
 pub mod process;
+pub mod procscan;

@@ -94,6 +94,11 @@ pub fn mount_at<'a>(table: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo
     table.iter().rev().find(|m| m.mount_point == path)
 }
 
+/// The mount with id `id` (the `mnt_id` of an fd), if it is still there.
+pub fn by_id(table: &[MountInfo], id: u32) -> Option<&MountInfo> {
+    table.iter().find(|m| m.id == id)
+}
+
 /// Whether anything is mounted at `path` right now.
 pub fn is_mount_point(path: &Path) -> Result<bool> {
     Ok(mount_at(&read_self()?, path).is_some())

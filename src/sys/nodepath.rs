@@ -1,0 +1,334 @@
+//! Node paths from the CO (staging and target paths), resolved beneath the
+//! kubelet dir without following any symlink, and held as O_PATH fds.
+//!
+//! A textual "starts with the kubelet dir" check is not enough: a symlink in
+//! any component (planted by a pod or a tenant) would send a mount, a mkdir
+//! or a removal outside the kubelet dir. Every component here is opened from
+//! its parent's fd with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS), and mounts act on `/proc/self/fd/N` of the fd that
+//! was checked, so swapping a component between check and use redirects
+//! nothing.
+
+use std::ffi::{CString, OsStr};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{self, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+use crate::error::{Error, Result};
+use crate::sys::mountinfo::{self, MountInfo};
+
+/// O_PATH directory fds: no read access needed, only a handle on the inode
+/// and the mount it was reached through.
+const PATH_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_NOFOLLOW);
+
+/// Directories bindery creates on a node path (the kubelet creates most of
+/// them itself; CSI lets the plugin create the rest).
+const DIR_MODE: u32 = 0o750;
+
+/// The kubelet dir, opened once by path: it is the admin's configuration and
+/// may itself be a symlink (e.g. to a data disk); everything below it is not
+/// trusted.
+pub struct KubeletDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A node path resolved beneath the kubelet dir and held open.
+pub struct NodePath {
+    /// The path as the CO named it (normalised).
+    pub path: PathBuf,
+    fd: OwnedFd,
+}
+
+fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful open/openat2 call: a
+    // valid descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// One step of the walk: open `name` in `dir` without leaving `dir` and
+/// without following symlinks (openat2 refuses them with ELOOP/EXDEV).
+fn open_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new().flags(PATH_FLAGS).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
+    fcntl::openat2(dir.as_raw_fd(), name, how).map(owned)
+}
+
+/// Create one missing directory of a node path (EEXIST is fine: someone else
+/// created it first, and the next open checks what it is).
+fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+    match nix::sys::stat::mkdirat(
+        Some(dir.as_raw_fd()),
+        name,
+        Mode::from_bits_truncate(DIR_MODE),
+    ) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl KubeletDir {
+    pub fn open(path: &Path) -> Result<KubeletDir> {
+        let fd = fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(owned)
+        .map_err(|e| Error::sys("open kubelet dir", path, e))?;
+        Ok(KubeletDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Resolve `path` (already validated: absolute, below the kubelet dir, no
+    /// `.`/`..`) component by component. Missing directories are created when
+    /// `create` is set; otherwise a missing component gives `Ok(None)`.
+    /// A symlink, a non-directory or an escape is INVALID_ARGUMENT naming
+    /// `field`.
+    pub fn resolve(
+        &self,
+        field: &'static str,
+        path: &Path,
+        create: bool,
+    ) -> Result<Option<NodePath>> {
+        let rel = path.strip_prefix(&self.path).map_err(|_| {
+            Error::invalid(
+                field,
+                format!("{} is not below the kubelet dir", path.display()),
+            )
+        })?;
+        let mut cur = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("dup", &self.path, e))?;
+        let mut walked = self.path.clone();
+        for comp in rel.components() {
+            let Component::Normal(name) = comp else {
+                return Err(Error::invalid(
+                    field,
+                    "must not contain '.' or '..' components",
+                ));
+            };
+            walked.push(name);
+            let next = match open_beneath(cur.as_fd(), name) {
+                Err(Errno::ENOENT) if create => {
+                    mkdir_at(cur.as_fd(), name).map_err(|e| Error::sys("mkdir", &walked, e))?;
+                    open_beneath(cur.as_fd(), name)
+                }
+                other => other,
+            };
+            cur = match next {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN) => {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "{} is a symlink or leaves the kubelet dir",
+                            walked.display()
+                        ),
+                    ))
+                }
+                Err(Errno::ENOTDIR) => {
+                    return Err(Error::invalid(
+                        field,
+                        format!("{} is not a directory", walked.display()),
+                    ))
+                }
+                Err(e) => return Err(Error::sys("open", &walked, e)),
+            };
+        }
+        Ok(Some(NodePath {
+            path: path.to_path_buf(),
+            fd: cur,
+        }))
+    }
+
+    /// The parent directory of `path`, resolved as above (created when
+    /// `create`), and the last component: for operations that must name the
+    /// entry itself (rmdir, unmounting a mount whose root no longer answers).
+    pub fn resolve_parent(
+        &self,
+        field: &'static str,
+        path: &Path,
+        create: bool,
+    ) -> Result<Option<(NodePath, CString)>> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Error::invalid(field, "has no parent directory"));
+        };
+        let name = CString::new(name.as_bytes())
+            .map_err(|_| Error::invalid(field, "contains a NUL byte"))?;
+        Ok(self.resolve(field, parent, create)?.map(|p| (p, name)))
+    }
+}
+
+impl NodePath {
+    /// `/proc/self/fd/N`: names exactly the inode (and mount) that was
+    /// checked. Mounting onto it is what runc does against symlink swaps.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// The id of the mount this fd was reached through (`mnt_id` of
+    /// /proc/self/fdinfo/N): the topmost mount at the path when it was opened.
+    pub fn mount_id(&self) -> Result<u32> {
+        let p = PathBuf::from(format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd()));
+        let f = std::fs::File::open(&p).map_err(|e| Error::io("open", &p, e))?;
+        parse_mnt_id(f).ok_or_else(|| Error::State {
+            path: p,
+            reason: "no mnt_id".into(),
+        })
+    }
+
+    /// The mount this path is the root of, or None when the path is a plain
+    /// directory of its parent's filesystem.
+    pub fn mount_here(&self, parent: &NodePath, table: &[MountInfo]) -> Result<Option<MountInfo>> {
+        let (mine, theirs) = (self.mount_id()?, parent.mount_id()?);
+        if mine == theirs {
+            return Ok(None);
+        }
+        Ok(mountinfo::by_id(table, mine).cloned())
+    }
+}
+
+/// Bind the checked `source` onto the checked `target`: how a pod gets its
+/// view of a staged volume, immune to a symlink swapped in after the check.
+pub fn bind(source: &NodePath, target: &NodePath) -> Result<()> {
+    nix::mount::mount(
+        Some(&source.proc_path()),
+        &target.proc_path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("bind mount", &target.path, e))
+}
+
+/// Detach exactly the mount `target` was opened on (the magic link is
+/// followed to it, never to a path someone swapped in). Lazy: our own fd
+/// keeps the mount busy, and the kernel frees it once the fd is closed.
+pub fn detach(target: &NodePath) -> Result<()> {
+    nix::mount::umount2(&target.proc_path(), nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| Error::sys("unmount", &target.path, e))
+}
+
+/// Remove the (empty) directory `name` in `parent`: the target dir the
+/// plugin created. A non-empty or missing one is left alone.
+pub fn rmdir_at(parent: &NodePath, name: &CString) -> Result<()> {
+    // unlinkat needs a real directory fd, not O_PATH: reopen it.
+    let dir = fcntl::openat(
+        Some(parent.fd.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(owned)
+    .map_err(|e| Error::sys("open", &parent.path, e))?;
+    match nix::unistd::unlinkat(
+        Some(dir.as_raw_fd()),
+        name.as_c_str(),
+        nix::unistd::UnlinkatFlags::RemoveDir,
+    ) {
+        Ok(()) | Err(Errno::ENOENT) | Err(Errno::ENOTEMPTY) | Err(Errno::EBUSY) => Ok(()),
+        Err(e) => Err(Error::sys(
+            "rmdir",
+            parent.path.join(OsStr::from_bytes(name.to_bytes())),
+            e,
+        )),
+    }
+}
+
+/// `mnt_id:` of an fdinfo file.
+pub fn parse_mnt_id(reader: impl Read) -> Option<u32> {
+    BufReader::new(reader)
+        .lines()
+        .map_while(|l| l.ok())
+        .find_map(|l| {
+            l.strip_prefix("mnt_id:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn fdinfo_mnt_id() {
+        assert_eq!(
+            parse_mnt_id("pos:\t0\nflags:\t010000000\nmnt_id:\t42\nino:\t7\n".as_bytes()),
+            Some(42)
+        );
+        assert_eq!(parse_mnt_id("pos:\t0\n".as_bytes()), None);
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bindery-np-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn creates_and_resolves_beneath() {
+        let root = scratch("ok");
+        let k = KubeletDir::open(&root).unwrap();
+        let p = root.join("pods/a/volumes/v/mount");
+        assert!(k.resolve("target_path", &p, false).unwrap().is_none());
+        let np = k.resolve("target_path", &p, true).unwrap().unwrap();
+        assert!(p.is_dir());
+        assert_eq!(fs::read_link(np.proc_path()).unwrap(), p);
+        let (parent, name) = k.resolve_parent("target_path", &p, false).unwrap().unwrap();
+        assert_eq!(name.to_bytes(), b"mount");
+        assert!(np.mount_here(&parent, &[]).unwrap().is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn symlinks_anywhere_are_refused_and_nothing_is_created_outside() {
+        let root = scratch("sym");
+        let outside = scratch("outside");
+        fs::create_dir_all(root.join("pods")).unwrap();
+        symlink(&outside, root.join("pods/evil")).unwrap();
+        symlink("/", root.join("pods/rootlink")).unwrap();
+        let k = KubeletDir::open(&root).unwrap();
+        for p in [
+            root.join("pods/evil/volumes/x/mount"),
+            root.join("pods/evil"),
+            root.join("pods/rootlink/tmp"),
+        ] {
+            for create in [false, true] {
+                let e = k.resolve("target_path", &p, create).err().expect("refused");
+                assert!(e.to_string().contains("target_path"), "{e}");
+            }
+        }
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing created outside"
+        );
+        fs::write(root.join("pods/file"), b"x").unwrap();
+        let e = k
+            .resolve("target_path", &root.join("pods/file/x"), true)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+}
