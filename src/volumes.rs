@@ -9,13 +9,46 @@
 //!   on one staged volume all succeed on their first try.
 //!
 //! Each entry also holds the volume's data (`T`); an entry whose data is
-//! back to its default (nothing staged or published) is dropped when the
-//! last guard on it goes away.
+//! vacant (nothing staged or published) is dropped when the last guard on it
+//! goes away, so memory does not grow with every volume ever seen.
+//!
+//! A short operation waits at most `SHORT_WAIT` for its turn, then gets
+//! ABORTED: no gRPC thread is held for long by a queue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::proto::bindery::VolumeRecord;
+
+/// How long a short operation queues behind others on its volume.
+pub const SHORT_WAIT: Duration = Duration::from_secs(10);
+
+/// Data that can say it holds nothing worth keeping an entry for.
+pub trait Vacant {
+    fn is_vacant(&self) -> bool;
+}
+
+impl Vacant for VolumeRecord {
+    /// Nothing staged, nothing published: the volume id alone is not state.
+    fn is_vacant(&self) -> bool {
+        !self.has_stage() && self.get_publications().is_empty()
+    }
+}
+
+/// Tables that only serialise calls (the controller's) keep no data.
+impl Vacant for () {
+    fn is_vacant(&self) -> bool {
+        true
+    }
+}
+
+impl Vacant for u32 {
+    fn is_vacant(&self) -> bool {
+        *self == 0
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -40,7 +73,7 @@ pub struct VolumeTable<T> {
 }
 
 /// Holds the right to operate on one volume; dropping it lets the next call in.
-pub struct Guard<T: Default + PartialEq> {
+pub struct Guard<T: Default + Vacant> {
     table: Arc<VolumeTable<T>>,
     id: String,
     entry: Arc<Entry<T>>,
@@ -55,13 +88,13 @@ fn lock<U>(m: &Mutex<U>) -> MutexGuard<'_, U> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl<T: Default + PartialEq> Default for VolumeTable<T> {
+impl<T: Default + Vacant> Default for VolumeTable<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Default + PartialEq> VolumeTable<T> {
+impl<T: Default + Vacant> VolumeTable<T> {
     pub fn new() -> Self {
         VolumeTable {
             map: Mutex::new(HashMap::new()),
@@ -102,16 +135,27 @@ impl<T: Default + PartialEq> VolumeTable<T> {
                         Ok(())
                     }
                 }
-                Op::Short(_) => loop {
-                    if let Some(running) = gate.long {
-                        break Err(running);
+                Op::Short(_) => {
+                    let deadline = Instant::now() + SHORT_WAIT;
+                    loop {
+                        if let Some(running) = gate.long {
+                            break Err(running);
+                        }
+                        if !gate.short_busy {
+                            gate.short_busy = true;
+                            break Ok(());
+                        }
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break Err("queued calls on this volume");
+                        }
+                        gate = entry
+                            .turn
+                            .wait_timeout(gate, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
                     }
-                    if !gate.short_busy {
-                        gate.short_busy = true;
-                        break Ok(());
-                    }
-                    gate = entry.turn.wait(gate).unwrap_or_else(|p| p.into_inner());
-                },
+                }
             }
         };
         let guard = Guard {
@@ -156,7 +200,7 @@ impl<T: Default + PartialEq> VolumeTable<T> {
     }
 }
 
-impl<T: Default + PartialEq> Guard<T> {
+impl<T: Default + Vacant> Guard<T> {
     /// The volume's data. Only the guard holder touches it, so this never waits
     /// for long.
     pub fn data(&self) -> MutexGuard<'_, T> {
@@ -168,7 +212,7 @@ impl<T: Default + PartialEq> Guard<T> {
     }
 }
 
-impl<T: Default + PartialEq> Drop for Guard<T> {
+impl<T: Default + Vacant> Drop for Guard<T> {
     fn drop(&mut self) {
         if self.held {
             let mut gate = lock(&self.entry.gate);
@@ -182,7 +226,7 @@ impl<T: Default + PartialEq> Drop for Guard<T> {
         // Collect the entry when nothing is recorded for the volume and no
         // other call holds or waits on it (waiters hold an Arc clone).
         let mut map = lock(&self.table.map);
-        if Arc::strong_count(&self.entry) == 2 && *lock(&self.entry.data) == T::default() {
+        if Arc::strong_count(&self.entry) == 2 && lock(&self.entry.data).is_vacant() {
             map.remove(&self.id);
         }
     }
@@ -303,6 +347,16 @@ mod tests {
         drop(g);
         assert_eq!(table.snapshot("v"), Some(5));
         assert_eq!(table.len(), 1, "snapshots create no entries");
+    }
+
+    #[test]
+    fn records_with_only_an_id_are_collected() {
+        let table = Arc::new(VolumeTable::<VolumeRecord>::new());
+        for i in 0..100 {
+            let g = table.acquire(&format!("v{i}"), Op::Long("x")).unwrap();
+            g.data().set_volume_id(format!("v{i}"));
+        }
+        assert!(table.is_empty(), "an id alone keeps no entry");
     }
 
     #[test]
