@@ -88,7 +88,7 @@ FLAGS (environment fallback in brackets):
     --cache-config FILE     declared caches, one [cache NAME] section each
                             (a missing file declares none)
     --cache NAME=SOURCE     declare a cache (repeatable); SOURCE is dir:/path
-    --no-wait-for-caches    report ready before declared caches are built
+    --no-wait-for-caches    build declared caches on first use, not at start
     -h, --help              print this help
     -V, --version           print the version
 

@@ -116,6 +116,61 @@ fn signal_channel() -> Result<Receiver<Signal>> {
     Ok(rx)
 }
 
+/// Run `pass` every `every` until the daemon stops; one thread per job.
+fn periodic(
+    name: &str,
+    every: Duration,
+    stop: &Receiver<()>,
+    mut pass: impl FnMut() + Send + 'static,
+) -> Result<thread::JoinHandle<()>> {
+    let stop = stop.clone();
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+                pass();
+            }
+        })
+        .map_err(|e| Error::io("spawn thread", name, e))
+}
+
+/// The node's background jobs, each on its own thread: the health loop,
+/// cache builds and upkeep (tamper checks, collection of unused versions).
+fn background_jobs(
+    node: Arc<Node>,
+    cfg: &Config,
+    stop: &Receiver<()>,
+) -> Result<Vec<thread::JoinHandle<()>>> {
+    let mut jobs = Vec::new();
+    let interval = cfg.watchdog_interval;
+    if !interval.is_zero() {
+        let n = node.clone();
+        jobs.push(periodic("health", interval, stop, move || n.health_pass())?);
+    }
+    if cfg.wait_for_caches {
+        let n = node.clone();
+        let builds = thread::Builder::new()
+            .name("cache-build".into())
+            .spawn(move || n.caches.build_missing())
+            .map_err(|e| Error::io("spawn thread", "cache-build", e))?;
+        jobs.push(builds);
+    }
+    // Tamper checks and collection run after a cache volume went away, and
+    // about once a minute anyway.
+    let every = (60 / interval.as_secs().max(1)).max(1);
+    let mut pass = 0u64;
+    let tick = if interval.is_zero() {
+        Duration::from_secs(5)
+    } else {
+        interval
+    };
+    jobs.push(periodic("cache-upkeep", tick, stop, move || {
+        pass += 1;
+        node.cache_upkeep(pass % every == 0);
+    })?);
+    Ok(jobs)
+}
+
 pub fn run(cfg: Config) -> Result<()> {
     let cfg = Arc::new(cfg);
     let signals = signal_channel()?;
@@ -136,7 +191,10 @@ pub fn run(cfg: Config) -> Result<()> {
     };
     let mut builder = ServerBuilder::new(env).register_service(create_identity(identity));
     let node = if cfg.mode.serves_node() {
-        let node = Arc::new(Node::new(cfg.clone(), ready.clone())?);
+        // Recovery settles every interrupted step BEFORE the socket exists:
+        // no node call can race with it.
+        let node = Arc::new(Node::new(cfg.clone())?);
+        node.recover();
         builder = builder.register_service(create_node(NodeService {
             node: node.clone(),
             workers: workers.clone(),
@@ -180,48 +238,15 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg.workers
     );
 
+    // The daemon can serve: state is recovered. Cache builds and health
+    // checks run in the background and never make the node look dead.
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    info!("ready");
     let (stop_tx, stop_rx) = bounded::<()>(0);
-    let background = match node {
-        Some(node) => {
-            let interval = cfg.watchdog_interval;
-            let wait_for_caches = cfg.wait_for_caches;
-            Some(
-                thread::Builder::new()
-                    .name("watchdog".into())
-                    .spawn(move || {
-                        node.recover();
-                        if wait_for_caches {
-                            node.caches.build_missing();
-                            node.set_ready();
-                        } else {
-                            node.set_ready();
-                            node.caches.build_missing();
-                        }
-                        info!("ready");
-                        if interval.is_zero() {
-                            let _ = stop_rx.recv();
-                            return;
-                        }
-                        // Tamper checks and collection run after a cache
-                        // volume went away, and about once a minute anyway.
-                        let every = (60 / interval.as_secs().max(1)).max(1);
-                        let mut pass = 0u64;
-                        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                            stop_rx.recv_timeout(interval)
-                        {
-                            node.watchdog_pass();
-                            pass += 1;
-                            node.cache_upkeep(pass % every == 0);
-                        }
-                    })
-                    .map_err(|e| Error::io("spawn thread", "watchdog", e))?,
-            )
-        }
-        None => {
-            ready.store(true, std::sync::atomic::Ordering::SeqCst);
-            None
-        }
-    };
+    let mut background = Vec::new();
+    if let Some(node) = node {
+        background = background_jobs(node, &cfg, &stop_rx)?;
+    }
 
     let sig = signals.recv().unwrap_or(Signal::SIGTERM);
     info!(
@@ -236,9 +261,10 @@ pub fn run(cfg: Config) -> Result<()> {
         server.cancel_all_calls();
     }
     drop(stop_tx);
-    if let Some(t) = background {
+    for t in background {
+        let name = t.thread().name().unwrap_or("background").to_string();
         if t.join().is_err() {
-            error!("watchdog thread panicked");
+            error!("{name} thread panicked");
         }
     }
     match fs::remove_file(&cfg.endpoint) {

@@ -91,7 +91,10 @@ impl CacheNode {
         v
     }
 
+    /// The newest golden version, once the background build made one (the
+    /// daemon answers before its caches are built).
     fn golden(&self) -> PathBuf {
+        wait("a built version", 60, || !self.versions().is_empty());
         self.versions().pop().expect("a built version")
     }
 

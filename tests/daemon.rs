@@ -346,6 +346,7 @@ fn long_operation_in_flight_gives_aborted() {
         thread::sleep(Duration::from_millis(10));
     }
     let t0 = Instant::now();
+    let command = format!("command={} {{mountpoint}}", slow.display());
     let again = d.csi(&[
         "node-stage",
         "--volume-id",
@@ -354,6 +355,10 @@ fn long_operation_in_flight_gives_aborted() {
         &staging,
         "--param",
         "mounter=fuse",
+        "--param",
+        "bucket=bkt",
+        "--param",
+        &command,
     ]);
     assert_eq!(again.code, ABORTED, "{again:?}");
     let target = d.kpath("pods/a/volumes/v/mount");

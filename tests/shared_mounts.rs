@@ -294,9 +294,20 @@ fn killed_mounter_is_reported_and_healed() {
     let new = mounter_pids(&staging);
     assert_eq!(new.len(), 1);
     assert_ne!(new, old);
+    // Containers keep their own bind of the dead mount: pods published
+    // before the heal are told to restart, until they are published again.
+    let stats = d.csi(&["node-stats", "--volume-id", &volume, "--target-path", &tb]);
+    assert!(
+        stats.stdout.contains("abnormal: true") && stats.stdout.contains("must be restarted"),
+        "{}",
+        stats.stdout
+    );
+    // Read-only survives healing.
+    assert!(fs::write(Path::new(&tb).join("x"), "no").is_err());
+    assert!(unpublish(&d, &volume, &tb).ok());
+    assert!(publish(&d, &volume, &staging, &tb, true).ok());
     let stats = d.csi(&["node-stats", "--volume-id", &volume, "--target-path", &tb]);
     assert!(!stats.stdout.contains("abnormal: true"), "{}", stats.stdout);
-    // Read-only survives healing.
     assert!(fs::write(Path::new(&tb).join("x"), "no").is_err());
     for t in [&ta, &tb] {
         assert!(unpublish(&d, &volume, t).ok());

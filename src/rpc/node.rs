@@ -38,7 +38,7 @@ impl NodeApi for NodeService {
             subject,
             sink,
             self.node.admit_stage(&req),
-            move |(guard, staging)| node.stage(&req, guard, staging),
+            move |(guard, args)| node.stage(&req, guard, args),
         )
     }
 

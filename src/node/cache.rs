@@ -1,0 +1,141 @@
+//! Cache volumes on the node's side: admission, and the persisted phases
+//! around filling and removing a pod's copy.
+//!
+//! Publish:   record Populating → fill from the golden copy → record Populated.
+//! Unpublish: record Removing → detach bindery's mounts inside, move the tree
+//!            to the trash → forget.
+
+use std::path::{Path, PathBuf};
+
+use log::warn;
+
+use super::Node;
+use crate::cache::volume::CacheRequest;
+use crate::crash;
+use crate::error::{Error, Result};
+use crate::lifecycle::publish_phase;
+use crate::proto::bindery::{Publication, PublishPhase, VolumeRecord};
+use crate::proto::csi::*;
+use crate::validate;
+use crate::volumes::{Guard, Op};
+
+impl Node {
+    /// Validation and admission of a cache volume publish: population takes
+    /// time, so it is a long operation on the volume.
+    pub fn admit_cache_publish(
+        &self,
+        req: &NodePublishVolumeRequest,
+    ) -> Result<(Guard<VolumeRecord>, PathBuf, CacheRequest, bool)> {
+        let (id, cap, target) = self.publish_request(req)?;
+        let readonly = req.get_readonly() || validate::read_only_mode(cap);
+        let creq = self.caches.request(
+            req.get_volume_context(),
+            cap.get_mount().get_volume_mount_group(),
+            readonly,
+        )?;
+        let guard = self.table.acquire(id, Op::Long("NodePublishVolume"))?;
+        Ok((guard, target, creq, readonly))
+    }
+
+    /// Fill the target from the golden copy; return only when complete. A
+    /// population that a crash interrupted is removed and started over.
+    pub fn cache_publish(
+        &self,
+        guard: Guard<VolumeRecord>,
+        target: PathBuf,
+        creq: CacheRequest,
+        readonly: bool,
+    ) -> Result<NodePublishVolumeResponse> {
+        let id = guard.id().to_string();
+        let existing = guard
+            .data()
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target)
+            .cloned();
+        if let Some(p) = existing {
+            if p.get_fingerprint() != creq.fingerprint {
+                return Err(Error::exists(
+                    &id,
+                    format!(
+                        "{} is already published with other attributes",
+                        target.display()
+                    ),
+                ));
+            }
+            if publish_phase(&p) == PublishPhase::POPULATED {
+                return Ok(NodePublishVolumeResponse::new());
+            }
+            warn!(
+                "volume {id:?}: population of {} was interrupted, starting over",
+                target.display()
+            );
+            self.cache_unpublish(&guard, &target)?;
+        } else if let Some((_, m)) = self.mount_at("target_path", &target)? {
+            // Never fill (or later clean up) a directory that is some other
+            // mount: it is not this pod's empty volume dir.
+            return Err(Error::exists(
+                &id,
+                format!(
+                    "{} is already a mount point ({})",
+                    target.display(),
+                    m.fs_type
+                ),
+            ));
+        }
+        // The target dir itself, created beneath the kubelet dir without
+        // following symlinks, before anything is written into it.
+        self.kubelet.resolve("target_path", &target, true)?;
+        let mut rec = guard.data().clone();
+        let mut pending = Publication::new();
+        pending.set_target_path(target.display().to_string());
+        pending.set_fingerprint(creq.fingerprint.clone());
+        pending.set_cache_name(creq.decl.name.clone());
+        pending.set_phase(PublishPhase::POPULATING);
+        rec.mut_publications().push(pending);
+        self.journal.commit(&guard, rec)?;
+        crash::point("cache_publish.recorded");
+        match self.caches.publish(&creq, &target, readonly) {
+            Ok(done) => {
+                crash::point("cache_publish.populated");
+                self.set_phase(&guard, &target, PublishPhase::POPULATED, |p| {
+                    p.set_readonly(done.get_readonly());
+                    p.set_cache_version(done.get_cache_version().to_string());
+                    p.set_strategy(done.get_strategy().to_string());
+                    p.set_cache_root(done.get_cache_root().to_string());
+                    p.set_complete(true);
+                })?;
+                Ok(NodePublishVolumeResponse::new())
+            }
+            Err(e) => {
+                if let Err(clean) = self.cache_unpublish(&guard, &target) {
+                    warn!("volume {id:?}: cleaning up {}: {clean}", target.display());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Record Removing, remove the pod's tree (never the golden copy), forget.
+    pub(super) fn cache_unpublish(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+        let Some(p) = guard
+            .data()
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        if publish_phase(&p) != PublishPhase::REMOVING {
+            self.set_phase(guard, target, PublishPhase::REMOVING, |_| {})?;
+            crash::point("cache_unpublish.recorded");
+        }
+        self.caches.unpublish(target)?;
+        crash::point("cache_unpublish.removed");
+        self.forget(guard, target)?;
+        self.cache_upkeep_due
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! The health loop: one pass every `--watchdog-interval` over the staged
+//! volumes. A volume whose mounter is dead (process gone, zombie or stopped,
+//! mount gone, statfs failing or hanging) gets a new mounter at its staging
+//! path and its Bound targets are bound again; a target that lost its bind
+//! is bound again. A slow or failing bucket listing is not death: it is
+//! reported in VolumeCondition, never healed by force.
+//!
+//! The check reads a snapshot without taking the volume's gate, so it never
+//! turns a CO call away; only a volume that needs healing is taken (and
+//! skipped until the next pass when an operation is in flight on it).
+
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+
+use super::{dev_string, running, Node};
+use crate::error::Result;
+use crate::lifecycle::{publish_phase, stage_phase};
+use crate::mounter::{self, Health};
+use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
+use crate::sys::nodepath;
+use crate::volumes::{Guard, Op};
+
+impl Node {
+    /// Whether a Ready stage's mounter is dead, or a Bound target lost its bind.
+    fn needs_healing(&self, rec: &VolumeRecord) -> bool {
+        if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
+            return false;
+        }
+        let st = rec.get_stage();
+        if mounter::check(
+            Path::new(st.get_staging_path()),
+            running(st),
+            mounter::PROBE_TIMEOUT,
+        ) != Health::Ok
+        {
+            return true;
+        }
+        rec.get_publications()
+            .iter()
+            .filter(|p| p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND)
+            .any(|p| {
+                !matches!(
+                    self.mount_at("target_path", Path::new(p.get_target_path())),
+                    Ok(Some(_))
+                )
+            })
+    }
+
+    /// Heal one volume under its guard: a new mounter if the old one is dead,
+    /// then every Bound target bound to the (new) staging mount.
+    pub fn heal(&self, guard: &Guard<VolumeRecord>) -> Result<bool> {
+        let id = guard.id().to_string();
+        let rec = guard.data().clone();
+        if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
+            return Ok(false);
+        }
+        let staging = PathBuf::from(rec.get_stage().get_staging_path());
+        let mut healed = false;
+        if let Health::Abnormal(why) =
+            mounter::check(&staging, running(rec.get_stage()), mounter::PROBE_TIMEOUT)
+        {
+            warn!(
+                "volume {id:?}: {why}; starting a new mounter at {}",
+                staging.display()
+            );
+            self.restart_mounter(guard, None)?;
+            healed = true;
+        }
+        let rec = guard.data().clone();
+        let Some((stage_np, stage_mount)) = self.mount_at("staging_target_path", &staging)? else {
+            return Ok(healed);
+        };
+        let stage_dev = dev_string(&stage_mount);
+        for p in rec
+            .get_publications()
+            .iter()
+            .filter(|p| p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND)
+        {
+            let target = PathBuf::from(p.get_target_path());
+            let current = self.mount_at("target_path", &target)?;
+            if current
+                .as_ref()
+                .is_some_and(|(_, m)| dev_string(m) == stage_dev)
+            {
+                continue;
+            }
+            if current
+                .as_ref()
+                .is_some_and(|(_, m)| dev_string(m) != p.get_mount_dev())
+            {
+                warn!(
+                    "volume {id:?}: {} holds a mount that is not ours; not re-binding",
+                    target.display()
+                );
+                continue;
+            }
+            // A bind of a dead FUSE mount stays dead after its source is
+            // remounted: detach ours and bind again. The pod's containers
+            // keep their own view of the old one until they restart (see
+            // stats: the publication's generation is older than the stage's).
+            self.detach_ours(&target, &[p.get_mount_dev()])?;
+            let Some(target_np) = self.kubelet.resolve("target_path", &target, false)? else {
+                warn!(
+                    "volume {id:?}: {} is gone; not re-binding",
+                    target.display()
+                );
+                continue;
+            };
+            nodepath::bind(&stage_np, &target_np)?;
+            drop(target_np);
+            if p.get_readonly() {
+                if let Some((np, _)) = self.mount_at("target_path", &target)? {
+                    crate::sys::mount::remount_bind_read_only(&np.proc_path())?;
+                }
+            }
+            let dev = stage_dev.clone();
+            self.set_phase(guard, &target, PublishPhase::BOUND, |p| {
+                p.set_mount_dev(dev)
+            })?;
+            info!("volume {id:?}: re-bound {}", target.display());
+        }
+        Ok(healed)
+    }
+
+    /// One health pass over every staged volume.
+    pub fn health_pass(&self) {
+        for id in self.table.ids() {
+            let Some(rec) = self.table.snapshot(&id) else {
+                continue;
+            };
+            if !self.needs_healing(&rec) {
+                continue;
+            }
+            if let Ok(guard) = self.table.acquire(&id, Op::Long("heal")) {
+                if let Err(e) = self.heal(&guard) {
+                    warn!("volume {id:?}: self-heal failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Cache upkeep (tamper checks of shared golden versions, collection of
+    /// unused ones): after a cache volume went away, or when `force`d.
+    pub fn cache_upkeep(&self, force: bool) {
+        use std::collections::{HashMap, HashSet};
+        use std::sync::atomic::Ordering;
+        if !self.cache_upkeep_due.swap(false, Ordering::SeqCst) && !force {
+            return;
+        }
+        let mut in_use: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut hardlinked = HashSet::new();
+        for id in self.table.ids() {
+            // Populations in flight hold the guard: their versions are in use.
+            let Ok(guard) = self.table.acquire(&id, Op::Short("upkeep")) else {
+                self.cache_upkeep_due.store(true, Ordering::SeqCst);
+                return;
+            };
+            for p in guard
+                .data()
+                .get_publications()
+                .iter()
+                .filter(|p| !p.get_cache_name().is_empty())
+            {
+                let (name, version) = (
+                    p.get_cache_name().to_string(),
+                    p.get_cache_version().to_string(),
+                );
+                if p.get_strategy() == "hardlink" {
+                    hardlinked.insert((name.clone(), version.clone()));
+                }
+                in_use.entry(name).or_default().insert(version);
+            }
+        }
+        self.caches.maintain(&in_use, &hardlinked);
+    }
+}

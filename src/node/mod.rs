@@ -1,0 +1,128 @@
+//! The Node service as plain functions, one file per concern:
+//! - stage.rs: NodeStageVolume / NodeUnstageVolume (one mounter per volume)
+//! - publish.rs: NodePublishVolume / NodeUnpublishVolume of staged volumes
+//! - cache.rs: publish / unpublish of cache volumes
+//! - recovery.rs: reconciling persisted phases before the socket serves
+//! - health.rs: the health loop (dead mounters healed, lost binds re-bound)
+//! - stats.rs: NodeGetVolumeStats
+//!
+//! Every change to a volume goes through the state machine of
+//! src/lifecycle.rs: the phase is persisted before the side effect. Every
+//! function validates its request in the fixed order (required fields,
+//! capability, paths), then takes the volume guard, then looks at state.
+
+mod cache;
+mod health;
+mod publish;
+mod recovery;
+mod stage;
+mod stats;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::cache::volume::Caches;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lifecycle::Journal;
+use crate::mounter::{Running, VolumeFiles};
+use crate::proto::bindery::{Stage, VolumeRecord};
+use crate::proto::csi::*;
+use crate::state::StateStore;
+use crate::sys::mountinfo::{self, MountInfo};
+use crate::sys::nodepath::{KubeletDir, NodePath};
+use crate::volumes::VolumeTable;
+
+pub struct Node {
+    pub cfg: Arc<Config>,
+    pub table: Arc<VolumeTable<VolumeRecord>>,
+    journal: Journal,
+    kubelet: KubeletDir,
+    pub caches: Arc<Caches>,
+    /// A cache publication went away: the next upkeep verifies and collects.
+    cache_upkeep_due: AtomicBool,
+}
+
+fn running(stage: &Stage) -> Running {
+    Running {
+        pid: stage.get_mounter_pid(),
+        start_ticks: stage.get_mounter_start_ticks(),
+    }
+}
+
+/// "major:minor" of a mount: what identifies the filesystem a bind shows.
+fn dev_string(m: &MountInfo) -> String {
+    format!("{}:{}", m.dev.0, m.dev.1)
+}
+
+impl Node {
+    pub fn new(cfg: Arc<Config>) -> Result<Self> {
+        let store = StateStore::open(&cfg.state_dir)?;
+        let caches = Arc::new(Caches::open(cfg.clone())?);
+        let kubelet = KubeletDir::open(&cfg.kubelet_dir)?;
+        Ok(Node {
+            cfg,
+            table: Arc::new(VolumeTable::new()),
+            journal: Journal::new(store),
+            kubelet,
+            caches,
+            cache_upkeep_due: AtomicBool::new(true),
+        })
+    }
+
+    fn volume_files(&self, id: &str) -> VolumeFiles {
+        VolumeFiles::new(self.journal.store().volume_dir(id))
+    }
+
+    pub fn get_info(&self) -> NodeGetInfoResponse {
+        let mut r = NodeGetInfoResponse::new();
+        r.set_node_id(self.cfg.node_id.clone());
+        r.set_max_volumes_per_node(self.cfg.max_volumes_per_node);
+        r
+    }
+
+    /// Only what this node really implements.
+    pub fn get_capabilities(&self) -> NodeGetCapabilitiesResponse {
+        use NodeServiceCapability_RPC_Type as T;
+        let mut r = NodeGetCapabilitiesResponse::new();
+        for t in [
+            T::STAGE_UNSTAGE_VOLUME,
+            T::GET_VOLUME_STATS,
+            T::VOLUME_CONDITION,
+            T::VOLUME_MOUNT_GROUP,
+        ] {
+            let mut rpc = NodeServiceCapability_RPC::new();
+            rpc.set_field_type(t);
+            let mut cap = NodeServiceCapability::new();
+            cap.set_rpc(rpc);
+            r.mut_capabilities().push(cap);
+        }
+        r
+    }
+
+    /// The mount whose root `path` is right now (None: a plain directory, or
+    /// the path does not exist), resolved beneath the kubelet dir without
+    /// following symlinks, with the fd that names it.
+    fn mount_at(
+        &self,
+        field: &'static str,
+        path: &std::path::Path,
+    ) -> Result<Option<(NodePath, MountInfo)>> {
+        let Some((parent, _)) = self.kubelet.resolve_parent(field, path, false)? else {
+            return Ok(None);
+        };
+        let Some(here) = self.kubelet.resolve(field, path, false)? else {
+            return Ok(None);
+        };
+        let table = mountinfo::read_self()?;
+        Ok(here.mount_here(&parent, &table)?.map(|m| (here, m)))
+    }
+
+    /// Lifecycle errors name the volume; a missing record is this error.
+    fn not_staged(id: &str) -> Error {
+        Error::precondition(
+            id,
+            "volume is not staged on this node: call NodeStageVolume first",
+        )
+    }
+}

@@ -1,0 +1,339 @@
+//! NodePublishVolume / NodeUnpublishVolume of staged volumes: a bind of the
+//! staging mount into the pod's target, and its removal.
+//!
+//! Publish:   record Binding → bind (+ read-only remount) → record Bound.
+//! Unpublish: record Unbinding → detach bindery's bind → rmdir → forget.
+//! Only a mount that shows this volume's FUSE filesystem (the device the
+//! publication recorded, or the staging mount's) is ever detached.
+
+use std::path::{Path, PathBuf};
+
+use log::{debug, info, warn};
+
+use super::{dev_string, Node};
+use crate::cache::volume as cachevol;
+use crate::crash;
+use crate::error::{Error, Result};
+use crate::lifecycle::{publish_phase, stage_phase};
+use crate::proto::bindery::{Publication, PublishPhase, StagePhase, VolumeRecord};
+use crate::proto::csi::*;
+use crate::sys::{mount, nodepath};
+use crate::validate;
+use crate::volumes::{Guard, Op};
+
+/// What a publish request asks for, compared on repeat calls.
+fn publish_fingerprint(readonly: bool, cap: &VolumeCapability) -> String {
+    let m = cap.get_mount();
+    format!(
+        "ro={readonly};mode={:?};flags={};group={}",
+        cap.get_access_mode().get_mode(),
+        m.get_mount_flags().join(","),
+        m.get_volume_mount_group()
+    )
+}
+
+/// How many stacked binds of one volume a single unpublish removes at most
+/// (older versions could stack them; a loop must end).
+const MAX_STACKED: usize = 16;
+
+impl Node {
+    /// The fields every publish needs, validated in order: volume_id,
+    /// target_path and volume_capability present, the capability usable, the
+    /// target below the kubelet dir.
+    pub(super) fn publish_request<'r>(
+        &self,
+        req: &'r NodePublishVolumeRequest,
+    ) -> Result<(&'r str, &'r VolumeCapability, PathBuf)> {
+        let id = validate::volume_id(req.get_volume_id())?;
+        validate::required("target_path", req.get_target_path())?;
+        let cap = validate::required_msg(
+            "volume_capability",
+            req.has_volume_capability(),
+            req.get_volume_capability(),
+        )?;
+        validate::capability("volume_capability", cap)?;
+        let target =
+            validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
+        Ok((id, cap, target))
+    }
+
+    /// Bind the staged mount into the pod's target (created if missing),
+    /// read-only when asked. Spec: "volume_id ... REQUIRED", "target_path
+    /// ... REQUIRED", "volume_capability ... REQUIRED"; publishing a volume
+    /// that is not staged is FAILED_PRECONDITION; a repeat with the same
+    /// arguments is OK, with others ALREADY_EXISTS.
+    pub fn publish(&self, req: &NodePublishVolumeRequest) -> Result<NodePublishVolumeResponse> {
+        let (id, cap, target) = self.publish_request(req)?;
+        let staging = if req.get_staging_target_path().is_empty() {
+            None
+        } else {
+            Some(validate::node_path(
+                "staging_target_path",
+                req.get_staging_target_path(),
+                &self.cfg.kubelet_dir,
+            )?)
+        };
+        let readonly = req.get_readonly() || validate::read_only_mode(cap);
+        let fingerprint = publish_fingerprint(readonly, cap);
+        debug_assert!(!cachevol::is_cache_request(req.get_volume_context()));
+
+        let guard = self.table.acquire(id, Op::Short("NodePublishVolume"))?;
+        let rec = guard.data().clone();
+        if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
+            return Err(Self::not_staged(id));
+        }
+        let staged_at = PathBuf::from(rec.get_stage().get_staging_path());
+        match &staging {
+            None => {
+                return Err(Error::precondition(
+                    id,
+                    "staging_target_path is required for a staged volume",
+                ))
+            }
+            Some(s) if *s != staged_at => {
+                return Err(Error::precondition(
+                    id,
+                    format!("staged at {}, not {}", staged_at.display(), s.display()),
+                ))
+            }
+            Some(_) => {}
+        }
+        let (stage_np, stage_mount) = self
+            .mount_at("staging_target_path", &staged_at)?
+            .filter(|(_, m)| m.is_fuse())
+            .ok_or_else(|| {
+                Error::precondition(
+                    id,
+                    "the staged mount is not there (the mounter is being healed); retry",
+                )
+            })?;
+        let stage_dev = dev_string(&stage_mount);
+        let generation = rec.get_stage().get_generation();
+        let existing = rec
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target);
+        if let Some(p) = existing {
+            if p.get_fingerprint() != fingerprint {
+                return Err(Error::exists(
+                    id,
+                    format!("{} is already published with other flags", target.display()),
+                ));
+            }
+            if publish_phase(p) == PublishPhase::UNBINDING {
+                self.unbind(&guard, &target)?;
+            }
+        }
+        let existing = guard
+            .data()
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target)
+            .cloned();
+        // What is mounted at the target now: our current bind, our stale
+        // one, or something that is not ours.
+        let here = self.mount_at("target_path", &target)?;
+        let ours_now = here
+            .as_ref()
+            .is_some_and(|(_, m)| dev_string(m) == stage_dev);
+        if let Some(p) = &existing {
+            if ours_now && p.get_generation() == generation {
+                if publish_phase(p) == PublishPhase::BINDING {
+                    self.set_phase(&guard, &target, PublishPhase::BOUND, |_| {})?;
+                }
+                return Ok(NodePublishVolumeResponse::new());
+            }
+            // Lost, or a bind of a mount that has been healed since: bind again.
+            self.detach_ours(&target, &[p.get_mount_dev(), &stage_dev])?;
+        } else if let Some((_, m)) = &here {
+            if !ours_now {
+                return Err(Error::exists(
+                    id,
+                    format!(
+                        "{} is already a mount point ({}) of something else",
+                        target.display(),
+                        m.fs_type
+                    ),
+                ));
+            }
+            // Our bind without a record: only older versions left these.
+            self.detach_ours(&target, &[&stage_dev])?;
+        }
+        let mut rec = guard.data().clone();
+        rec.mut_publications()
+            .retain(|p| Path::new(p.get_target_path()) != target);
+        let mut p = Publication::new();
+        p.set_target_path(target.display().to_string());
+        p.set_readonly(readonly);
+        p.set_fingerprint(fingerprint);
+        p.set_phase(PublishPhase::BINDING);
+        p.set_generation(generation);
+        p.set_mount_dev(stage_dev.clone());
+        if existing.is_some() {
+            // Same target again: keep its phase history legal (Bound → Bound).
+            p.set_phase(publish_phase(existing.as_ref().unwrap_or(&p)));
+        }
+        rec.mut_publications().push(p);
+        self.journal.commit(&guard, rec)?;
+        crash::point("publish.recorded");
+        let target_np = self
+            .kubelet
+            .resolve("target_path", &target, true)?
+            .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
+        nodepath::bind(&stage_np, &target_np)?;
+        drop(target_np);
+        if readonly {
+            if let Err(e) = self.make_read_only(&target, &stage_dev) {
+                let _ = self.detach_ours(&target, &[&stage_dev]);
+                return Err(e);
+            }
+        }
+        crash::point("publish.bound");
+        self.set_phase(&guard, &target, PublishPhase::BOUND, |_| {})?;
+        Ok(NodePublishVolumeResponse::new())
+    }
+
+    /// Remount the bind at `target` read-only, on the fd of the bind itself.
+    fn make_read_only(&self, target: &Path, dev: &str) -> Result<()> {
+        match self.mount_at("target_path", target)? {
+            Some((np, m)) if dev_string(&m) == dev => {
+                mount::remount_bind_read_only(&np.proc_path())
+            }
+            _ => Err(Error::State {
+                path: target.to_path_buf(),
+                reason: "the bind just made is not there".into(),
+            }),
+        }
+    }
+
+    /// Change one publication's phase (and fields) and persist it.
+    pub(super) fn set_phase(
+        &self,
+        guard: &Guard<VolumeRecord>,
+        target: &Path,
+        phase: PublishPhase,
+        edit: impl FnOnce(&mut Publication),
+    ) -> Result<()> {
+        let mut rec = guard.data().clone();
+        if let Some(p) = rec
+            .mut_publications()
+            .iter_mut()
+            .find(|p| Path::new(p.get_target_path()) == target)
+        {
+            p.set_phase(phase);
+            edit(p);
+        }
+        self.journal.commit(guard, rec)
+    }
+
+    /// Forget a publication (after its teardown is done).
+    pub(super) fn forget(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+        let mut rec = guard.data().clone();
+        rec.mut_publications()
+            .retain(|p| Path::new(p.get_target_path()) != target);
+        self.journal.commit(guard, rec)
+    }
+
+    /// Detach every bind at `target` that shows one of `devs` (this volume's
+    /// FUSE filesystems), topmost first; stop at the first mount that is not
+    /// ours. Returns how many were detached.
+    pub(super) fn detach_ours(&self, target: &Path, devs: &[&str]) -> Result<usize> {
+        let mut n = 0;
+        while n < MAX_STACKED {
+            match self.mount_at("target_path", target)? {
+                Some((np, m)) if devs.contains(&dev_string(&m).as_str()) => {
+                    nodepath::detach(&np)?;
+                    n += 1;
+                }
+                Some((_, m)) => {
+                    debug!(
+                        "{}: {} mount is not ours, left alone",
+                        target.display(),
+                        m.fs_type
+                    );
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Remove only this pod's bind and its target dir. Spec: "volume_id ...
+    /// REQUIRED", "target_path ... REQUIRED"; a target this volume is not
+    /// published at is OK (idempotent) and is not touched.
+    pub fn unpublish(
+        &self,
+        req: &NodeUnpublishVolumeRequest,
+    ) -> Result<NodeUnpublishVolumeResponse> {
+        let id = validate::volume_id(req.get_volume_id())?;
+        validate::required("target_path", req.get_target_path())?;
+        let target =
+            validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
+        let guard = self.table.acquire(id, Op::Short("NodeUnpublishVolume"))?;
+        let found = guard
+            .data()
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target)
+            .cloned();
+        match found {
+            None => {
+                debug!(
+                    "volume {id:?} is not published at {}: nothing to do",
+                    target.display()
+                );
+            }
+            Some(p) if !p.get_cache_name().is_empty() => self.cache_unpublish(&guard, &target)?,
+            Some(_) => self.unbind(&guard, &target)?,
+        }
+        Ok(NodeUnpublishVolumeResponse::new())
+    }
+
+    /// Record Unbinding, detach bindery's bind(s) at the target, remove the
+    /// target dir, forget the publication.
+    pub(super) fn unbind(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+        let rec = guard.data().clone();
+        let Some(p) = rec
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target)
+        else {
+            return Ok(());
+        };
+        if publish_phase(p) != PublishPhase::UNBINDING {
+            self.set_phase(guard, target, PublishPhase::UNBINDING, |_| {})?;
+            crash::point("unpublish.recorded");
+        }
+        let mut devs = vec![p.get_mount_dev().to_string()];
+        if let Ok(Some((_, m))) = self.mount_at(
+            "staging_target_path",
+            Path::new(rec.get_stage().get_staging_path()),
+        ) {
+            if m.is_fuse() {
+                devs.push(dev_string(&m));
+            }
+        }
+        let devs: Vec<&str> = devs
+            .iter()
+            .map(String::as_str)
+            .filter(|d| !d.is_empty())
+            .collect();
+        let n = self.detach_ours(target, &devs)?;
+        if let Some((parent, name)) = self.kubelet.resolve_parent("target_path", target, false)? {
+            nodepath::rmdir_at(&parent, &name)?;
+        }
+        crash::point("unpublish.unbound");
+        self.forget(guard, target)?;
+        if n > 0 {
+            info!("volume {:?}: unbound {}", guard.id(), target.display());
+        } else {
+            warn!(
+                "volume {:?}: {} had no bind of it left",
+                guard.id(),
+                target.display()
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Recovery: before the socket serves any node call, every persisted record
+//! is loaded and settled by its phase. Teardowns that were under way are
+//! finished (never undone); starts are adopted when their result is there
+//! and healthy, otherwise rolled back. Nothing slow happens here: health
+//! checks, remounts and cache builds come after, under the volume guards.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::{info, warn};
+
+use super::{running, Node};
+use crate::error::Result;
+use crate::lifecycle::{publish_phase, stage_phase};
+use crate::mounter::{self, Health, Running};
+use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
+use crate::sys::{process, procscan};
+use crate::volumes::{Guard, Op};
+
+impl Node {
+    /// Load every record and settle it. Returns how many volumes are known.
+    pub fn recover(&self) -> usize {
+        let records = match self.journal.store().load_all() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot read state: {e}");
+                Vec::new()
+            }
+        };
+        for rec in records {
+            let id = rec.get_volume_id().to_string();
+            match self.table.acquire(&id, Op::Long("recovery")) {
+                Ok(guard) => {
+                    *guard.data() = rec;
+                    if let Err(e) = self.settle(&guard) {
+                        warn!("volume {id:?}: recovery: {e}");
+                    }
+                }
+                Err(e) => warn!("volume {id:?}: {e}"),
+            }
+        }
+        let n = self.table.len();
+        info!("state recovered: {n} volume(s)");
+        n
+    }
+
+    /// Settle one volume's interrupted steps.
+    fn settle(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
+        let id = guard.id().to_string();
+        let rec = guard.data().clone();
+        for p in rec.get_publications() {
+            let target = PathBuf::from(p.get_target_path());
+            match publish_phase(p) {
+                PublishPhase::BINDING => {
+                    // The bind may or may not have happened: a retried
+                    // publish finds it (or makes it) and records Bound.
+                    info!(
+                        "volume {id:?}: publish of {} was interrupted; the retry finishes it",
+                        target.display()
+                    );
+                }
+                PublishPhase::UNBINDING => {
+                    info!(
+                        "volume {id:?}: finishing the unpublish of {}",
+                        target.display()
+                    );
+                    self.unbind(guard, &target)?;
+                }
+                PublishPhase::POPULATING | PublishPhase::REMOVING => {
+                    info!(
+                        "volume {id:?}: removing the interrupted cache volume {}",
+                        target.display()
+                    );
+                    self.cache_unpublish(guard, &target)?;
+                }
+                PublishPhase::BOUND | PublishPhase::POPULATED | PublishPhase::PUBLISH_UNKNOWN => {}
+            }
+        }
+        let rec = guard.data().clone();
+        if !rec.has_stage() {
+            return Ok(());
+        }
+        let st = rec.get_stage();
+        let staging = PathBuf::from(st.get_staging_path());
+        match stage_phase(st) {
+            StagePhase::STOPPING => {
+                info!(
+                    "volume {id:?}: finishing the unstage of {}",
+                    staging.display()
+                );
+                self.teardown_stage(guard)
+            }
+            StagePhase::STARTING => match self.adoptable(&staging, running(st)) {
+                Some(run) => {
+                    info!(
+                        "volume {id:?}: adopting mounter pid {} at {}",
+                        run.pid,
+                        staging.display()
+                    );
+                    let mut rec = rec.clone();
+                    let st = rec.mut_stage();
+                    st.set_phase(StagePhase::READY);
+                    st.set_mounter_pid(run.pid);
+                    st.set_mounter_start_ticks(run.start_ticks);
+                    self.journal.commit(guard, rec)
+                }
+                None => {
+                    info!(
+                        "volume {id:?}: rolling back the interrupted stage at {}",
+                        staging.display()
+                    );
+                    self.teardown_stage(guard)
+                }
+            },
+            StagePhase::READY | StagePhase::STAGE_UNKNOWN => {
+                // A heal interrupted after recording "no mounter": adopt the
+                // one it started if it serves; the health loop does the rest.
+                if st.get_mounter_pid() == 0 {
+                    if let Some(run) = self.adoptable(&staging, running(st)) {
+                        let mut rec = rec.clone();
+                        rec.mut_stage().set_mounter_pid(run.pid);
+                        rec.mut_stage().set_mounter_start_ticks(run.start_ticks);
+                        self.journal.commit(guard, rec)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The mounter serving `staging`, if exactly that: the recorded process,
+    /// or the one session leader whose argv names the staging path, alive
+    /// and answering on a FUSE mount there.
+    fn adoptable(&self, staging: &Path, recorded: Running) -> Option<Running> {
+        let mut candidates = vec![recorded];
+        candidates.extend(
+            procscan::session_leaders_with_arg(staging)
+                .into_iter()
+                .filter_map(|pid| {
+                    process::stat(pid).map(|s| Running {
+                        pid,
+                        start_ticks: s.start_ticks,
+                    })
+                }),
+        );
+        candidates.dedup();
+        let alive: Vec<Running> = candidates
+            .into_iter()
+            .filter(|r| r.pid > 0 && process::is_alive(r.pid, r.start_ticks))
+            .collect();
+        match alive.as_slice() {
+            [one] if mounter::check(staging, *one, Duration::from_secs(2)) == Health::Ok => {
+                Some(*one)
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! NodeStageVolume and NodeUnstageVolume: one mounter per volume per node,
+//! started at the staging path, stopped when no pod uses the volume.
+//!
+//! Stage:   record Starting → start the mounter → record Ready{pid}.
+//! Unstage: uploads finished → record Stopping → unmount, stop the process,
+//!          remove its files → delete the stage record.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::{info, warn};
+
+use super::{running, Node};
+use crate::crash;
+use crate::error::{Error, Result};
+use crate::lifecycle::stage_phase;
+use crate::mounter::{self, Health, MountSpec, Running};
+use crate::proto::bindery::{Stage, StagePhase, VolumeRecord};
+use crate::proto::csi::*;
+use crate::sys::{nodepath, process, procscan};
+use crate::validate;
+use crate::volumes::{Guard, Op};
+
+/// What a stage request asks for (secrets excluded: they may rotate).
+fn stage_fingerprint(params: &HashMap<String, String>, cap: &VolumeCapability) -> String {
+    let mut keys: Vec<_> = params
+        .iter()
+        .filter(|(k, _)| !mounter::is_co_key(k))
+        .collect();
+    keys.sort();
+    let m = cap.get_mount();
+    format!(
+        "{keys:?};flags={};group={}",
+        m.get_mount_flags().join(","),
+        m.get_volume_mount_group()
+    )
+}
+
+/// fsGroup (VOLUME_MOUNT_GROUP): files of the mount belong to that group.
+pub(super) fn apply_mount_group(spec: &mut MountSpec, group: &str) -> Result<()> {
+    if group.is_empty() {
+        return Ok(());
+    }
+    let gid = group.parse::<u32>().map_err(|_| {
+        Error::invalid(
+            "volume_capability.mount.volume_mount_group",
+            format!("{group:?} is not a numeric gid"),
+        )
+    })?;
+    spec.gid = spec.gid.or(Some(gid));
+    spec.umask = spec.umask.or(Some(0o002));
+    Ok(())
+}
+
+/// A validated stage request, ready to run on a worker.
+pub struct StageArgs {
+    staging: PathBuf,
+    spec: MountSpec,
+}
+
+impl Node {
+    /// Validation and admission of NodeStageVolume (runs inline, never blocks
+    /// for long). Spec: "volume_id ... This field is REQUIRED",
+    /// "staging_target_path ... REQUIRED", "volume_capability ... REQUIRED".
+    pub fn admit_stage(
+        &self,
+        req: &NodeStageVolumeRequest,
+    ) -> Result<(Guard<VolumeRecord>, StageArgs)> {
+        let id = validate::volume_id(req.get_volume_id())?;
+        validate::required("staging_target_path", req.get_staging_target_path())?;
+        let cap = validate::required_msg(
+            "volume_capability",
+            req.has_volume_capability(),
+            req.get_volume_capability(),
+        )?;
+        validate::capability("volume_capability", cap)?;
+        let staging = validate::node_path(
+            "staging_target_path",
+            req.get_staging_target_path(),
+            &self.cfg.kubelet_dir,
+        )?;
+        let mut spec = mounter::parse_spec(
+            id,
+            req.get_volume_context(),
+            req.get_secrets(),
+            &self.cfg.fuse_programs,
+        )?;
+        apply_mount_group(&mut spec, cap.get_mount().get_volume_mount_group())?;
+        let guard = self.table.acquire(id, Op::Long("NodeStageVolume"))?;
+        Ok((guard, StageArgs { staging, spec }))
+    }
+
+    /// Start one mounter for the volume at the staging path. A repeated call
+    /// finds its own healthy mount and returns OK (updating rotated
+    /// secrets); its own dead mount is replaced.
+    pub fn stage(
+        &self,
+        req: &NodeStageVolumeRequest,
+        guard: Guard<VolumeRecord>,
+        args: StageArgs,
+    ) -> Result<NodeStageVolumeResponse> {
+        let id = guard.id().to_string();
+        let staging = args.staging;
+        let fingerprint = stage_fingerprint(req.get_volume_context(), req.get_volume_capability());
+        let existing = guard.data().clone();
+        if existing.has_stage() {
+            let st = existing.get_stage();
+            if Path::new(st.get_staging_path()) != staging {
+                return Err(Error::precondition(
+                    &id,
+                    format!(
+                        "already staged at {}, not {}",
+                        st.get_staging_path(),
+                        staging.display()
+                    ),
+                ));
+            }
+            if st.get_fingerprint() != fingerprint {
+                return Err(Error::exists(
+                    &id,
+                    "already staged with different parameters or capability",
+                ));
+            }
+            match stage_phase(st) {
+                StagePhase::READY => {
+                    if mounter::check(&staging, running(st), mounter::PROBE_TIMEOUT) == Health::Ok {
+                        return self
+                            .rotate_secrets(&guard, req.get_secrets())
+                            .map(|()| NodeStageVolumeResponse::new());
+                    }
+                    warn!("volume {id:?}: its staged mount is not healthy, starting its mounter again");
+                    self.restart_mounter(&guard, Some(req.get_secrets()))?;
+                    return Ok(NodeStageVolumeResponse::new());
+                }
+                // A start or a teardown that a crash interrupted (recovery
+                // normally settles these first): finish it, then start anew.
+                StagePhase::STARTING | StagePhase::STOPPING | StagePhase::STAGE_UNKNOWN => {
+                    self.teardown_stage(&guard)?;
+                }
+            }
+        }
+        // Nothing recorded: the staging dir must be ours to mount on.
+        let np = self
+            .kubelet
+            .resolve("staging_target_path", &staging, true)?
+            .ok_or_else(|| Error::invalid("staging_target_path", "vanished while being created"))?;
+        if let Some((_, m)) = self.mount_at("staging_target_path", &staging)? {
+            return Err(Error::precondition(
+                &id,
+                format!(
+                    "{} is already a mount point ({}) that bindery did not record",
+                    staging.display(),
+                    m.fs_type
+                ),
+            ));
+        }
+        drop(np);
+        let mut stage = Stage::new();
+        stage.set_phase(StagePhase::STARTING);
+        stage.set_staging_path(staging.display().to_string());
+        stage.set_parameters(req.get_volume_context().clone());
+        stage.set_secrets(req.get_secrets().clone());
+        stage.set_fingerprint(fingerprint);
+        stage.set_volume_mount_group(
+            req.get_volume_capability()
+                .get_mount()
+                .get_volume_mount_group()
+                .to_string(),
+        );
+        stage.set_generation(1);
+        let mut rec = guard.data().clone();
+        rec.set_stage(stage);
+        self.journal.commit(&guard, rec.clone())?;
+        crash::point("stage.recorded");
+        let run = match mounter::start(
+            &id,
+            &args.spec,
+            &staging,
+            &self.volume_files(&id),
+            &self.cfg,
+        ) {
+            Ok(run) => run,
+            Err(e) => {
+                rec.clear_stage();
+                if let Err(undo) = self.journal.commit(&guard, rec) {
+                    warn!("volume {id:?}: recording the failed start: {undo}");
+                }
+                return Err(e);
+            }
+        };
+        crash::point("stage.started");
+        let st = rec.mut_stage();
+        st.set_phase(StagePhase::READY);
+        st.set_mounter_pid(run.pid);
+        st.set_mounter_start_ticks(run.start_ticks);
+        if let Err(e) = self.journal.commit(&guard, rec) {
+            mounter::stop(&staging, run, Duration::from_millis(200));
+            // The record still says Starting: recovery or the retry cleans up.
+            return Err(e);
+        }
+        info!(
+            "volume {id:?}: {} mounter pid {} serves {}",
+            args.spec.kind.as_str(),
+            run.pid,
+            staging.display()
+        );
+        Ok(NodeStageVolumeResponse::new())
+    }
+
+    /// A re-stage with new credentials: later heals must use them.
+    fn rotate_secrets(
+        &self,
+        guard: &Guard<VolumeRecord>,
+        secrets: &HashMap<String, String>,
+    ) -> Result<()> {
+        let mut rec = guard.data().clone();
+        if rec.get_stage().get_secrets() == secrets {
+            return Ok(());
+        }
+        rec.mut_stage().set_secrets(secrets.clone());
+        self.journal.commit(guard, rec)?;
+        info!(
+            "volume {:?}: node-stage secrets updated for later remounts",
+            guard.id()
+        );
+        Ok(())
+    }
+
+    /// Replace the volume's dead mounter by a new one at the same staging
+    /// path (a retried stage, or the health loop). The record stays Ready; it
+    /// first says "no mounter" (pid 0, next generation), so a crash during
+    /// the start leaves a record that the next health pass heals again.
+    /// Publications are bound again by the caller (health) or by the pods'
+    /// next publish.
+    pub(super) fn restart_mounter(
+        &self,
+        guard: &Guard<VolumeRecord>,
+        new_secrets: Option<&HashMap<String, String>>,
+    ) -> Result<Running> {
+        let id = guard.id().to_string();
+        let mut rec = guard.data().clone();
+        let staging = PathBuf::from(rec.get_stage().get_staging_path());
+        self.stop_own_mounters(&id, &staging, running(rec.get_stage()));
+        let st = rec.mut_stage();
+        if let Some(s) = new_secrets {
+            st.set_secrets(s.clone());
+        }
+        st.set_mounter_pid(0);
+        st.set_mounter_start_ticks(0);
+        st.set_generation(st.get_generation().max(1) + 1);
+        self.journal.commit(guard, rec.clone())?;
+        crash::point("heal.recorded");
+        let st = rec.get_stage();
+        let mut spec = mounter::parse_spec(
+            &id,
+            st.get_parameters(),
+            st.get_secrets(),
+            &self.cfg.fuse_programs,
+        )?;
+        apply_mount_group(&mut spec, st.get_volume_mount_group())?;
+        self.kubelet
+            .resolve("staging_target_path", &staging, true)?;
+        let run = mounter::start(&id, &spec, &staging, &self.volume_files(&id), &self.cfg)?;
+        let st = rec.mut_stage();
+        st.set_mounter_pid(run.pid);
+        st.set_mounter_start_ticks(run.start_ticks);
+        if let Err(e) = self.journal.commit(guard, rec) {
+            mounter::stop(&staging, run, Duration::from_millis(200));
+            return Err(e);
+        }
+        info!(
+            "volume {id:?}: mounter pid {} serves {} again",
+            run.pid,
+            staging.display()
+        );
+        Ok(run)
+    }
+
+    /// Stop every mounter of this volume: the recorded one and any that a
+    /// crash left unrecorded (found by the staging path in its argv), after
+    /// aborting and detaching the FUSE mount at the staging path if it is
+    /// one. Never touches a mount that is not FUSE.
+    pub(super) fn stop_own_mounters(&self, id: &str, staging: &Path, recorded: Running) {
+        if let Ok(Some((np, m))) = self.mount_at("staging_target_path", staging) {
+            if m.is_fuse() {
+                mounter::abort(staging);
+                if let Err(e) = nodepath::detach(&np) {
+                    warn!("volume {id:?}: {e}");
+                }
+            } else {
+                warn!(
+                    "volume {id:?}: {} is a {} mount, not bindery's: left alone",
+                    staging.display(),
+                    m.fs_type
+                );
+            }
+        }
+        let mut runs = vec![recorded];
+        for pid in procscan::session_leaders_with_arg(staging) {
+            if let Some(s) = process::stat(pid) {
+                runs.push(Running {
+                    pid,
+                    start_ticks: s.start_ticks,
+                });
+            }
+        }
+        for run in runs.into_iter().filter(|r| r.pid > 0) {
+            mounter::stop(staging, run, Duration::from_millis(500));
+        }
+    }
+
+    /// Undo a stage whatever its phase: stop the mounter(s), remove the
+    /// volume's files, delete the stage record. Used by unstage (after the
+    /// Stopping record), and to settle an interrupted start or teardown.
+    pub(super) fn teardown_stage(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
+        let id = guard.id().to_string();
+        let mut rec = guard.data().clone();
+        if !rec.has_stage() {
+            return Ok(());
+        }
+        let staging = PathBuf::from(rec.get_stage().get_staging_path());
+        if stage_phase(rec.get_stage()) == StagePhase::READY {
+            rec.mut_stage().set_phase(StagePhase::STOPPING);
+            self.journal.commit(guard, rec.clone())?;
+            crash::point("unstage.recorded");
+        }
+        self.stop_own_mounters(&id, &staging, running(rec.get_stage()));
+        self.volume_files(&id).remove()?;
+        crash::point("unstage.stopped");
+        rec.clear_stage();
+        self.journal.commit(guard, rec)
+    }
+
+    pub fn admit_unstage(
+        &self,
+        req: &NodeUnstageVolumeRequest,
+    ) -> Result<(Guard<VolumeRecord>, PathBuf)> {
+        let id = validate::volume_id(req.get_volume_id())?;
+        validate::required("staging_target_path", req.get_staging_target_path())?;
+        let staging = validate::node_path(
+            "staging_target_path",
+            req.get_staging_target_path(),
+            &self.cfg.kubelet_dir,
+        )?;
+        Ok((
+            self.table.acquire(id, Op::Long("NodeUnstageVolume"))?,
+            staging,
+        ))
+    }
+
+    /// Stop the mounter once no pod uses the volume. rclone's acknowledged
+    /// writes are uploaded first (the call fails, and the volume stays
+    /// staged, rather than lose them). Unknown volume → OK (idempotent).
+    pub fn unstage(
+        &self,
+        guard: Guard<VolumeRecord>,
+        staging: PathBuf,
+    ) -> Result<NodeUnstageVolumeResponse> {
+        let id = guard.id().to_string();
+        let rec = guard.data().clone();
+        if !rec.has_stage() {
+            return Ok(NodeUnstageVolumeResponse::new());
+        }
+        let st = rec.get_stage();
+        if Path::new(st.get_staging_path()) != staging {
+            return Err(Error::precondition(
+                &id,
+                format!(
+                    "staged at {}, not {}",
+                    st.get_staging_path(),
+                    staging.display()
+                ),
+            ));
+        }
+        let published: Vec<&str> = rec
+            .get_publications()
+            .iter()
+            .filter(|p| p.get_cache_name().is_empty())
+            .map(|p| p.get_target_path())
+            .collect();
+        if !published.is_empty() {
+            return Err(Error::precondition(
+                &id,
+                format!("still published at {}", published.join(", ")),
+            ));
+        }
+        if stage_phase(st) == StagePhase::READY {
+            let kind = mounter::kind_of(st.get_parameters());
+            mounter::wait_for_uploads(&id, kind, &self.volume_files(&id), self.cfg.unstage_grace)?;
+        }
+        self.teardown_stage(&guard)?;
+        Ok(NodeUnstageVolumeResponse::new())
+    }
+}

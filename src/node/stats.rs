@@ -1,0 +1,144 @@
+//! NodeGetVolumeStats: usage and a VolumeCondition, answered inline with a
+//! bounded wait (a hung FUSE server never holds a gRPC thread for long).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{running, Node};
+use crate::error::{Error, Result};
+use crate::lifecycle::stage_phase;
+use crate::mounter::{self, Health};
+use crate::proto::bindery::{Publication, StagePhase};
+use crate::proto::csi::*;
+use crate::sys::mount;
+use crate::validate;
+use crate::volumes::Op;
+
+/// One usage entry of NodeGetVolumeStats (0 = unknown, as the spec allows).
+fn volume_usage(unit: VolumeUsage_Unit, total: u64, available: u64, used: u64) -> VolumeUsage {
+    let mut u = VolumeUsage::new();
+    u.set_unit(unit);
+    u.set_total(total as i64);
+    u.set_available(available as i64);
+    u.set_used(used as i64);
+    u
+}
+
+fn condition(health: Health) -> VolumeCondition {
+    let mut c = VolumeCondition::new();
+    match health {
+        Health::Ok => c.set_message("volume is healthy".into()),
+        Health::Abnormal(why) => {
+            c.set_abnormal(true);
+            c.set_message(why);
+        }
+    }
+    c
+}
+
+impl Node {
+    /// Spec: "volume_id ... REQUIRED", "volume_path ... REQUIRED"; a volume
+    /// or path this node does not know is NOT_FOUND.
+    pub fn stats(&self, req: &NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
+        let id = validate::volume_id(req.get_volume_id())?;
+        validate::required("volume_path", req.get_volume_path())?;
+        let guard = self.table.acquire(id, Op::Short("NodeGetVolumeStats"))?;
+        let rec = guard.data().clone();
+        drop(guard);
+        if !rec.has_stage() && rec.get_publications().is_empty() {
+            return Err(Error::VolumeNotFound(id.to_string()));
+        }
+        let path = Path::new(req.get_volume_path());
+        let clean: PathBuf = path.components().collect();
+        let publication = rec
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == clean);
+        let known =
+            rec.get_stage().get_staging_path() == clean.to_string_lossy() || publication.is_some();
+        if !path.is_absolute() || !known {
+            return Err(Error::NotFound {
+                what: "volume_path",
+                name: req.get_volume_path().chars().take(256).collect(),
+            });
+        }
+        if let Some(p) = publication.filter(|p| !p.get_cache_name().is_empty()) {
+            return self.cache_stats(p);
+        }
+        let st = rec.get_stage();
+        let health = if !rec.has_stage() || stage_phase(st) != StagePhase::READY {
+            Health::Abnormal("the volume is being staged or unstaged".into())
+        } else {
+            // Answered inline on a gRPC thread: wait less than the health loop does.
+            match mounter::check(
+                Path::new(st.get_staging_path()),
+                running(st),
+                Duration::from_secs(2),
+            ) {
+                Health::Ok => match publication {
+                    Some(p)
+                        if p.get_generation() != 0 && p.get_generation() < st.get_generation() =>
+                    {
+                        Health::Abnormal(
+                            "the volume's mounter was restarted after this pod started: \
+                             the pod still sees the old, dead mount and must be restarted"
+                                .into(),
+                        )
+                    }
+                    _ => Health::Ok,
+                },
+                abnormal => abnormal,
+            }
+        };
+        // statfs on a dead or stopped FUSE mount fails or hangs: only a
+        // healthy one is asked.
+        let (s, health) = match health {
+            Health::Ok => match mount::fs_stats(&clean) {
+                Ok(s) => (s, Health::Ok),
+                Err(e) => (mount::FsStats::default(), Health::Abnormal(e.to_string())),
+            },
+            abnormal => (mount::FsStats::default(), abnormal),
+        };
+        let mut resp = NodeGetVolumeStatsResponse::new();
+        resp.mut_usage().push(volume_usage(
+            VolumeUsage_Unit::BYTES,
+            s.total_bytes,
+            s.available_bytes,
+            s.used_bytes,
+        ));
+        resp.mut_usage().push(volume_usage(
+            VolumeUsage_Unit::INODES,
+            s.total_inodes,
+            s.free_inodes,
+            s.used_inodes,
+        ));
+        resp.set_volume_condition(condition(health));
+        Ok(resp)
+    }
+
+    fn cache_stats(&self, p: &Publication) -> Result<NodeGetVolumeStatsResponse> {
+        let root = Path::new(p.get_cache_root());
+        let (usage, mut health) = match self.caches.usage(root) {
+            Ok(u) => (u, Health::Ok),
+            Err(e) => ((0, 0), Health::Abnormal(e.to_string())),
+        };
+        if health == Health::Ok
+            && self
+                .caches
+                .is_retired(p.get_cache_name(), p.get_cache_version())
+        {
+            health = Health::Abnormal(format!(
+                "golden version {} of cache {:?} was modified through a hardlink; new pods get a rebuilt copy",
+                p.get_cache_version(),
+                p.get_cache_name()
+            ));
+        }
+        let mut resp = NodeGetVolumeStatsResponse::new();
+        resp.mut_usage()
+            .push(volume_usage(VolumeUsage_Unit::BYTES, 0, 0, usage.0));
+        resp.mut_usage()
+            .push(volume_usage(VolumeUsage_Unit::INODES, 0, 0, usage.1));
+        resp.set_volume_condition(condition(health));
+        Ok(resp)
+    }
+}

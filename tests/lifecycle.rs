@@ -1,0 +1,341 @@
+//! The volume lifecycle on a real node: what recovery, healing and repeated
+//! calls must never do (undo a teardown, use revoked credentials, touch a
+//! mount that is not the volume's, leak memory per volume).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BUCKET: &str = "life-bucket";
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn staging(d: &Daemon, name: &str) -> String {
+    d.kpath(&format!(
+        "plugins/kubernetes.io/csi/bindery.csi.dev/{name}/globalmount"
+    ))
+}
+
+fn target(d: &Daemon, pod: &str) -> String {
+    d.kpath(&format!("pods/{pod}/volumes/kubernetes.io~csi/pv/mount"))
+}
+
+fn stage(d: &Daemon, volume: &str, staging: &str, secrets: &[String]) -> Out {
+    let mut a: Vec<String> = [
+        "node-stage",
+        "--volume-id",
+        volume,
+        "--staging-path",
+        staging,
+        "--access-mode",
+        "multi-node-multi-writer",
+        "--param",
+        "mounter=s3fs",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend_from_slice(secrets);
+    d.csi(&args(&a))
+}
+
+fn publish(d: &Daemon, volume: &str, staging: &str, target: &str) -> Out {
+    d.csi(&[
+        "node-publish",
+        "--volume-id",
+        volume,
+        "--staging-path",
+        staging,
+        "--target-path",
+        target,
+        "--access-mode",
+        "multi-node-multi-writer",
+    ])
+}
+
+fn unpublish(d: &Daemon, volume: &str, target: &str) -> Out {
+    d.csi(&[
+        "node-unpublish",
+        "--volume-id",
+        volume,
+        "--target-path",
+        target,
+    ])
+}
+
+fn unstage(d: &Daemon, volume: &str, staging: &str) -> Out {
+    d.csi(&[
+        "node-unstage",
+        "--volume-id",
+        volume,
+        "--staging-path",
+        staging,
+    ])
+}
+
+fn is_mount(path: &str) -> bool {
+    mounts_below(Path::new(path))
+        .iter()
+        .any(|m| m.as_path() == Path::new(path))
+}
+
+fn mounters(staging: &str) -> Vec<i32> {
+    pids_matching(|c| c.starts_with("s3fs ") && c.contains(staging))
+}
+
+fn kill9(pids: &[i32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[track_caller]
+fn ok(out: Out, d: &Daemon) {
+    assert!(out.ok(), "{out:?}\n{}", d.log_text());
+}
+
+/// An unpublish that arrives the moment the restarted daemon answers is
+/// final: recovery (which ran before the socket existed) and the health
+/// loop never bind the target again, and the volume unstages.
+#[test]
+fn unpublish_right_after_restart_is_never_undone() {
+    if !can_mount("unpublish_right_after_restart_is_never_undone") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let mut d = Daemon::start(&["--watchdog-interval=1"]);
+    let (vol, st, t) = ("life-bucket/a", staging(&d, "a"), target(&d, "p1"));
+    ok(stage(&d, vol, &st, &s3.secret_args()), &d);
+    ok(publish(&d, vol, &st, &t), &d);
+    d.kill9();
+    // Give recovery and the health loop work: the mounter is dead too.
+    kill9(&mounters(&st));
+    d.restart();
+    ok(unpublish(&d, vol, &t), &d);
+    assert!(!is_mount(&t));
+    // Several health passes later, the target is still not bound.
+    thread::sleep(Duration::from_secs(3));
+    assert!(!is_mount(&t), "the unpublish was undone\n{}", d.log_text());
+    ok(unstage(&d, vol, &st), &d);
+    wait_until("mounter gone", 20, || mounters(&st).is_empty());
+    assert!(!is_mount(&st));
+}
+
+/// A re-stage with rotated keys returns OK and the NEXT heal uses the new
+/// keys: after the old key is revoked, a killed mounter comes back.
+#[test]
+fn rotated_secrets_reach_the_heal() {
+    if !can_mount("rotated_secrets_reach_the_heal") {
+        return;
+    }
+    let old = ("rotate-old-key", "rotate-old-secret-1");
+    let new = ("rotate-new-key", "rotate-new-secret-2");
+    let mut s3 = S3Server::start_with_keys(&[BUCKET], &[old, new]);
+    let d = Daemon::start(&["--watchdog-interval=1"]);
+    let (vol, st, t) = ("life-bucket/rot", staging(&d, "rot"), target(&d, "p1"));
+    ok(stage(&d, vol, &st, &s3.secret_args_with(old.0, old.1)), &d);
+    ok(stage(&d, vol, &st, &s3.secret_args_with(new.0, new.1)), &d);
+    assert_eq!(
+        mounters(&st).len(),
+        1,
+        "a re-stage starts no second mounter"
+    );
+    ok(publish(&d, vol, &st, &t), &d);
+    // Revoke the old key, then kill the mounter: the heal must use the new one.
+    s3.pause();
+    s3.resume(&[new]);
+    let before = mounters(&st);
+    kill9(&before);
+    wait_until("healed with the new key", 30, || {
+        let now = mounters(&st);
+        now.len() == 1 && now != before && is_mount(&st) && fs::read_dir(&st).is_ok()
+    });
+    // Still the same, new mounter a moment later: it did not die at once.
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        is_mount(&st) && mounters(&st).len() == 1,
+        "{}",
+        d.log_text()
+    );
+    fs::write(format!("{st}/after-rotation"), b"x").unwrap();
+    wait_until("write reaches the bucket", 20, || {
+        s3.dir.join(BUCKET).join("rot/after-rotation").exists()
+    });
+    let log = d.log_text();
+    assert!(
+        !log.contains(new.1) && !log.contains(old.1),
+        "a secret reached the log"
+    );
+    ok(unpublish(&d, vol, &t), &d);
+    ok(unstage(&d, vol, &st), &d);
+}
+
+/// Unpublish and unstage only ever remove what the record says bindery
+/// made: another volume's mount at the target, or a foreign mount, stays.
+#[test]
+fn other_mounts_are_never_torn_down() {
+    if !can_mount("other_mounts_are_never_torn_down") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&[]);
+    let (a, sa, ta) = ("life-bucket/va", staging(&d, "va"), target(&d, "pa"));
+    ok(stage(&d, a, &sa, &s3.secret_args()), &d);
+    ok(publish(&d, a, &sa, &ta), &d);
+    // Unpublish of ANOTHER volume id at volume a's target: OK, nothing touched.
+    ok(unpublish(&d, "life-bucket/vb", &ta), &d);
+    assert!(
+        is_mount(&ta),
+        "volume a's bind was removed by a call for volume b"
+    );
+    // Unpublish of a target this volume never published: OK, untouched.
+    let foreign = d.kpath("pods/px/volumes/kubernetes.io~csi/pv/mount");
+    fs::create_dir_all(&foreign).unwrap();
+    assert!(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "foreign", &foreign])
+        .status()
+        .unwrap()
+        .success());
+    ok(unpublish(&d, a, &foreign), &d);
+    assert!(is_mount(&foreign), "a foreign mount was removed");
+    // A publish onto the foreign mount is refused and leaves it alone.
+    let out = publish(&d, a, &sa, &foreign);
+    assert!(
+        !out.ok() && out.stderr.contains("ALREADY_EXISTS"),
+        "{out:?}"
+    );
+    assert!(is_mount(&foreign));
+    // Stage of volume b at volume a's staging path: refused, a untouched.
+    let out = stage(&d, "life-bucket/vb", &sa, &s3.secret_args());
+    assert!(!out.ok(), "{out:?}");
+    assert!(is_mount(&sa) && fs::read_dir(&ta).is_ok());
+    ok(unpublish(&d, a, &ta), &d);
+    ok(unstage(&d, a, &sa), &d);
+    assert!(is_mount(&foreign), "a foreign mount was removed");
+    let _ = std::process::Command::new("umount").arg(&foreign).status();
+}
+
+/// A symlink anywhere in a staging or target path is refused, and nothing
+/// is created, mounted or removed outside the kubelet dir.
+#[test]
+fn symlinked_node_paths_are_refused() {
+    if !can_mount("symlinked_node_paths_are_refused") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&[]);
+    let outside = Scratch::new("outside");
+    fs::create_dir_all(d.kubelet.join("pods")).unwrap();
+    symlink(&outside.path, d.kubelet.join("pods/evil")).unwrap();
+    fs::create_dir_all(d.kubelet.join("plugins")).unwrap();
+    symlink(&outside.path, d.kubelet.join("plugins/evil")).unwrap();
+    let bad_staging = d.kpath("plugins/evil/globalmount");
+    let out = stage(&d, "life-bucket/s", &bad_staging, &s3.secret_args());
+    assert!(
+        !out.ok() && out.stderr.contains("staging_target_path"),
+        "{out:?}"
+    );
+    let (vol, st) = ("life-bucket/s", staging(&d, "s"));
+    ok(stage(&d, vol, &st, &s3.secret_args()), &d);
+    for bad_target in [d.kpath("pods/evil/volumes/x/mount"), d.kpath("pods/evil")] {
+        let out = publish(&d, vol, &st, &bad_target);
+        assert!(!out.ok() && out.stderr.contains("target_path"), "{out:?}");
+        ok(unpublish(&d, vol, &bad_target), &d);
+    }
+    assert_eq!(
+        fs::read_dir(&outside.path).unwrap().count(),
+        0,
+        "something was created outside"
+    );
+    assert!(
+        mounts_below(&outside.path).is_empty(),
+        "something was mounted outside"
+    );
+    assert_eq!(mounters(&st).len(), 1);
+    ok(unstage(&d, vol, &st), &d);
+    assert!(mounters(&bad_staging).is_empty());
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Memory does not grow with every ephemeral volume ever published: RSS
+/// after 1,500 publish/unpublish cycles stays within 2 MiB of RSS after 300.
+/// (benches/memory_flat.sh runs the 15,000-cycle version by hand.)
+#[test]
+fn memory_is_flat_over_many_ephemeral_volumes() {
+    if !can_mount("memory_is_flat_over_many_ephemeral_volumes") {
+        return;
+    }
+    let src = Scratch::new("mem-src");
+    fs::create_dir_all(src.path.join("tree")).unwrap();
+    fs::write(src.path.join("tree/one"), b"1").unwrap();
+    let conf = src.path.join("caches.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[cache tiny]\nsource = dir:{}\nstrategy = copy\n",
+            src.path.join("tree").display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&[
+        &format!("--cache-config={}", conf.display()),
+        "--watchdog-interval=0",
+    ]);
+    let cycle = |i: usize| {
+        let id = format!("csi-mem-{i}");
+        let t = d.kpath(&format!("pods/m{i}/volumes/kubernetes.io~csi/c/mount"));
+        let out = d.csi(&[
+            "node-publish",
+            "--volume-id",
+            &id,
+            "--target-path",
+            &t,
+            "--param",
+            "cache=tiny",
+            "--param",
+            "csi.storage.k8s.io/ephemeral=true",
+        ]);
+        assert!(out.ok(), "{out:?}");
+        assert!(d
+            .csi(&["node-unpublish", "--volume-id", &id, "--target-path", &t])
+            .ok());
+        let _ = fs::remove_dir_all(d.kubelet.join(format!("pods/m{i}")));
+    };
+    for i in 0..300 {
+        cycle(i);
+    }
+    let warm = rss_kib(d.pid());
+    for i in 300..1500 {
+        cycle(i);
+    }
+    let after = rss_kib(d.pid());
+    eprintln!("RSS after 300 cycles: {warm} KiB, after 1500: {after} KiB");
+    assert!(
+        after <= warm + 2048,
+        "RSS grew from {warm} KiB to {after} KiB"
+    );
+}
