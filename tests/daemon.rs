@@ -530,3 +530,68 @@ fn flags_help_version_and_check_args() {
         .unwrap();
     assert!(env.status.success(), "KUBE_NODE_NAME fallback");
 }
+
+/// A long call that waited in the worker queue past its deadline is
+/// dropped: the caller is gone, so nothing is mounted for it.
+#[test]
+fn queued_calls_past_their_deadline_are_dropped() {
+    let scratch = Scratch::new("queued");
+    let slow = scratch.path.join("slowfuse");
+    script(&slow, "sleep 3");
+    let progs = format!("--fuse-programs={}", slow.display());
+    let d = Daemon::start(&[&progs, "--mount-timeout=2", "--workers=1"]);
+    let command = format!("command={} {{mountpoint}}", slow.display());
+    let stage = |volume: &str, timeout: &str| {
+        let staging = d.kpath(&format!("plugins/{volume}/globalmount"));
+        Command::new(BIN)
+            .args([
+                "csi",
+                "node-stage",
+                "--volume-id",
+                volume,
+                "--staging-path",
+                &staging,
+            ])
+            .args([
+                "--param",
+                "mounter=fuse",
+                "--param",
+                "bucket=bkt",
+                "--param",
+                &command,
+            ])
+            .arg(format!("--endpoint=unix://{}", d.socket.display()))
+            .arg(format!("--timeout={timeout}"))
+            .output()
+            .unwrap()
+    };
+    thread::scope(|s| {
+        // Occupies the only worker for about 2 s.
+        let first = s.spawn(|| stage("first-vol", "60"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids_matching(|c| c.contains("slowfuse") && c.contains("first-vol")).is_empty() {
+            assert!(Instant::now() < deadline, "first stage never started");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Queued behind it with a 1 s deadline: the client gives up first.
+        let second = stage("second-vol", "1");
+        assert_eq!(
+            second.status.code(),
+            Some(4),
+            "DEADLINE_EXCEEDED: {second:?}"
+        );
+        let first = first.join().unwrap();
+        assert_eq!(first.status.code(), Some(13), "{first:?}");
+    });
+    // The worker reached the second call after its deadline and dropped it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("deadline passed while it was queued") {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        pids_matching(|c| c.contains("slowfuse") && c.contains("second-vol")).is_empty(),
+        "a mounter was started for a call nobody waits for"
+    );
+    assert!(!d.kubelet.join("plugins/second-vol/globalmount").exists());
+}

@@ -191,7 +191,8 @@ pub fn inline<T>(
 /// cache population), so the completion-queue threads stay free for Probe and
 /// friends. `admission` was decided inline (validation, volume guard) and may
 /// refuse at once (INVALID_ARGUMENT, ABORTED); what it admits is handed to
-/// `work` on a worker.
+/// `work` on a worker, unless the call's deadline passed while it was
+/// queued.
 pub fn offload<T, A>(
     ctx: &RpcContext,
     workers: &Workers,
@@ -208,8 +209,20 @@ pub fn offload<T, A>(
     match admission {
         Err(e) => finish_on(ctx, reply(method, Some(&subject), started, sink, Err(e))),
         Ok(admitted) => {
+            let deadline = ctx.deadline();
             workers.submit(Box::new(move || {
-                let result = work(admitted);
+                // The caller gave up while this waited for a worker: do not
+                // mount or fill anything for it (the guard goes with
+                // `admitted`); the CO retries.
+                let result = if deadline.exceeded() {
+                    drop(admitted);
+                    Err(Error::Aborted {
+                        volume: subject.volume.clone(),
+                        op: "a call whose deadline passed while it was queued",
+                    })
+                } else {
+                    work(admitted)
+                };
                 finish_here(reply(method, Some(&subject), started, sink, result));
             }));
         }
