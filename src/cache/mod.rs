@@ -55,6 +55,7 @@ pub mod golden;
 pub mod manifest;
 pub mod populate;
 pub mod remove;
+pub mod usage;
 pub mod volume;
 
 #[cfg(test)]
