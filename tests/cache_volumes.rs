@@ -27,7 +27,13 @@ fn cache_node(
     files: usize,
     extra: &[&str],
 ) -> CacheNode {
-    cache_node_conf(parent, &format!("strategy = {strategy}\n"), dirs, files, extra)
+    cache_node_conf(
+        parent,
+        &format!("strategy = {strategy}\n"),
+        dirs,
+        files,
+        extra,
+    )
 }
 
 /// A daemon whose cache `nm` has the declaration lines `keys` (besides its source);
@@ -214,7 +220,10 @@ fn auto_copy_and_overlay_give_independent_pods() {
             &["cache=nm", "strategy=copy", "uid=1000", "gid=2000"]
         )
         .ok());
-    assert_eq!(n.publish("pod-b", &["cache=nm", "strategy=overlay"]).code, 6);
+    assert_eq!(
+        n.publish("pod-b", &["cache=nm", "strategy=overlay"]).code,
+        6
+    );
     // Stats report the pod's tree.
     let st = n.d.csi(&[
         "node-stats",
@@ -390,7 +399,13 @@ fn golden_tamper_is_found_by_content_and_the_version_rebuilt() {
     if !can_mount("golden_tamper_is_found_by_content_and_the_version_rebuilt") {
         return;
     }
-    let n = cache_node(&std::env::temp_dir(), "copy", 4, 4, &["--watchdog-interval=1"]);
+    let n = cache_node(
+        &std::env::temp_dir(),
+        "copy",
+        4,
+        4,
+        &["--watchdog-interval=1"],
+    );
     assert!(n.publish("pod-a", &["cache=nm"]).ok());
     let v1 = n.golden();
     let f = "pkg-1/lib/f2.js";
@@ -509,7 +524,10 @@ fn strategies_on(dir: &Path, expect_auto: &str) {
     assert!(n.publish("pod-b", &["cache=nm", "strategy=copy"]).ok());
     let a = PathBuf::from(n.target("pod-a"));
     if expect_auto == "reflink" {
-        assert!(n.d.log_text().contains("by reflink"), "auto should pick reflink");
+        assert!(
+            n.d.log_text().contains("by reflink"),
+            "auto should pick reflink"
+        );
         assert!(!mounts_below(&a).contains(&a));
     } else {
         assert!(mounts_below(&a).contains(&a), "auto should pick overlay");
@@ -562,9 +580,9 @@ fn overlay_on_tmpfs() {
     }
     match std::env::var_os("BINDERY_TMPFS_DIR") {
         Some(dir) => strategies_on(Path::new(&dir), "overlay"),
-        None => eprintln!(
-            "SKIP overlay_on_tmpfs: BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)"
-        ),
+        None => {
+            eprintln!("SKIP overlay_on_tmpfs: BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)")
+        }
     }
 }
 
@@ -653,7 +671,10 @@ fn golden_store_on_the_pods_mount_and_strategies_follow_probes() {
     );
     let store = n.d.kubelet.join("plugins/bindery.csi.dev/golden");
     assert!(n.golden().starts_with(&store), "{:?}", n.golden());
-    assert!(!n.d.state.join("golden").exists(), "nothing under --state-dir");
+    assert!(
+        !n.d.state.join("golden").exists(),
+        "nothing under --state-dir"
+    );
     let st = Command::new("mount")
         .arg("--bind")
         .arg(&store)
@@ -748,7 +769,12 @@ fn hardlink_only_read_only_here_and_root_gets_erofs() {
     );
     let out = n.publish("pod-w", &["cache=nm"]);
     assert_eq!(out.code, 3, "{out:?}");
-    for needle in ["read-only", "fs-verity", "trust_tenants_with_shared_inodes", "strategies"] {
+    for needle in [
+        "read-only",
+        "fs-verity",
+        "trust_tenants_with_shared_inodes",
+        "strategies",
+    ] {
         assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
     }
     assert!(n.d.log_text().contains("fs-verity probe in"));
@@ -757,7 +783,11 @@ fn hardlink_only_read_only_here_and_root_gets_erofs() {
     let golden = n.golden();
     let f = "pkg-0/lib/f1.js";
     let t = PathBuf::from(n.target("pod-r"));
-    assert_eq!(ino(&t.join(f)), ino(&golden.join(f)), "shares the golden inode");
+    assert_eq!(
+        ino(&t.join(f)),
+        ino(&golden.join(f)),
+        "shares the golden inode"
+    );
     let original = fs::read(golden.join(f)).unwrap();
     let e = write_in_place_keep_mtime(&t.join(f), &vec![b'Z'; original.len()]).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(nix::libc::EROFS), "{e}");
@@ -837,7 +867,14 @@ fn fsgroup_on(dir: &Path, strategies: &[&str]) {
             t = t.display()
         );
         let out = Command::new("setpriv")
-            .args(["--reuid=1000", "--regid=1000", "--groups=2000", "sh", "-c", &script])
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                "--groups=2000",
+                "sh",
+                "-c",
+                &script,
+            ])
             .output()
             .unwrap();
         assert!(
@@ -846,7 +883,11 @@ fn fsgroup_on(dir: &Path, strategies: &[&str]) {
             String::from_utf8_lossy(&out.stderr)
         );
         let created = t.join("pkg-0/new-file").symlink_metadata().unwrap();
-        assert_eq!((created.uid(), created.gid()), (1000, 2000), "{s}: setgid dirs");
+        assert_eq!(
+            (created.uid(), created.gid()),
+            (1000, 2000),
+            "{s}: setgid dirs"
+        );
         assert!(!t.join("pkg-1/lib/f2.js").exists());
         assert!(n.unpublish(&pod).ok());
     }
@@ -909,7 +950,11 @@ fn concurrent_first_publishes_build_once() {
         .collect();
     for h in handles {
         let out = h.join().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(n.versions().len(), 1, "one build for all");
     assert_eq!(n.d.log_text().matches("cache nm: built version").count(), 1);

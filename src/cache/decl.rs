@@ -77,7 +77,9 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Namespaces {
     /// `namespaces = *`, or no `namespaces` key (logged as a warning).
-    Any { declared: bool },
+    Any {
+        declared: bool,
+    },
     List(Vec<String>),
 }
 
@@ -132,7 +134,8 @@ pub fn valid_name(name: &str) -> bool {
 fn valid_namespace(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !n.starts_with('-')
         && !n.ends_with('-')
 }
@@ -413,9 +416,7 @@ pub fn load(config: Option<&Path>, flags: &[String]) -> Loaded {
                 );
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => loaded
-                .errors
-                .push(Error::io("read", path, e).to_string()),
+            Err(e) => loaded.errors.push(Error::io("read", path, e).to_string()),
         }
     }
     for f in flags {
@@ -523,7 +524,9 @@ trust_tenants_with_shared_inodes = false
         // Without a list, pods may not pick hardlink.
         let dflt = parse_ok("[cache x]\nsource = dir:/a\n");
         assert_eq!(dflt[0].strategy, Choice::Auto);
-        assert!(!dflt[0].strategies.contains(&Choice::Fill(Strategy::Hardlink)));
+        assert!(!dflt[0]
+            .strategies
+            .contains(&Choice::Fill(Strategy::Hardlink)));
     }
 
     #[test]
@@ -533,14 +536,23 @@ trust_tenants_with_shared_inodes = false
             ("[cache x]\nsource = dir:rel\n", "source"),
             ("[cache x]\nsource = dir:/a/../b\n", "source"),
             ("[cache x]\nsource = dir:/a\nstrategy = fast\n", "strategy"),
-            ("[cache x]\nsource = dir:/a\nstrategies = copy, fast\n", "strategies"),
+            (
+                "[cache x]\nsource = dir:/a\nstrategies = copy, fast\n",
+                "strategies",
+            ),
             ("[cache x]\nsource = dir:/a\nstrategies = ,\n", "strategies"),
             (
                 "[cache x]\nsource = dir:/a\nstrategy = copy\nstrategies = copy\n",
                 "strategies only",
             ),
-            ("[cache x]\nsource = dir:/a\nnamespaces = Bad_NS\n", "namespaces"),
-            ("[cache x]\nsource = dir:/a\ntrust_tenants_with_shared_inodes = yes\n", TRUST_KEY),
+            (
+                "[cache x]\nsource = dir:/a\nnamespaces = Bad_NS\n",
+                "namespaces",
+            ),
+            (
+                "[cache x]\nsource = dir:/a\ntrust_tenants_with_shared_inodes = yes\n",
+                TRUST_KEY,
+            ),
             ("[cache x]\nsource = dir:/a\ncolour = red\n", "colour"),
             ("[cache ../x]\nsource = dir:/a\n", "cache name"),
             ("source = dir:/a\n", "line 1"),
@@ -571,10 +583,7 @@ trust_tenants_with_shared_inodes = false
              [not a cache]\nsource = dir:/x\n",
         )
         .unwrap();
-        let l = load(
-            Some(&conf),
-            &["twice=dir:/a".into(), "twice=dir:/b".into()],
-        );
+        let l = load(Some(&conf), &["twice=dir:/a".into(), "twice=dir:/b".into()]);
         assert_eq!(
             l.decls.keys().collect::<Vec<_>>(),
             vec!["also-good", "good"]

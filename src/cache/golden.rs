@@ -20,12 +20,12 @@
 //! string order is time order.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
@@ -733,6 +733,34 @@ mod tests {
         assert!(!s.meta_path("c", &v2, "manifest").exists());
         assert_eq!(s.gc("c", &HashSet::new()).unwrap(), vec![v1]);
         assert_eq!(s.versions("c").unwrap(), vec![v3]);
+    }
+
+    #[test]
+    fn gc_never_removes_a_pinned_version() {
+        if skip_unless_root("gc_never_removes_a_pinned_version") {
+            return;
+        }
+        let src = TempDir::new("src");
+        std::fs::write(src.path().join("f"), b"1").unwrap();
+        let (_t, s) = store();
+        let v1 = s.build_from_dir("c", src.path()).unwrap();
+        let (cur, pin) = s.current_pinned("c").unwrap().unwrap();
+        assert_eq!(cur, v1);
+        let v2 = s.build_from_dir("c", src.path()).unwrap();
+        assert!(s.gc("c", &HashSet::new()).unwrap().is_empty(), "v1 pinned");
+        assert!(s.path("c", &v1).is_dir());
+        let variant = Owner {
+            uid: Some(1000),
+            ..Owner::default()
+        };
+        let vp = s
+            .variant("c", &v1, "o-1000", Strategy::Copy, &variant)
+            .unwrap();
+        assert_eq!(owner(&vp.join("f")).0, 1000);
+        drop(pin);
+        assert_eq!(s.gc("c", &HashSet::new()).unwrap(), vec![v1.clone()]);
+        assert!(!s.path("c", &v1).exists() && !vp.exists());
+        assert_eq!(s.versions("c").unwrap(), vec![v2]);
     }
 
     #[test]

@@ -204,7 +204,8 @@ pub fn probe_pair(store: &Path, target: &Path) -> Result<Probe> {
         store.display(),
         target.display(),
         p.link.map_or_else(|e| e.to_string(), |()| "works".into()),
-        p.reflink.map_or_else(|e| e.to_string(), |()| "works".into()),
+        p.reflink
+            .map_or_else(|e| e.to_string(), |()| "works".into()),
     );
     Ok(p)
 }
@@ -447,7 +448,8 @@ impl Shared<'_> {
             fs::fchown(dst, self.owner.uid, self.owner.gid)
                 .map_err(|e| Error::sys("fchown directory", path, e))?;
         }
-        fs::fchmod(dst, self.owner.dir_mode(golden_mode)).map_err(|e| Error::sys("fchmod directory", path, e))
+        fs::fchmod(dst, self.owner.dir_mode(golden_mode))
+            .map_err(|e| Error::sys("fchmod directory", path, e))
     }
 
     fn make_dir(&self, parent: &Pair, name: &CStr) -> Result<Pair> {
@@ -586,8 +588,11 @@ impl Shared<'_> {
                 .map_err(|e| Error::sys("fchown", dpath(), e))?;
         }
         // After fchown (which clears setuid bits anyway): exact bits whatever the umask.
-        fs::fchmod(dst.as_fd(), self.owner.file_mode(sst.st_mode & self.file_mask))
-            .map_err(|e| Error::sys("fchmod", dpath(), e))?;
+        fs::fchmod(
+            dst.as_fd(),
+            self.owner.file_mode(sst.st_mode & self.file_mask),
+        )
+        .map_err(|e| Error::sys("fchmod", dpath(), e))?;
         fs::set_times(dst.as_fd(), &sst).map_err(|e| Error::sys("futimens", dpath(), e))?;
         stats.bytes += sst.st_size as u64;
         Ok(())

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::errno::Errno;
-
 use crate::error::{Error, Result};
 use crate::sys::fs;
 
@@ -80,10 +78,9 @@ pub fn measure(root: &Path, max_entries: u64, deadline: Instant) -> Result<Usage
             u.inodes += 1;
             u.bytes += st.st_blocks as u64 * 512;
             if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
-                match fs::open_dir_at_no_xdev(dir.as_fd(), name) {
-                    Ok(sub) => stack.push(sub),
-                    // A mount point (EXDEV) or a directory we cannot open: not ours to count.
-                    Err(Errno::EXDEV) | Err(_) => {}
+                // A mount point (EXDEV) or a directory we cannot open is not counted.
+                if let Ok(sub) = fs::open_dir_at_no_xdev(dir.as_fd(), name) {
+                    stack.push(sub);
                 }
             }
         }

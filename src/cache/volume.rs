@@ -456,10 +456,7 @@ impl Caches {
                 Some(ns) if !decl.namespaces.allows(ns) => {
                     return Err(Error::invalid(
                         field,
-                        format!(
-                            "namespace {:?} may not use cache {name:?}",
-                            short(ns)
-                        ),
+                        format!("namespace {:?} may not use cache {name:?}", short(ns)),
                     ))
                 }
                 Some(_) => {}
@@ -545,10 +542,7 @@ impl Caches {
     /// linkat/FICLONE from the store into `dir`, probed once per mount of `dir`.
     pub fn probe(&self, dir: &Path) -> Result<Probe> {
         let fd = sys::fs::open_dir(dir)?;
-        let key = match (
-            sys::fs::mount_id(fd.as_fd()),
-            sys::fs::fstat(fd.as_fd()),
-        ) {
+        let key = match (sys::fs::mount_id(fd.as_fd()), sys::fs::fstat(fd.as_fd())) {
             (Ok(m), Ok(st)) => Some((m, st.st_dev)),
             _ => None,
         };
@@ -614,9 +608,8 @@ impl Caches {
                 )),
             },
             Choice::Fill(Strategy::Hardlink) => {
-                let safe = readonly
-                    || req.decl.trust_shared_inodes
-                    || self.store.is_sealed(name, version);
+                let safe =
+                    readonly || req.decl.trust_shared_inodes || self.store.is_sealed(name, version);
                 if !safe {
                     let verity = match self.verity {
                         Ok(()) => "this version is not sealed".to_string(),
@@ -902,10 +895,7 @@ impl Caches {
                 continue;
             };
             if self.store.path(&name, &v).is_dir()
-                && self
-                    .store
-                    .variant_path(&name, &v, SHARED_VARIANT)
-                    .is_dir()
+                && self.store.variant_path(&name, &v, SHARED_VARIANT).is_dir()
             {
                 match self.verify_one(&name, &v, Some(SHARED_VARIANT)) {
                     Ok(changed) if changed.is_empty() => {}
