@@ -10,8 +10,10 @@
 # a loop device) starts the real daemon with its --kubelet-dir and --state-dir
 # on that filesystem and the tree declared as cache `nm` (the daemon builds the
 # golden copy there), and measures, REPS times each:
-#   - NodePublishVolume with every strategy (hardlink, reflink where the
-#     filesystem has it, copy, overlay): as the daemon logs it ("ok in …";
+#   - NodePublishVolume with every strategy (read-only hardlink — the only
+#     hardlink publish a cache allows without fs-verity or
+#     trust_tenants_with_shared_inodes —, reflink where the filesystem has
+#     it, copy, overlay): as the daemon logs it ("ok in …";
 #     also the engine's own "… by STRATEGY in …" population time) and as the
 #     wall time of `bindery csi node-publish`;
 #   - NodeUnpublishVolume the same two ways, also of an overlay volume whose
@@ -349,7 +351,7 @@ csi() { "$B" csi "$@" --endpoint "unix://$SOCK" --timeout 1800; }
 
 start_daemon() {
   local conf="$W/$FS.caches.conf" t0
-  printf '[cache nm]\nsource = dir:%s\nstrategy = auto\n' "$SRC" >"$conf"
+  printf '[cache nm]\nsource = dir:%s\nnamespaces = *\nstrategies = auto, hardlink, reflink, copy, overlay\n' "$SRC" >"$conf"
   mkdir -p "$KUB" "$STATE"
   LOG="$W/$FS.daemon.log"
   t0=$(now_us)
@@ -367,8 +369,9 @@ start_daemon() {
   echo "daemon ready (golden copy built) after $(ms $(($(now_us) - t0)))"
   grep -F 'built version' "$LOG" | sed 's/^/  log: /'
   rec "$FS" build.log 1 "$(grep -F 'built version' "$LOG" | tail -n 1 | sed 's/ (.*//' | dur_us)"
-  GOLDEN=$(find "$STATE/golden/nm" -mindepth 1 -maxdepth 1 -type d -name '[0-9]*' | sort | tail -n 1)
-  [ -n "$GOLDEN" ] || { echo "no golden version under $STATE/golden/nm" >&2; return 1; }
+  # The golden store lives on the pods' mount, beside the trash.
+  GOLDEN=$(find "$KUB/plugins/bindery.csi.dev/golden/nm" -mindepth 1 -maxdepth 1 -type d -name '[0-9]*' | sort | tail -n 1)
+  [ -n "$GOLDEN" ] || { echo "no golden version under $KUB/plugins/bindery.csi.dev/golden/nm" >&2; return 1; }
   listing "$GOLDEN" >"$W/$FS.golden.lst"
   listing "$SRC" | cmp -s - "$W/$FS.golden.lst" || { echo "golden copy differs from the source" >&2; return 1; }
 }
@@ -377,13 +380,15 @@ start_daemon() {
 # or overlay+walk: an overlay volume whose every entry is listed and stat'ed
 # (as a pod using the whole tree would) before it is unpublished.
 bindery_run() {
-  local label=$1 r=$2 s=${1%+walk} vol target t0 t1 t2 lines pub pubwall pop unpub del walk=no
+  local label=$1 r=$2 s=${1%+walk} vol target t0 t1 t2 lines pub pubwall pop unpub del walk=no ro=()
   [ "$label" = "$s" ] || walk=yes
+  # Hardlink shares the golden inodes: allowed here for read-only publishes only.
+  [ "$s" != hardlink ] || ro=(--readonly)
   vol="$FS-${label/+/-}-$r"
   target="$KUB/pods/$vol/volumes/kubernetes.io~csi/cache/mount"
   settle
   t0=$(now_us)
-  csi node-publish --volume-id "$vol" --target-path "$target" --param cache=nm \
+  csi node-publish --volume-id "$vol" --target-path "$target" --param cache=nm "${ro[@]}" \
     --param "strategy=$s" --param csi.storage.k8s.io/ephemeral=true >"$W/cmd.out" 2>&1 ||
     { echo "publish $vol failed: $(cat "$W/cmd.out")" >&2; return 1; }
   t1=$(now_us)
@@ -558,11 +563,11 @@ for fs, fstype, base in order:
         rows.append((what, t(b), t(get(wall_key)) if wall_key else "", base_name,
                      t(bl) if base_key else "", r, rmin, goal, verdict))
     have = lambda s: (fs, f"pub.log.{s}") in vals
-    row("publish hardlink", "pub.log.hardlink", "pub.wall.hardlink", "floor, 1 thread", "base.floor",
+    row("publish ro hardlink", "pub.log.hardlink", "pub.wall.hardlink", "floor, 1 thread", "base.floor",
         "<= 1.10x floor", 1.10)
     row("  population only", "pub.pop.hardlink", None, "floor, 1 thread", "base.floor")
-    row("publish hardlink", "pub.log.hardlink", None, f"floor, {floor_threads} threads", "base.floorN")
-    row("publish hardlink", "pub.log.hardlink", None, "cp -al", "base.cpal")
+    row("publish ro hardlink", "pub.log.hardlink", None, f"floor, {floor_threads} threads", "base.floorN")
+    row("publish ro hardlink", "pub.log.hardlink", None, "cp -al", "base.cpal")
     if have("reflink"):
         row("publish reflink", "pub.log.reflink", "pub.wall.reflink", "bindery hardlink", "pub.log.hardlink",
             "<= 1.50x hardlink", 1.50)

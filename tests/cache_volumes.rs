@@ -27,6 +27,24 @@ fn cache_node(
     files: usize,
     extra: &[&str],
 ) -> CacheNode {
+    cache_node_conf(
+        parent,
+        &format!("strategy = {strategy}\n"),
+        dirs,
+        files,
+        extra,
+    )
+}
+
+/// A daemon whose cache `nm` has the declaration lines `keys` (besides its source);
+/// `{source}` in `keys` names the generated source tree.
+fn cache_node_conf(
+    parent: &Path,
+    keys: &str,
+    dirs: usize,
+    files: usize,
+    extra: &[&str],
+) -> CacheNode {
     let src = Scratch::new_in(parent, "src");
     let source = src.path.join("node_modules");
     make_tree(&source, dirs, files);
@@ -34,8 +52,9 @@ fn cache_node(
     fs::write(
         &conf,
         format!(
-            "[cache nm]\nsource = dir:{}\nstrategy = {strategy}\n",
-            source.display()
+            "[cache nm]\nsource = dir:{}\n{}",
+            source.display(),
+            keys.replace("{source}", &source.display().to_string())
         ),
     )
     .unwrap();
@@ -57,8 +76,14 @@ impl CacheNode {
     }
 
     fn publish(&self, pod: &str, attrs: &[&str]) -> Out {
+        self.publish_with(pod, attrs, &[])
+    }
+
+    /// Publish with extra client flags (`--readonly`, `--mount-group=G`).
+    fn publish_with(&self, pod: &str, attrs: &[&str], flags: &[&str]) -> Out {
         let target = self.target(pod);
         let mut a = vec!["node-publish", "--volume-id", pod, "--target-path", &target];
+        a.extend_from_slice(flags);
         let params: Vec<String> = attrs.iter().map(|kv| format!("--param={kv}")).collect();
         a.extend(params.iter().map(String::as_str));
         a.extend(["--param", "csi.storage.k8s.io/ephemeral=true"]);
@@ -76,7 +101,7 @@ impl CacheNode {
     }
 
     fn versions(&self) -> Vec<PathBuf> {
-        let dir = self.d.state.join("golden/nm");
+        let dir = self.d.kubelet.join("plugins/bindery.csi.dev/golden/nm");
         let mut v: Vec<PathBuf> = fs::read_dir(&dir)
             .map(|r| r.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -121,8 +146,8 @@ fn ino(p: &Path) -> u64 {
 }
 
 #[test]
-fn hardlink_copy_and_overlay_give_independent_pods() {
-    if !can_mount("hardlink_copy_and_overlay_give_independent_pods") {
+fn auto_copy_and_overlay_give_independent_pods() {
+    if !can_mount("auto_copy_and_overlay_give_independent_pods") {
         return;
     }
     let n = cache_node(&std::env::temp_dir(), "auto", 20, 10, &[]);
@@ -158,10 +183,9 @@ fn hardlink_copy_and_overlay_give_independent_pods() {
             root.display()
         );
     }
-    // Hardlink (auto on this filesystem): the files are the golden inodes;
-    // the directories are the pod's own.
+    // auto (reflink or overlay): never the golden inodes; directories are the pod's.
     let f = "pkg-3/lib/f1.js";
-    assert_eq!(ino(&ra.join(f)), ino(&golden.join(f)));
+    assert_ne!(ino(&ra.join(f)), ino(&golden.join(f)));
     let dmeta = ra.join("pkg-3").symlink_metadata().unwrap();
     assert_eq!((dmeta.uid(), dmeta.gid()), (1000, 2000));
     let top = PathBuf::from(n.target("pod-a"))
@@ -184,7 +208,7 @@ fn hardlink_copy_and_overlay_give_independent_pods() {
     );
     fs::write(rc.join(f), "changed by pod-c").unwrap();
     fs::write(rc.join("new-file"), "pod-c only").unwrap();
-    // A pod replacing a hardlinked file (what package managers do) is fine.
+    // A pod replacing a file (what package managers do) is fine.
     fs::remove_file(ra.join(f)).unwrap();
     fs::write(ra.join(f), "replaced by pod-a").unwrap();
     for root in [&rb, &rc] {
@@ -200,7 +224,7 @@ fn hardlink_copy_and_overlay_give_independent_pods() {
         )
         .ok());
     assert_eq!(
-        n.publish("pod-b", &["cache=nm", "strategy=hardlink"]).code,
+        n.publish("pod-b", &["cache=nm", "strategy=overlay"]).code,
         6
     );
     // Stats report the pod's tree.
@@ -242,8 +266,16 @@ fn bad_attributes_are_refused_and_change_nothing() {
     if !can_mount("bad_attributes_are_refused_and_change_nothing") {
         return;
     }
-    let n = cache_node(&std::env::temp_dir(), "hardlink", 2, 2, &[]);
+    let n = cache_node_conf(
+        &std::env::temp_dir(),
+        "strategies = copy, overlay\n",
+        2,
+        2,
+        &[],
+    );
     let cases: &[(&[&str], &str)] = &[
+        (&["cache=nm", "strategy=reflink"], "volume_context.strategy"),
+        (&["cache=nm", "strategy=hardlink"], "allowed: copy, overlay"),
         (&["cache=nope"], "declared: nm"),
         (
             &["cache=nm", "placeCacheAtPath=../escape"],
@@ -274,7 +306,7 @@ fn symlinks_planted_by_a_pod_are_never_followed() {
     if !can_mount("symlinks_planted_by_a_pod_are_never_followed") {
         return;
     }
-    let n = cache_node(&std::env::temp_dir(), "hardlink", 3, 3, &[]);
+    let n = cache_node(&std::env::temp_dir(), "copy", 3, 3, &[]);
     let outside = Scratch::new("outside");
     fs::write(outside.path.join("keep.txt"), "keep").unwrap();
     assert!(n.publish("pod-a", &["cache=nm"]).ok());
@@ -301,14 +333,35 @@ fn symlinks_planted_by_a_pod_are_never_followed() {
     assert!(!t.exists());
 }
 
+/// Write `data` over the start of `p` in place (same size) and put the mtime back,
+/// as a root pod hiding a change would.
+fn write_in_place_keep_mtime(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let before = fs::metadata(p)?;
+    let mut f = fs::OpenOptions::new().write(true).open(p)?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    f.write_all(data)?;
+    f.set_times(fs::FileTimes::new().set_modified(before.modified()?))?;
+    drop(f);
+    let after = fs::metadata(p)?;
+    assert_eq!(
+        (after.len(), after.mtime(), after.mtime_nsec()),
+        (before.len(), before.mtime(), before.mtime_nsec())
+    );
+    Ok(())
+}
+
+/// Tenants trusted with shared inodes: hardlink pods share a copy of their own, so
+/// a root pod's in-place write (mtime restored) never reaches the golden version;
+/// the shared copy is found changed by content and replaced for later pods.
 #[test]
-fn hardlink_tamper_is_detected_and_the_version_rebuilt() {
-    if !can_mount("hardlink_tamper_is_detected_and_the_version_rebuilt") {
+fn trusted_hardlink_tamper_never_reaches_other_strategies() {
+    if !can_mount("trusted_hardlink_tamper_never_reaches_other_strategies") {
         return;
     }
-    let n = cache_node(
+    let n = cache_node_conf(
         &std::env::temp_dir(),
-        "hardlink",
+        "strategies = hardlink, copy\ntrust_tenants_with_shared_inodes = true\n",
         4,
         4,
         &["--watchdog-interval=1"],
@@ -316,21 +369,59 @@ fn hardlink_tamper_is_detected_and_the_version_rebuilt() {
     assert!(n.publish("pod-a", &["cache=nm"]).ok());
     let v1 = n.golden();
     let f = "pkg-1/lib/f2.js";
-    let original = fs::read_to_string(n.source.join(f)).unwrap();
-    // A root pod writes in place through its hardlink: the shared inode changes.
-    fs::write(PathBuf::from(n.target("pod-a")).join(f), "evil").unwrap();
-    assert_eq!(fs::read_to_string(v1.join(f)).unwrap(), "evil");
-    // Unpublishing triggers a check: the version is retired and rebuilt.
+    let original = fs::read(n.source.join(f)).unwrap();
+    let pod_a = PathBuf::from(n.target("pod-a")).join(f);
+    assert_ne!(ino(&pod_a), ino(&v1.join(f)), "not the golden inode");
+    let evil = vec![b'X'; original.len()];
+    write_in_place_keep_mtime(&pod_a, &evil).unwrap();
+    assert_eq!(fs::read(v1.join(f)).unwrap(), original, "golden untouched");
+    // Later publishes by another strategy see the original bytes at once.
+    assert!(n.publish("pod-b", &["cache=nm", "strategy=copy"]).ok());
+    let pod_b = PathBuf::from(n.target("pod-b")).join(f);
+    assert_eq!(fs::read(&pod_b).unwrap(), original);
+    // The shared copy is checked by content: replaced, and later hardlink pods get
+    // the original bytes.
+    assert!(n.unpublish("pod-b").ok());
+    wait("shared copy replaced", 30, || {
+        n.d.log_text().contains("shared hardlink copy modified")
+    });
+    assert!(n.publish("pod-c", &["cache=nm"]).ok());
+    let pod_c = PathBuf::from(n.target("pod-c")).join(f);
+    assert_eq!(fs::read(&pod_c).unwrap(), original);
+    assert_ne!(ino(&pod_c), ino(&pod_a));
+    assert_eq!(n.golden(), v1, "the golden version was never touched");
+    for pod in ["pod-a", "pod-c"] {
+        assert!(n.unpublish(pod).ok());
+    }
+}
+
+/// Defence in depth: a same-size write with the mtime restored, made on a golden
+/// version itself, is found by content; the version is retired and rebuilt.
+#[test]
+fn golden_tamper_is_found_by_content_and_the_version_rebuilt() {
+    if !can_mount("golden_tamper_is_found_by_content_and_the_version_rebuilt") {
+        return;
+    }
+    let n = cache_node(
+        &std::env::temp_dir(),
+        "copy",
+        4,
+        4,
+        &["--watchdog-interval=1"],
+    );
+    assert!(n.publish("pod-a", &["cache=nm"]).ok());
+    let v1 = n.golden();
+    let f = "pkg-1/lib/f2.js";
+    let original = fs::read(n.source.join(f)).unwrap();
+    write_in_place_keep_mtime(&v1.join(f), &vec![b'Y'; original.len()]).unwrap();
     assert!(n.unpublish("pod-a").ok());
     wait("rebuilt version", 30, || n.golden() != v1);
     let v2 = n.golden();
-    assert_eq!(fs::read_to_string(v2.join(f)).unwrap(), original);
-    // New pods get the rebuilt copy, never the tampered one.
+    assert_eq!(fs::read(v2.join(f)).unwrap(), original);
     assert!(n.publish("pod-b", &["cache=nm"]).ok());
-    let got = fs::read_to_string(PathBuf::from(n.target("pod-b")).join(f)).unwrap();
+    let got = fs::read(PathBuf::from(n.target("pod-b")).join(f)).unwrap();
     assert_eq!(got, original);
     assert!(n.d.log_text().contains("retiring the version"));
-    // The tampered version, now unused, is collected.
     wait("tampered version collected", 30, || !v1.exists());
     assert!(n.unpublish("pod-b").ok());
 }
@@ -342,7 +433,7 @@ fn new_versions_are_picked_up_and_old_ones_collected() {
     }
     let n = cache_node(
         &std::env::temp_dir(),
-        "hardlink",
+        "copy",
         2,
         2,
         &["--watchdog-interval=1"],
@@ -434,26 +525,36 @@ fn strategies_on(dir: &Path, expect_auto: &str) {
     let want = tree_listing(&golden);
     assert!(n.publish("pod-a", &["cache=nm"]).ok());
     assert!(n.publish("pod-b", &["cache=nm", "strategy=copy"]).ok());
-    assert!(
-        n.d.log_text().contains(&format!("by {expect_auto}")),
-        "auto should pick {expect_auto}"
-    );
+    let a = PathBuf::from(n.target("pod-a"));
+    if expect_auto == "reflink" {
+        assert!(
+            n.d.log_text().contains("by reflink"),
+            "auto should pick reflink"
+        );
+        assert!(!mounts_below(&a).contains(&a));
+    } else {
+        assert!(mounts_below(&a).contains(&a), "auto should pick overlay");
+    }
     let f = "pkg-2/lib/f3.js";
     for pod in ["pod-a", "pod-b"] {
         let root = PathBuf::from(n.target(pod));
         assert_eq!(tree_listing(&root), want);
     }
-    let a = PathBuf::from(n.target("pod-a"));
     if expect_auto == "reflink" {
+        // (overlay shows the lower inode numbers of files not copied up)
         assert_ne!(ino(&a.join(f)), ino(&golden.join(f)));
-        fs::write(a.join(f), "pod-a's own bytes").unwrap();
-        assert_eq!(
-            tree_listing(&golden),
-            want,
-            "copy-on-write: golden bytes unchanged"
-        );
-    } else {
-        assert_eq!(ino(&a.join(f)), ino(&golden.join(f)));
+    }
+    fs::write(a.join(f), "pod-a's own bytes").unwrap();
+    assert_eq!(
+        tree_listing(&golden),
+        want,
+        "copy-on-write: golden bytes unchanged"
+    );
+    // Reflink where FICLONE does not work is refused, naming the field.
+    if expect_auto != "reflink" {
+        let out = n.publish("pod-c", &["cache=nm", "strategy=reflink"]);
+        assert_eq!(out.code, 3, "{out:?}");
+        assert!(out.stderr.contains("FICLONE"), "{}", out.stderr);
     }
     for pod in ["pod-a", "pod-b"] {
         assert!(n.unpublish(pod).ok());
@@ -476,15 +577,15 @@ fn reflink_on_xfs() {
 }
 
 #[test]
-fn hardlink_on_tmpfs() {
-    if !can_mount("hardlink_on_tmpfs") {
+fn overlay_on_tmpfs() {
+    if !can_mount("overlay_on_tmpfs") {
         return;
     }
     match std::env::var_os("BINDERY_TMPFS_DIR") {
-        Some(dir) => strategies_on(Path::new(&dir), "hardlink"),
-        None => eprintln!(
-            "SKIP hardlink_on_tmpfs: BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)"
-        ),
+        Some(dir) => strategies_on(Path::new(&dir), "overlay"),
+        None => {
+            eprintln!("SKIP overlay_on_tmpfs: BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)")
+        }
     }
 }
 
@@ -553,4 +654,314 @@ fn s3_source_is_fetched_through_a_mounter() {
         ])
         .ok());
     assert!(mounts_below(&d.scratch.path).is_empty());
+}
+
+/// The golden store lives on the pods' mount, and strategies follow real probes:
+/// with the store on a bind mount of its own (same filesystem, same st_dev, as a
+/// separate hostPath volume would be), linkat fails with EXDEV and hardlink is
+/// refused saying so; copy and overlay still work.
+#[test]
+fn golden_store_on_the_pods_mount_and_strategies_follow_probes() {
+    if !can_mount("golden_store_on_the_pods_mount_and_strategies_follow_probes") {
+        return;
+    }
+    let n = cache_node_conf(
+        &std::env::temp_dir(),
+        "strategies = copy, hardlink, overlay\n",
+        3,
+        3,
+        &[],
+    );
+    let store = n.d.kubelet.join("plugins/bindery.csi.dev/golden");
+    assert!(n.golden().starts_with(&store), "{:?}", n.golden());
+    assert!(
+        !n.d.state.join("golden").exists(),
+        "nothing under --state-dir"
+    );
+    let st = Command::new("mount")
+        .arg("--bind")
+        .arg(&store)
+        .arg(&store)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pods = n.d.kubelet.join("pods");
+    fs::create_dir_all(&pods).unwrap();
+    assert_eq!(
+        pods.metadata().unwrap().dev(),
+        store.metadata().unwrap().dev(),
+        "same filesystem: st_dev cannot tell"
+    );
+    let out = n.publish_with("pod-x", &["cache=nm", "strategy=hardlink"], &["--readonly"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("EXDEV") && out.stderr.contains("volume_context.strategy"),
+        "{}",
+        out.stderr
+    );
+    assert!(n.publish("pod-y", &["cache=nm"]).ok());
+    assert!(n.publish("pod-z", &["cache=nm", "strategy=overlay"]).ok());
+    for pod in ["pod-x", "pod-y", "pod-z"] {
+        let out = n.unpublish(pod);
+        assert!(out.ok(), "{out:?}");
+    }
+    let _ = Command::new("umount").arg("-l").arg(&store).status();
+}
+
+/// A declaration says who may use a cache and which strategies; refusals name the
+/// attribute; a bad declaration disables only its own cache.
+#[test]
+fn tenancy_and_a_bad_declaration() {
+    if !can_mount("tenancy_and_a_bad_declaration") {
+        return;
+    }
+    let n = cache_node_conf(
+        &std::env::temp_dir(),
+        "namespaces = team-a, team-b\nstrategies = overlay, copy\n\
+         [cache broken]\nsource = dir:relative/path\n\
+         [cache open]\nsource = dir:{source}\nnamespaces = *\nstrategies = copy\n",
+        2,
+        2,
+        &[],
+    );
+    let ns = |v: &str| format!("csi.storage.k8s.io/pod.namespace={v}");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["cache=nm".into()], "csi.storage.k8s.io/pod.namespace"),
+        (vec!["cache=nm".into(), ns("team-c")], "may not use"),
+        (
+            vec!["cache=nm".into(), ns("team-a"), "strategy=reflink".into()],
+            "volume_context.strategy",
+        ),
+        (vec!["cache=broken".into(), ns("team-a")], "disabled"),
+    ];
+    for (attrs, needle) in &cases {
+        let a: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let out = n.publish("pod-x", &a);
+        assert_eq!(out.code, 3, "{attrs:?}: {out:?}");
+        assert!(out.stderr.contains(needle), "{attrs:?}: {}", out.stderr);
+    }
+    assert!(n.d.log_text().contains("cache \"broken\" is disabled"));
+    // Allowed: the first strategy is the default (overlay).
+    assert!(n.publish("pod-a", &["cache=nm", &ns("team-a")]).ok());
+    let a = PathBuf::from(n.target("pod-a"));
+    assert!(mounts_below(&a).contains(&a), "default strategy is overlay");
+    assert!(n
+        .publish("pod-b", &["cache=nm", &ns("team-b"), "strategy=copy"])
+        .ok());
+    // `namespaces = *`: any namespace, even without the key.
+    assert!(n.publish("pod-c", &["cache=open"]).ok());
+    for pod in ["pod-a", "pod-b", "pod-c"] {
+        assert!(n.unpublish(pod).ok());
+    }
+}
+
+/// Hardlink gives the pod the golden inodes: refused for a writable publish (this
+/// kernel has no fs-verity, and the probe says so); a read-only publish is a
+/// read-only mount that even root cannot write through.
+#[test]
+fn hardlink_only_read_only_here_and_root_gets_erofs() {
+    if !can_mount("hardlink_only_read_only_here_and_root_gets_erofs") {
+        return;
+    }
+    let n = cache_node_conf(
+        &std::env::temp_dir(),
+        "strategies = hardlink, copy\n",
+        3,
+        3,
+        &[],
+    );
+    let out = n.publish("pod-w", &["cache=nm"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    for needle in [
+        "read-only",
+        "fs-verity",
+        "trust_tenants_with_shared_inodes",
+        "strategies",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    assert!(n.d.log_text().contains("fs-verity probe in"));
+    let ro = n.publish_with("pod-r", &["cache=nm"], &["--readonly"]);
+    assert!(ro.ok(), "{ro:?}");
+    let golden = n.golden();
+    let f = "pkg-0/lib/f1.js";
+    let t = PathBuf::from(n.target("pod-r"));
+    assert_eq!(
+        ino(&t.join(f)),
+        ino(&golden.join(f)),
+        "shares the golden inode"
+    );
+    let original = fs::read(golden.join(f)).unwrap();
+    let e = write_in_place_keep_mtime(&t.join(f), &vec![b'Z'; original.len()]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EROFS), "{e}");
+    assert_eq!(fs::read(golden.join(f)).unwrap(), original);
+    assert!(n.unpublish("pod-r").ok());
+}
+
+/// Root writes in place through a pod's tree with the mtime restored: for copy,
+/// reflink and overlay, other pods and later publishes see the original bytes.
+fn tamper_per_strategy_on(dir: &Path, strategies: &[&str]) {
+    let n = cache_node(dir, "auto", 3, 3, &[]);
+    let f = "pkg-1/lib/f1.js";
+    let original = fs::read(n.source.join(f)).unwrap();
+    for s in strategies {
+        let (a, b, c) = (format!("{s}-a"), format!("{s}-b"), format!("{s}-c"));
+        let attr = format!("strategy={s}");
+        assert!(n.publish(&a, &["cache=nm", &attr]).ok(), "{s}");
+        assert!(n.publish(&b, &["cache=nm", &attr]).ok(), "{s}");
+        let pa = PathBuf::from(n.target(&a)).join(f);
+        write_in_place_keep_mtime(&pa, &vec![b'Q'; original.len()]).unwrap();
+        assert_ne!(fs::read(&pa).unwrap(), original);
+        let pb = PathBuf::from(n.target(&b)).join(f);
+        assert_eq!(fs::read(&pb).unwrap(), original, "{s}: other pod");
+        assert!(n.publish(&c, &["cache=nm", &attr]).ok(), "{s}");
+        let pc = PathBuf::from(n.target(&c)).join(f);
+        assert_eq!(fs::read(&pc).unwrap(), original, "{s}: later publish");
+        assert_eq!(fs::read(n.golden().join(f)).unwrap(), original);
+        for pod in [a, b, c] {
+            assert!(n.unpublish(&pod).ok());
+        }
+    }
+}
+
+#[test]
+fn tamper_through_copy_and_overlay_stays_in_the_pod() {
+    if !can_mount("tamper_through_copy_and_overlay_stays_in_the_pod") {
+        return;
+    }
+    tamper_per_strategy_on(&std::env::temp_dir(), &["copy", "overlay"]);
+}
+
+#[test]
+fn tamper_through_reflink_stays_in_the_pod() {
+    if !can_mount("tamper_through_reflink_stays_in_the_pod") {
+        return;
+    }
+    match std::env::var_os("BINDERY_XFS_DIR") {
+        Some(dir) => tamper_per_strategy_on(Path::new(&dir), &["reflink"]),
+        None => eprintln!("SKIP tamper_through_reflink_stays_in_the_pod: BINDERY_XFS_DIR not set"),
+    }
+}
+
+/// fsGroup: published for volume_mount_group 2000, a pod running as 1000:1000 with
+/// supplementary group 2000 creates, writes and deletes files anywhere in its tree.
+fn fsgroup_on(dir: &Path, strategies: &[&str]) {
+    // mktemp -d parents are 0700: let the unprivileged writer reach the scratch dirs.
+    if let Some(parent) = dir.parent() {
+        let _ = fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+    }
+    let n = cache_node(dir, "auto", 3, 3, &[]);
+    for s in strategies {
+        let pod = format!("fsg-{s}");
+        let out = n.publish_with(
+            &pod,
+            &["cache=nm", &format!("strategy={s}")],
+            &["--mount-group=2000"],
+        );
+        assert!(out.ok(), "{s}: {out:?}");
+        let t = PathBuf::from(n.target(&pod));
+        let m = t.join("pkg-0").symlink_metadata().unwrap();
+        assert_eq!(m.gid(), 2000, "{s}");
+        assert_eq!(m.mode() & 0o2070, 0o2070, "{s}: group rwx + setgid");
+        let script = format!(
+            "set -e; cd {t}; echo new > pkg-0/new-file; echo more >> pkg-0/lib/f1.js; \
+             rm pkg-1/lib/f2.js; mkdir pkg-2/lib/sub; echo deep > pkg-2/lib/sub/f; \
+             rm -r pkg-2/lib/sub; echo top > top-file; rm top-file",
+            t = t.display()
+        );
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                "--groups=2000",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{s}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let created = t.join("pkg-0/new-file").symlink_metadata().unwrap();
+        assert_eq!(
+            (created.uid(), created.gid()),
+            (1000, 2000),
+            "{s}: setgid dirs"
+        );
+        assert!(!t.join("pkg-1/lib/f2.js").exists());
+        assert!(n.unpublish(&pod).ok());
+    }
+}
+
+#[test]
+fn fsgroup_non_root_writer_copy_and_overlay() {
+    if !can_mount("fsgroup_non_root_writer_copy_and_overlay") {
+        return;
+    }
+    fsgroup_on(&std::env::temp_dir(), &["copy", "overlay"]);
+}
+
+#[test]
+fn fsgroup_non_root_writer_reflink() {
+    if !can_mount("fsgroup_non_root_writer_reflink") {
+        return;
+    }
+    match std::env::var_os("BINDERY_XFS_DIR") {
+        Some(dir) => fsgroup_on(Path::new(&dir), &["reflink", "overlay"]),
+        None => eprintln!("SKIP fsgroup_non_root_writer_reflink: BINDERY_XFS_DIR not set"),
+    }
+}
+
+/// Several pods starting together on a node without a built version: one build.
+#[test]
+fn concurrent_first_publishes_build_once() {
+    if !can_mount("concurrent_first_publishes_build_once") {
+        return;
+    }
+    let n = cache_node(
+        &std::env::temp_dir(),
+        "copy",
+        200,
+        20,
+        &["--no-wait-for-caches"],
+    );
+    let socket = n.d.socket.clone();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let target = n.target(&format!("sf-{i}"));
+            let socket = socket.clone();
+            thread::spawn(move || {
+                Command::new(BIN)
+                    .args([
+                        "csi",
+                        "node-publish",
+                        "--volume-id",
+                        &format!("sf-{i}"),
+                        "--target-path",
+                        &target,
+                        "--param",
+                        "cache=nm",
+                    ])
+                    .arg(format!("--endpoint=unix://{}", socket.display()))
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(n.versions().len(), 1, "one build for all");
+    assert_eq!(n.d.log_text().matches("cache nm: built version").count(), 1);
+    for i in 0..4 {
+        assert!(n.unpublish(&format!("sf-{i}")).ok());
+    }
 }

@@ -6,10 +6,12 @@
 //! # full-line comments and blank lines are ignored
 //! [cache node-modules]
 //! source = dir:/var/lib/bindery/sources/node-modules
-//! strategy = auto          # hardlink | reflink | copy | overlay | auto
+//! namespaces = web, ci     # pod namespaces that may use it; * = any
+//! strategies = auto, overlay, copy   # what pods may ask for; the first is the default
 //! uid = 1000
 //! gid = 1000
 //! mode = 0755
+//! # trust_tenants_with_shared_inodes = true   # allow writable hardlink publishes
 //! [cache models]
 //! source = s3:models-bucket/resnet50
 //! endpoint = https://s3.example.com
@@ -17,7 +19,7 @@
 //! credentials = /etc/bindery/s3/credentials   # accessKeyID=… / secretAccessKey=… lines
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -71,14 +73,51 @@ pub enum Source {
     },
 }
 
+/// Which pod namespaces may use a cache (`csi.storage.k8s.io/pod.namespace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespaces {
+    /// `namespaces = *`, or no `namespaces` key (logged as a warning).
+    Any {
+        declared: bool,
+    },
+    List(Vec<String>),
+}
+
+impl Namespaces {
+    pub fn allows(&self, ns: &str) -> bool {
+        match self {
+            Namespaces::Any { .. } => true,
+            Namespaces::List(l) => l.iter().any(|n| n == ns),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheDecl {
     pub name: String,
     pub source: Source,
+    /// The default: the first of `strategies`.
     pub strategy: Choice,
+    /// What a pod's `strategy` attribute may ask for.
+    pub strategies: Vec<Choice>,
+    pub namespaces: Namespaces,
+    /// `trust_tenants_with_shared_inodes = true`: writable hardlink publishes are
+    /// allowed, and every tenant can then rewrite what the others receive.
+    pub trust_shared_inodes: bool,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mode: Option<u32>,
+}
+
+/// The key that allows writable hardlink publishes; its name says what it risks.
+pub const TRUST_KEY: &str = "trust_tenants_with_shared_inodes";
+
+fn parse_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Cache names end up in paths and in volume attributes.
@@ -89,6 +128,16 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Kubernetes namespace names: DNS labels (1-63 of [a-z0-9-], alphanumeric at both ends).
+fn valid_namespace(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
 }
 
 fn bad(what: &str, why: impl Into<String>) -> Error {
@@ -152,6 +201,9 @@ fn build_decl(name: &str, keys: &HashMap<String, String>) -> Result<CacheDecl> {
     const KNOWN: &[&str] = &[
         "source",
         "strategy",
+        "strategies",
+        "namespaces",
+        TRUST_KEY,
         "uid",
         "gid",
         "mode",
@@ -181,62 +233,152 @@ fn build_decl(name: &str, keys: &HashMap<String, String>) -> Result<CacheDecl> {
     if mode.is_some_and(|m| m > 0o7777) {
         return Err(bad(&format!("cache {name}: mode"), "must be an octal mode"));
     }
+    let choice = |field: &str, v: &str| -> Result<Choice> {
+        v.parse::<Choice>().map_err(|e| match e {
+            Error::InvalidField { reason, .. } => bad(&format!("cache {name}: {field}"), reason),
+            other => other,
+        })
+    };
+    let strategies = match (keys.get("strategies"), keys.get("strategy")) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                &format!("cache {name}: strategy"),
+                "use strategies only (its first entry is the default)",
+            ))
+        }
+        (Some(list), None) => {
+            let mut out = Vec::new();
+            for v in parse_list(list) {
+                let c = choice("strategies", &v)?;
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+            if out.is_empty() {
+                return Err(bad(&format!("cache {name}: strategies"), "is empty"));
+            }
+            out
+        }
+        // No list: the declared default (auto if none) and every strategy that
+        // copies on write; hardlink only when it is the declared default.
+        (None, one) => {
+            let first = choice("strategy", one.map(String::as_str).unwrap_or("auto"))?;
+            let mut out = vec![first];
+            for c in [
+                Choice::Auto,
+                Choice::Fill(Strategy::Reflink),
+                Choice::Overlay,
+                Choice::Fill(Strategy::Copy),
+            ] {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    };
+    let namespaces = match keys.get("namespaces").map(|v| parse_list(v)) {
+        None => Namespaces::Any { declared: false },
+        Some(l) if l == ["*"] => Namespaces::Any { declared: true },
+        Some(l) => {
+            if l.is_empty() || l.iter().any(|n| !valid_namespace(n)) {
+                return Err(bad(
+                    &format!("cache {name}: namespaces"),
+                    format!("{:?}: expected * or namespace names", keys["namespaces"]),
+                ));
+            }
+            Namespaces::List(l)
+        }
+    };
+    let trust_shared_inodes = match keys.get(TRUST_KEY).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(bad(
+                &format!("cache {name}: {TRUST_KEY}"),
+                format!("{v:?}: expected true or false"),
+            ))
+        }
+    };
     Ok(CacheDecl {
         name: name.to_string(),
         source: parse_source(name, source, keys)?,
-        strategy: keys
-            .get("strategy")
-            .map(String::as_str)
-            .unwrap_or("auto")
-            .parse()?,
+        strategy: strategies[0],
+        strategies,
+        namespaces,
+        trust_shared_inodes,
         uid: num("uid", 10)?,
         gid: num("gid", 10)?,
         mode,
     })
 }
 
-/// Parse the config file text.
-pub fn parse_config(text: &str) -> Result<Vec<CacheDecl>> {
+/// What the config file and flags declare: the good declarations, and the bad ones
+/// by name with the reason (those caches are disabled; the rest is served).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub decls: BTreeMap<String, CacheDecl>,
+    pub broken: BTreeMap<String, String>,
+    /// Problems that belong to no cache (a line outside any section, an unreadable file).
+    pub errors: Vec<String>,
+}
+
+/// Parse the config file text: every section on its own, so that one bad declaration
+/// disables only that cache.
+pub fn parse_config(text: &str) -> (Vec<(String, Result<CacheDecl>)>, Vec<Error>) {
     let mut out = Vec::new();
-    let mut current: Option<(String, HashMap<String, String>)> = None;
+    let mut errors = Vec::new();
+    // (name, keys, first syntax error in the section)
+    let mut current: Option<(String, HashMap<String, String>, Option<Error>)> = None;
+    let finish = |c: (String, HashMap<String, String>, Option<Error>),
+                  out: &mut Vec<(String, Result<CacheDecl>)>| {
+        let (name, keys, err) = c;
+        let r = match err {
+            Some(e) => Err(e),
+            None => build_decl(&name, &keys),
+        };
+        out.push((name, r));
+    };
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            if let Some((name, keys)) = current.take() {
-                out.push(build_decl(&name, &keys)?);
+            if let Some(c) = current.take() {
+                finish(c, &mut out);
             }
-            let name = section.strip_prefix("cache ").ok_or_else(|| {
-                bad(
+            match section.strip_prefix("cache ") {
+                Some(name) => current = Some((name.trim().to_string(), HashMap::new(), None)),
+                None => errors.push(bad(
                     &format!("line {}", n + 1),
-                    format!("expected [cache NAME], got [{section}]"),
-                )
-            })?;
-            current = Some((name.trim().to_string(), HashMap::new()));
+                    format!("expected [cache NAME], got [{section}]; its keys are ignored"),
+                )),
+            }
             continue;
         }
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| bad(&format!("line {}", n + 1), "expected key = value"))?;
-        let v = v.split(" #").next().unwrap_or("").trim();
-        match current.as_mut() {
-            Some((_, keys)) => {
+        let Some((_, keys, err)) = current.as_mut() else {
+            errors.push(bad(
+                &format!("line {}", n + 1),
+                "key outside a [cache NAME] section",
+            ));
+            continue;
+        };
+        match line.split_once('=') {
+            Some((k, v)) => {
+                let v = v.split(" #").next().unwrap_or("").trim();
                 keys.insert(k.trim().to_string(), v.to_string());
             }
-            None => {
-                return Err(bad(
-                    &format!("line {}", n + 1),
-                    "key outside a [cache NAME] section",
-                ))
+            None if err.is_none() => {
+                *err = Some(bad(&format!("line {}", n + 1), "expected key = value"));
             }
+            None => {}
         }
     }
-    if let Some((name, keys)) = current.take() {
-        out.push(build_decl(&name, &keys)?);
+    if let Some(c) = current.take() {
+        finish(c, &mut out);
     }
-    Ok(out)
+    (out, errors)
 }
 
 /// `--cache NAME=SOURCE` (dir: sources; s3 sources need the config file).
@@ -248,33 +390,58 @@ pub fn parse_flag(v: &str) -> Result<CacheDecl> {
     build_decl(name, &keys)
 }
 
-/// All declarations from the config file (a missing file declares none) and
-/// the flags; a name declared twice is an error.
-pub fn load(config: Option<&Path>, flags: &[String]) -> Result<BTreeMap<String, CacheDecl>> {
-    let mut decls = Vec::new();
+/// All declarations from the config file (a missing file declares none) and the flags.
+/// Never fails: a bad declaration lands in `broken` (a name declared twice: both), a
+/// problem that names no cache in `errors`.
+pub fn load(config: Option<&Path>, flags: &[String]) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut all: Vec<(String, Result<CacheDecl>)> = Vec::new();
     if let Some(path) = config {
         match fs::read_to_string(path) {
-            Ok(text) => decls.extend(parse_config(&text).map_err(|e| match e {
-                Error::InvalidField { field, reason } => {
-                    Error::invalid(format!("{}: {field}", path.display()), reason)
-                }
-                other => other,
-            })?),
+            Ok(text) => {
+                let (decls, errors) = parse_config(&text);
+                all.extend(decls.into_iter().map(|(n, r)| {
+                    let r = r.map_err(|e| match e {
+                        Error::InvalidField { field, reason } => {
+                            Error::invalid(format!("{}: {field}", path.display()), reason)
+                        }
+                        other => other,
+                    });
+                    (n, r)
+                }));
+                loaded.errors.extend(
+                    errors
+                        .into_iter()
+                        .map(|e| format!("{}: {e}", path.display())),
+                );
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("read", path, e)),
+            Err(e) => loaded.errors.push(Error::io("read", path, e).to_string()),
         }
     }
     for f in flags {
-        decls.push(parse_flag(f)?);
+        let name = f.split_once('=').map_or(f.as_str(), |(n, _)| n).to_string();
+        all.push((name, parse_flag(f)));
     }
-    let mut map = BTreeMap::new();
-    for d in decls {
-        if map.contains_key(&d.name) {
-            return Err(bad("cache", format!("{:?} is declared twice", d.name)));
+    let mut seen = HashSet::new();
+    for (name, r) in all {
+        if !seen.insert(name.clone()) {
+            loaded.decls.remove(&name);
+            loaded
+                .broken
+                .insert(name.clone(), format!("cache {name:?} is declared twice"));
+            continue;
         }
-        map.insert(d.name.clone(), d);
+        match r {
+            Ok(d) => {
+                loaded.decls.insert(name, d);
+            }
+            Err(e) => {
+                loaded.broken.insert(name, e.to_string());
+            }
+        }
     }
-    Ok(map)
+    loaded
 }
 
 /// Read `accessKeyID=…` / `secretAccessKey=…` lines.
@@ -293,6 +460,23 @@ pub fn read_credentials(path: &Path) -> Result<HashMap<String, String>> {
 mod tests {
     use super::*;
 
+    fn parse_ok(text: &str) -> Vec<CacheDecl> {
+        let (d, errors) = parse_config(text);
+        assert!(errors.is_empty(), "{errors:?}");
+        d.into_iter().map(|(_, r)| r.unwrap()).collect()
+    }
+
+    fn parse_err(text: &str) -> String {
+        let (d, errors) = parse_config(text);
+        if let Some(e) = errors.first() {
+            return e.to_string();
+        }
+        d.into_iter()
+            .find_map(|(_, r)| r.err())
+            .expect("an error")
+            .to_string()
+    }
+
     #[test]
     fn parses_the_documented_format() {
         let text = "\
@@ -307,11 +491,16 @@ mode = 0750
 source = s3:models-bucket/resnet50
 endpoint = http://127.0.0.1:9000
 credentials = /etc/bindery/s3/credentials
+namespaces = ml, ci
+strategies = reflink, overlay, copy
+trust_tenants_with_shared_inodes = false
 ";
-        let d = parse_config(text).unwrap();
+        let d = parse_ok(text);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].source, Source::Dir("/srv/nm".into()));
         assert_eq!(d[0].strategy, Choice::Fill(Strategy::Hardlink));
+        assert_eq!(d[0].namespaces, Namespaces::Any { declared: false });
+        assert!(d[0].strategies.contains(&Choice::Overlay));
         assert_eq!(
             (d[0].uid, d[0].gid, d[0].mode),
             (Some(1000), None, Some(0o750))
@@ -319,7 +508,25 @@ credentials = /etc/bindery/s3/credentials
         assert!(
             matches!(&d[1].source, Source::S3 { bucket, prefix, .. } if bucket == "models-bucket" && prefix == "resnet50")
         );
-        assert_eq!(d[1].strategy, Choice::Auto);
+        assert_eq!(d[1].strategy, Choice::Fill(Strategy::Reflink));
+        assert_eq!(
+            d[1].strategies,
+            vec![
+                Choice::Fill(Strategy::Reflink),
+                Choice::Overlay,
+                Choice::Fill(Strategy::Copy)
+            ]
+        );
+        assert!(d[1].namespaces.allows("ml") && !d[1].namespaces.allows("web"));
+        assert!(!d[1].trust_shared_inodes);
+        let any = parse_ok("[cache x]\nsource = dir:/a\nnamespaces = *\n");
+        assert!(any[0].namespaces.allows("anything"));
+        // Without a list, pods may not pick hardlink.
+        let dflt = parse_ok("[cache x]\nsource = dir:/a\n");
+        assert_eq!(dflt[0].strategy, Choice::Auto);
+        assert!(!dflt[0]
+            .strategies
+            .contains(&Choice::Fill(Strategy::Hardlink)));
     }
 
     #[test]
@@ -329,21 +536,61 @@ credentials = /etc/bindery/s3/credentials
             ("[cache x]\nsource = dir:rel\n", "source"),
             ("[cache x]\nsource = dir:/a/../b\n", "source"),
             ("[cache x]\nsource = dir:/a\nstrategy = fast\n", "strategy"),
+            (
+                "[cache x]\nsource = dir:/a\nstrategies = copy, fast\n",
+                "strategies",
+            ),
+            ("[cache x]\nsource = dir:/a\nstrategies = ,\n", "strategies"),
+            (
+                "[cache x]\nsource = dir:/a\nstrategy = copy\nstrategies = copy\n",
+                "strategies only",
+            ),
+            (
+                "[cache x]\nsource = dir:/a\nnamespaces = Bad_NS\n",
+                "namespaces",
+            ),
+            (
+                "[cache x]\nsource = dir:/a\ntrust_tenants_with_shared_inodes = yes\n",
+                TRUST_KEY,
+            ),
             ("[cache x]\nsource = dir:/a\ncolour = red\n", "colour"),
             ("[cache ../x]\nsource = dir:/a\n", "cache name"),
             ("source = dir:/a\n", "line 1"),
+            ("[cache x]\nsource = dir:/a\nnonsense\n", "line 3"),
             ("[cache x]\nsource = s3:bkt/p\n", "credentials"),
             ("[cache x]\n", "source is required"),
         ] {
-            let e = parse_config(text).unwrap_err().to_string();
+            let e = parse_err(text);
             assert!(e.contains(needle), "{text:?}: {e}");
         }
         assert!(parse_flag("x").is_err());
         assert_eq!(parse_flag("nm=dir:/srv/nm").unwrap().name, "nm");
-        let twice = load(None, &["a=dir:/x".into(), "a=dir:/y".into()]).unwrap_err();
-        assert!(twice.to_string().contains("twice"));
         assert!(load(Some(Path::new("/nonexistent/caches.conf")), &[])
-            .unwrap()
+            .decls
             .is_empty());
+    }
+
+    #[test]
+    fn one_bad_declaration_disables_only_that_cache() {
+        let dir = std::env::temp_dir().join(format!("bindery-decl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("caches.conf");
+        std::fs::write(
+            &conf,
+            "[cache good]\nsource = dir:/srv/good\n\
+             [cache bad]\nsource = dir:relative\n\
+             [cache also-good]\nsource = dir:/srv/b\n\
+             [not a cache]\nsource = dir:/x\n",
+        )
+        .unwrap();
+        let l = load(Some(&conf), &["twice=dir:/a".into(), "twice=dir:/b".into()]);
+        assert_eq!(
+            l.decls.keys().collect::<Vec<_>>(),
+            vec!["also-good", "good"]
+        );
+        assert!(l.broken["bad"].contains("source"), "{:?}", l.broken);
+        assert!(l.broken["twice"].contains("twice"), "{:?}", l.broken);
+        assert_eq!(l.errors.len(), 2, "{:?}", l.errors);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

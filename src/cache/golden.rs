@@ -7,6 +7,11 @@
 //!   .tmp-<version>/                  a build in progress (or a crash's leftover, see gc)
 //!   .meta/<version>.manifest         outside the tree, so pods never see it
 //!   .meta/<version>.retired          this version is never handed out again
+//!   .meta/<version>.verity           every file of the version is sealed with fs-verity
+//!   .v-<version>-<key>/              a variant of a version: the same content with other
+//!                                    owners/modes (overlay lower dirs per pod owner) or
+//!                                    inodes of its own (writable hardlink publishes)
+//!   .meta/<version>-<key>.manifest   a variant's manifest
 //!   current                          the version to hand out (text, replaced by rename)
 //!   .lock                            flock: one build/retire/gc of a cache at a time,
 //!                                    across processes (daemon and `bindery cache build`)
@@ -14,17 +19,19 @@
 //! A version is the build's start time in unix nanoseconds, zero-padded to 20 digits, so
 //! string order is time order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use nix::errno::Errno;
 
-use crate::cache::manifest::Manifest;
+use crate::cache::manifest::{Confirmed, Manifest};
 use crate::cache::populate::{populate_masked, Owner, Strategy};
 use crate::cache::remove::remove_tree;
 use crate::error::{Error, Result};
@@ -32,6 +39,7 @@ use crate::sys::fs;
 
 const TMP_PREFIX: &str = ".tmp-";
 const META: &str = ".meta";
+const VARIANT_PREFIX: &str = ".v-";
 
 /// A golden version id: 20 decimal digits (unix nanoseconds at build start).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,10 +71,43 @@ impl fmt::Display for Version {
 }
 
 /// The golden copies of all caches under one root (`<state-dir>/golden`).
+/// Versions in use by publications in flight or live, by (cache, version): `gc`
+/// never removes a pinned version.
+type Pins = Arc<Mutex<HashMap<(String, String), usize>>>;
+
+fn lock_pins(p: &Pins) -> std::sync::MutexGuard<'_, HashMap<(String, String), usize>> {
+    match p.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A version kept from `gc` for as long as this handle lives.
+#[derive(Debug)]
+pub struct Pin {
+    pins: Pins,
+    key: (String, String),
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = lock_pins(&self.pins);
+        if let Some(n) = pins.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GoldenStore {
     root: PathBuf,
     threads: usize,
+    pins: Pins,
+    /// Seal every file of new versions with fs-verity (only where a probe showed it works).
+    verity: bool,
 }
 
 impl GoldenStore {
@@ -75,7 +116,15 @@ impl GoldenStore {
         GoldenStore {
             root: root.to_path_buf(),
             threads: 4,
+            verity: false,
+            pins: Pins::default(),
         }
+    }
+
+    /// Seal the files of versions built from now on with fs-verity.
+    pub fn with_verity(mut self, on: bool) -> GoldenStore {
+        self.verity = on;
+        self
     }
 
     /// Threads used to copy a source tree into a new version.
@@ -134,8 +183,14 @@ impl GoldenStore {
                 uid: Some(0),
                 gid: Some(0),
                 mode: Some(0o755),
+                group_writable: false,
             };
             let stats = populate_masked(&source, &tmp, Strategy::Copy, &root, self.threads, 0o555)?;
+            if self.verity {
+                seal_tree(&tmp)?;
+                let marker = self.meta_path(name, &version, "verity");
+                fs::create_file(&marker, true)?;
+            }
             let manifest = Manifest::scan(&tmp)?;
             manifest.write_to(&self.meta_path(name, &version, "manifest"))?;
             let tmp_fd = fs::open_dir(&tmp)?;
@@ -261,9 +316,20 @@ impl GoldenStore {
     }
 
     /// Golden entries of `version` changed since it was built (empty: intact).
+    #[cfg(test)]
     pub fn verify(&self, name: &str, version: &Version) -> Result<Vec<PathBuf>> {
+        self.verify_with(name, version, &mut Confirmed::new())
+    }
+
+    /// `verify`, hashing only files whose ctime moved since `confirmed` saw them intact.
+    pub fn verify_with(
+        &self,
+        name: &str,
+        version: &Version,
+        confirmed: &mut Confirmed,
+    ) -> Result<Vec<PathBuf>> {
         self.manifest(name, version)?
-            .verify(&self.path(name, version))
+            .verify_with(&self.path(name, version), confirmed)
     }
 
     /// Mark `version` as never to be handed out again (it was tampered with); if it was
@@ -291,12 +357,33 @@ impl GoldenStore {
         let dir = self.cache_dir(name)?;
         let current = self.current(name)?;
         let mut removed = Vec::new();
+        let dfd = fs::open_dir(&dir)?;
         for v in self.versions(name)? {
             if Some(&v) == current.as_ref() || in_use.contains(v.as_str()) {
                 continue;
             }
-            remove_tree(&self.path(name, &v))?;
-            for ext in ["manifest", "retired"] {
+            {
+                // Checked and moved aside under the pins lock: see current_pinned.
+                let pins = lock_pins(&self.pins);
+                if pins.contains_key(&(name.to_string(), v.as_str().to_string())) {
+                    continue;
+                }
+                let aside = format!("{TMP_PREFIX}gc-{v}");
+                fs::rename_at(
+                    dfd.as_fd(),
+                    OsStr::new(v.as_str()),
+                    dfd.as_fd(),
+                    OsStr::new(&aside),
+                )
+                .map_err(|e| Error::sys("rename aside", self.path(name, &v), e))?;
+            }
+            for key in self.variants(name, &v)? {
+                let aside = format!("{TMP_PREFIX}gc-{v}-{key}");
+                let from = self.variant_path(name, &v, &key);
+                fs::rename_path(&from, &dir.join(aside))?;
+                let _ = fs::unlink_path(&self.variant_manifest(name, &v, &key), false);
+            }
+            for ext in ["manifest", "retired", "verity"] {
                 let _ = fs::unlink_path(&self.meta_path(name, &v, ext), false);
             }
             info!("cache {name}: removed unused version {v}");
@@ -320,6 +407,234 @@ impl GoldenStore {
         }
         Ok(removed)
     }
+}
+
+impl GoldenStore {
+    fn pin_locked(
+        &self,
+        pins: &mut HashMap<(String, String), usize>,
+        name: &str,
+        version: &str,
+    ) -> Pin {
+        let key = (name.to_string(), version.to_string());
+        *pins.entry(key.clone()).or_insert(0) += 1;
+        Pin {
+            pins: Arc::clone(&self.pins),
+            key,
+        }
+    }
+
+    /// Keep `version` of `name` from `gc` while the handle lives (whether or not it exists).
+    #[cfg_attr(not(test), allow(dead_code))] // for the node: `Caches::pin`
+    pub fn pin(&self, name: &str, version: &str) -> Pin {
+        self.pin_locked(&mut lock_pins(&self.pins), name, version)
+    }
+
+    /// The current version, pinned: `gc` cannot remove it between this call and the
+    /// pin's drop. None when nothing usable is built.
+    pub fn current_pinned(&self, name: &str) -> Result<Option<(Version, Pin)>> {
+        for _ in 0..3 {
+            let Some(v) = self.current(name)? else {
+                return Ok(None);
+            };
+            let mut pins = lock_pins(&self.pins);
+            // gc checks pins and renames under this same lock: if the version is
+            // still here now, gc will see the pin before it touches it.
+            if self.path(name, &v).is_dir() {
+                let pin = self.pin_locked(&mut pins, name, v.as_str());
+                return Ok(Some((v, pin)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether every file of `version` was sealed with fs-verity when it was built.
+    pub fn is_sealed(&self, name: &str, version: &Version) -> bool {
+        self.meta_path(name, version, "verity").exists()
+    }
+
+    /// Where variant `key` of `version` lives (whether or not it exists).
+    pub fn variant_path(&self, name: &str, version: &Version, key: &str) -> PathBuf {
+        self.root
+            .join(name)
+            .join(format!("{VARIANT_PREFIX}{version}-{key}"))
+    }
+
+    fn variant_manifest(&self, name: &str, version: &Version, key: &str) -> PathBuf {
+        self.root
+            .join(name)
+            .join(META)
+            .join(format!("{version}-{key}.manifest"))
+    }
+
+    /// Variant `key` of `version`, built once (under the cache's lock, so concurrent
+    /// callers build it once): a copy of the version made with `strategy` (reflink or
+    /// copy, never hardlink: a variant never shares inodes with the version) and owned
+    /// as `owner` says. `key` must be made of `[A-Za-z0-9_-]`.
+    pub fn variant(
+        &self,
+        name: &str,
+        version: &Version,
+        key: &str,
+        strategy: Strategy,
+        owner: &Owner,
+    ) -> Result<PathBuf> {
+        let path = self.variant_path(name, version, key);
+        if path.is_dir() {
+            return Ok(path);
+        }
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || strategy == Strategy::Hardlink
+        {
+            return Err(Error::invalid("variant", format!("bad variant {key:?}")));
+        }
+        let _lock = self.lock(name)?;
+        if path.is_dir() {
+            return Ok(path);
+        }
+        let golden = self.path(name, version);
+        if !golden.is_dir() {
+            return Err(Error::State {
+                path: golden,
+                reason: "golden version is gone".into(),
+            });
+        }
+        let started = Instant::now();
+        let dir = self.cache_dir(name)?;
+        let tmp_name = format!("{TMP_PREFIX}{VARIANT_PREFIX}{version}-{key}");
+        let tmp = dir.join(&tmp_name);
+        let built = (|| {
+            if tmp.exists() {
+                remove_tree(&tmp)?;
+            }
+            std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            populate_masked(&golden, &tmp, strategy, owner, self.threads, 0o7777)?;
+            Manifest::scan(&tmp)?.write_to(&self.variant_manifest(name, version, key))?;
+            let dfd = fs::open_dir(&dir)?;
+            fs::rename_at(
+                dfd.as_fd(),
+                OsStr::new(&tmp_name),
+                dfd.as_fd(),
+                path.file_name().unwrap_or_default(),
+            )
+            .map_err(|e| Error::sys("rename into place", &tmp, e))?;
+            fs::fsync(dfd.as_fd(), &dir)
+        })();
+        if let Err(e) = built {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+        info!(
+            "cache {name}: variant {key} of version {version} built by {strategy} in {:.1?}",
+            started.elapsed()
+        );
+        Ok(path)
+    }
+
+    /// Entries of a variant changed since it was built (empty: intact).
+    pub fn verify_variant(
+        &self,
+        name: &str,
+        version: &Version,
+        key: &str,
+        confirmed: &mut Confirmed,
+    ) -> Result<Vec<PathBuf>> {
+        Manifest::read_from(&self.variant_manifest(name, version, key))?
+            .verify_with(&self.variant_path(name, version, key), confirmed)
+    }
+
+    /// Stop handing out a variant (it was tampered with): renamed aside for `gc`; pods
+    /// that hold links into it keep them, the next caller builds a fresh one.
+    pub fn drop_variant(&self, name: &str, version: &Version, key: &str) -> Result<()> {
+        let _lock = self.lock(name)?;
+        let dir = self.cache_dir(name)?;
+        let from = self.variant_path(name, version, key);
+        let to = dir.join(format!(
+            "{TMP_PREFIX}dropped-{version}-{key}-{}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        fs::rename_path(&from, &to)?;
+        let _ = fs::unlink_path(&self.variant_manifest(name, version, key), false);
+        warn!("cache {name}: variant {key} of version {version} dropped");
+        Ok(())
+    }
+
+    /// Variants of `version` that exist, by key.
+    pub fn variants(&self, name: &str, version: &Version) -> Result<Vec<String>> {
+        let dir = self.cache_dir(name)?;
+        let prefix = format!("{VARIANT_PREFIX}{version}-");
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read", &dir, e)),
+        };
+        Ok(rd
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&prefix).map(str::to_string))
+            })
+            .collect())
+    }
+}
+
+/// Seal every regular file below `dir` with fs-verity (reopened read-only: the
+/// kernel refuses to seal a file that is open for writing).
+fn seal_tree(dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut stack = vec![(fs::open_dir(dir)?, PathBuf::new())];
+    while let Some((fd, rel)) = stack.pop() {
+        let err = |e| Error::sys("read directory", dir.join(&rel), e);
+        let mut d = fs::read_dir(fd.as_fd()).map_err(err)?;
+        for ent in d.iter() {
+            let ent = ent.map_err(err)?;
+            let name = ent.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let child = rel.join(OsStr::from_bytes(name.to_bytes()));
+            let st = fs::stat_at(fd.as_fd(), name)
+                .map_err(|e| Error::sys("fstatat", dir.join(&child), e))?;
+            let fmt = st.st_mode & nix::libc::S_IFMT;
+            if fmt == nix::libc::S_IFDIR {
+                let sub = fs::open_dir_at(fd.as_fd(), name)
+                    .map_err(|e| Error::sys("open directory", dir.join(&child), e))?;
+                stack.push((sub, child));
+            } else if fmt == nix::libc::S_IFREG {
+                let f = fs::open_file_at(fd.as_fd(), name)
+                    .map_err(|e| Error::sys("open", dir.join(&child), e))?;
+                fs::enable_verity(f.as_fd())
+                    .map_err(|e| Error::sys("FS_IOC_ENABLE_VERITY", dir.join(&child), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the filesystem of `store` seals files with fs-verity: enables it on a
+/// scratch file (then removes it). Err(errno) says why not (EOPNOTSUPP, ENOTTY).
+pub fn probe_verity(store: &Path) -> std::result::Result<(), Errno> {
+    let name = format!(".verity-probe-{}", std::process::id());
+    let p = store.join(&name);
+    let run = || -> std::result::Result<(), Errno> {
+        let mut f = fs::create_file(&p, true).map_err(|e| e.errno().unwrap_or(Errno::EIO))?;
+        f.write_all(&[0x5a; 4096]).map_err(|_| Errno::EIO)?;
+        drop(f);
+        let dfd = fs::open_dir(store).map_err(|e| e.errno().unwrap_or(Errno::EIO))?;
+        let c = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let f = fs::open_file_at(dfd.as_fd(), &c)?;
+        fs::enable_verity(f.as_fd())
+    };
+    let r = run();
+    let _ = fs::unlink_path(&p, false);
+    r
 }
 
 /// Cache names are path components under our control: `[A-Za-z0-9._-]`, not starting with '.'.
@@ -421,6 +736,34 @@ mod tests {
     }
 
     #[test]
+    fn gc_never_removes_a_pinned_version() {
+        if skip_unless_root("gc_never_removes_a_pinned_version") {
+            return;
+        }
+        let src = TempDir::new("src");
+        std::fs::write(src.path().join("f"), b"1").unwrap();
+        let (_t, s) = store();
+        let v1 = s.build_from_dir("c", src.path()).unwrap();
+        let (cur, pin) = s.current_pinned("c").unwrap().unwrap();
+        assert_eq!(cur, v1);
+        let v2 = s.build_from_dir("c", src.path()).unwrap();
+        assert!(s.gc("c", &HashSet::new()).unwrap().is_empty(), "v1 pinned");
+        assert!(s.path("c", &v1).is_dir());
+        let variant = Owner {
+            uid: Some(1000),
+            ..Owner::default()
+        };
+        let vp = s
+            .variant("c", &v1, "o-1000", Strategy::Copy, &variant)
+            .unwrap();
+        assert_eq!(owner(&vp.join("f")).0, 1000);
+        drop(pin);
+        assert_eq!(s.gc("c", &HashSet::new()).unwrap(), vec![v1.clone()]);
+        assert!(!s.path("c", &v1).exists() && !vp.exists());
+        assert_eq!(s.versions("c").unwrap(), vec![v2]);
+    }
+
+    #[test]
     fn tampered_version_is_detected_and_retired() {
         if skip_unless_root("tampered_version_is_detected_and_retired") {
             return;
@@ -435,6 +778,7 @@ mod tests {
             uid: Some(1000),
             gid: Some(1000),
             mode: None,
+            group_writable: false,
         };
         populate(&s.path("c", &v2), pod.path(), Strategy::Hardlink, &owner, 2).unwrap();
         assert!(s.verify("c", &v2).unwrap().is_empty());

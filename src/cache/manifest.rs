@@ -4,23 +4,29 @@
 //! place, or chmodding, changes the golden copy for every pod. `verify` compares the
 //! tree with its manifest and names what changed, so the version can be retired.
 //!
-//! Compared per regular file: inode, size, mtime, mode, uid, gid. The ctime is recorded
-//! but NOT compared: every link and unlink of a golden file (each publish and unpublish
-//! with hardlink) changes its ctime. A same-size write that also restores the mtime
-//! (utimensat, root only) is therefore not seen; only hashing the content would be.
+//! Compared per regular file: inode, size, mtime, mode, uid, gid, and the content. A
+//! same-size write that restores the mtime (utimensat, root only) still changes the
+//! ctime, which nobody can set back; but every link and unlink of a golden file (each
+//! hardlink publish and unpublish) changes the ctime too. So: a file whose ctime is the
+//! recorded one (or the one at which its content was last confirmed) is intact; any
+//! other is hashed and compared. The hash is SipHash-2-4 under a random 128-bit key
+//! kept only in the manifest (which pods never see), so a pod cannot craft a collision.
 //!
 //! Text format, one entry per line, fields separated by one space, paths and link
 //! targets percent-encoded (any byte but a few safe ASCII ones, so spaces, newlines and
 //! `%` never appear raw):
 //!
 //! ```text
-//! bindery-manifest 1
+//! bindery-manifest 2 <key, 32 hex digits>
 //! d <mode-octal> <uid> <gid> <path>
-//! f <mode-octal> <uid> <gid> <size> <ino> <mtime s.ns> <ctime s.ns> <path>
+//! f <mode-octal> <uid> <gid> <size> <ino> <mtime s.ns> <ctime s.ns> <hash, 16 hex> <path>
 //! l <path> <target>
 //! ```
+//! Version 1 manifests (no key, no hash) are still read; their files are compared
+//! without content.
 //! The root directory's path is `.`.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -34,7 +40,12 @@ use nix::sys::stat::SFlag;
 use crate::error::{Error, Result};
 use crate::sys::fs::{self, Stat};
 
-const HEADER: &str = "bindery-manifest 1";
+const HEADER_V1: &str = "bindery-manifest 1";
+const HEADER_V2: &str = "bindery-manifest 2";
+
+/// Ctimes at which a file's content was last found intact, so that a file is hashed
+/// again only when its ctime moves (keep one per verified tree).
+pub type Confirmed = HashMap<PathBuf, (i64, i64)>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -60,12 +71,120 @@ pub struct Entry {
     pub ctime: (i64, i64),
     /// Symlinks only: the target text, byte for byte.
     pub target: Option<OsString>,
+    /// Regular files of version 2 manifests: keyed hash of the content.
+    pub hash: Option<u64>,
 }
 
 /// All entries of a tree, sorted by path bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
     entries: Vec<Entry>,
+    /// The content hash key (None: a version 1 manifest, content not recorded).
+    key: Option<(u64, u64)>,
+}
+
+/// SipHash-2-4 (Aumasson & Bernstein), streaming: a keyed hash whose output an
+/// attacker without the key cannot steer.
+struct SipHasher {
+    v: [u64; 4],
+    tail: u64,
+    ntail: usize,
+    len: u64,
+}
+
+impl SipHasher {
+    fn new((k0, k1): (u64, u64)) -> SipHasher {
+        SipHasher {
+            v: [
+                k0 ^ 0x736f6d6570736575,
+                k1 ^ 0x646f72616e646f6d,
+                k0 ^ 0x6c7967656e657261,
+                k1 ^ 0x7465646279746573,
+            ],
+            tail: 0,
+            ntail: 0,
+            len: 0,
+        }
+    }
+
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+
+    fn block(&mut self, m: u64) {
+        self.v[3] ^= m;
+        Self::round(&mut self.v);
+        Self::round(&mut self.v);
+        self.v[0] ^= m;
+    }
+
+    fn write(&mut self, mut data: &[u8]) {
+        self.len = self.len.wrapping_add(data.len() as u64);
+        while !data.is_empty() && self.ntail > 0 {
+            self.tail |= u64::from(data[0]) << (8 * self.ntail);
+            self.ntail = (self.ntail + 1) % 8;
+            data = &data[1..];
+            if self.ntail == 0 {
+                let t = std::mem::take(&mut self.tail);
+                self.block(t);
+            }
+        }
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.block(u64::from_le_bytes(b));
+        }
+        for (i, &byte) in chunks.remainder().iter().enumerate() {
+            self.tail |= u64::from(byte) << (8 * i);
+            self.ntail = i + 1;
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        let b = ((self.len & 0xff) << 56) | self.tail;
+        self.block(b);
+        self.v[2] ^= 0xff;
+        for _ in 0..4 {
+            Self::round(&mut self.v);
+        }
+        self.v[0] ^ self.v[1] ^ self.v[2] ^ self.v[3]
+    }
+}
+
+/// The keyed hash of a regular file's content, read through `fd`.
+fn hash_fd(fd: OwnedFd, key: (u64, u64), path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::from(fd);
+    let mut h = SipHasher::new(key);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(h.finish()),
+            Ok(n) => h.write(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+}
+
+fn new_key() -> Result<(u64, u64)> {
+    let mut b = [0u8; 16];
+    fs::random_bytes(&mut b).map_err(|e| Error::sys("getrandom", "/dev/urandom", e))?;
+    let mut k0 = [0u8; 8];
+    let mut k1 = [0u8; 8];
+    k0.copy_from_slice(&b[..8]);
+    k1.copy_from_slice(&b[8..]);
+    Ok((u64::from_le_bytes(k0), u64::from_le_bytes(k1)))
 }
 
 impl Manifest {
@@ -77,6 +196,7 @@ impl Manifest {
     /// Record every directory, regular file and symlink under `dir` (fifos, sockets and
     /// devices are left out, as population leaves them out). Walks fd-relative, no symlink followed.
     pub fn scan(dir: &Path) -> Result<Manifest> {
+        let key = new_key()?;
         let root = fs::open_dir(dir)?;
         let st = fs::fstat(root.as_fd()).map_err(|e| Error::sys("fstat", dir, e))?;
         let mut entries = vec![entry_from_stat(PathBuf::from("."), Kind::Dir, &st, None)];
@@ -101,7 +221,12 @@ impl Manifest {
                         stack.push((sub, child));
                     }
                     Some(Kind::File) => {
-                        entries.push(entry_from_stat(child, Kind::File, &st, None));
+                        let f = fs::open_file_at(fd.as_fd(), name)
+                            .map_err(|e| Error::sys("open", dir.join(&child), e))?;
+                        let hash = hash_fd(f, key, &dir.join(&child))?;
+                        let mut e = entry_from_stat(child, Kind::File, &st, None);
+                        e.hash = Some(hash);
+                        entries.push(e);
                     }
                     Some(Kind::Symlink) => {
                         let t = fs::readlink_at(fd.as_fd(), name)
@@ -118,12 +243,22 @@ impl Manifest {
                 .as_bytes()
                 .cmp(b.path.as_os_str().as_bytes())
         });
-        Ok(Manifest { entries })
+        Ok(Manifest {
+            entries,
+            key: Some(key),
+        })
     }
 
     /// Entries of `dir` that no longer match the manifest (changed, replaced or missing),
     /// as paths relative to `dir`. Empty means intact.
+    #[cfg(test)]
     pub fn verify(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.verify_with(dir, &mut Confirmed::new())
+    }
+
+    /// `verify`, hashing only files whose ctime is neither the recorded one nor the one
+    /// in `confirmed` (updated with every file found intact by its content).
+    pub fn verify_with(&self, dir: &Path, confirmed: &mut Confirmed) -> Result<Vec<PathBuf>> {
         let root = fs::open_dir(dir)?;
         let mut bad = Vec::new();
         for want in &self.entries {
@@ -157,6 +292,40 @@ impl Manifest {
             let got = entry_from_stat(want.path.clone(), want.kind, &st, target);
             if !matches(want, &got, st.st_mode) {
                 bad.push(want.path.clone());
+                continue;
+            }
+            if want.kind != Kind::File || got.ctime == want.ctime {
+                continue;
+            }
+            let (Some(key), Some(hash)) = (self.key, want.hash) else {
+                continue;
+            };
+            if confirmed.get(&want.path) == Some(&got.ctime) {
+                continue;
+            }
+            let p = dir.join(&want.path);
+            let (parent, name) = split_rel(&want.path);
+            let pfd = if parent.as_os_str().is_empty() {
+                None
+            } else {
+                Some(
+                    fs::open_dir_at(root.as_fd(), &cpath(&parent)?)
+                        .map_err(|e| Error::sys("open directory", dir.join(&parent), e))?,
+                )
+            };
+            let at = pfd.as_ref().map_or(root.as_fd(), |f| f.as_fd());
+            let f = match fs::open_file_at(at, &cpath(Path::new(&name))?) {
+                Ok(f) => f,
+                Err(Errno::ENOENT | Errno::ELOOP) => {
+                    bad.push(want.path.clone());
+                    continue;
+                }
+                Err(e) => return Err(Error::sys("open", &p, e)),
+            };
+            if hash_fd(f, key, &p)? == hash {
+                confirmed.insert(want.path.clone(), got.ctime);
+            } else {
+                bad.push(want.path.clone());
             }
         }
         Ok(bad)
@@ -165,18 +334,39 @@ impl Manifest {
     /// Write atomically (temp file, fsync, rename).
     pub fn write_to(&self, path: &Path) -> Result<()> {
         let mut text = String::with_capacity(64 * self.entries.len() + 32);
-        text.push_str(HEADER);
-        text.push('\n');
+        match self.key {
+            Some((k0, k1)) => {
+                let _ = writeln!(text, "{HEADER_V2} {k0:016x}{k1:016x}");
+            }
+            None => {
+                text.push_str(HEADER_V1);
+                text.push('\n');
+            }
+        }
         for e in &self.entries {
             let p = encode(e.path.as_os_str().as_bytes());
             // Writing to a String cannot fail.
             let _ = match e.kind {
                 Kind::Dir => writeln!(text, "d {:o} {} {} {p}", e.mode, e.uid, e.gid),
-                Kind::File => writeln!(
-                    text,
-                    "f {:o} {} {} {} {} {}.{:09} {}.{:09} {p}",
-                    e.mode, e.uid, e.gid, e.size, e.ino, e.mtime.0, e.mtime.1, e.ctime.0, e.ctime.1
-                ),
+                Kind::File => {
+                    let _ = write!(
+                        text,
+                        "f {:o} {} {} {} {} {}.{:09} {}.{:09} ",
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.size,
+                        e.ino,
+                        e.mtime.0,
+                        e.mtime.1,
+                        e.ctime.0,
+                        e.ctime.1
+                    );
+                    if let (Some(h), Some(_)) = (e.hash, self.key) {
+                        let _ = write!(text, "{h:016x} ");
+                    }
+                    writeln!(text, "{p}")
+                }
                 Kind::Symlink => {
                     let t = e.target.as_deref().unwrap_or_default();
                     writeln!(text, "l {p} {}", encode(t.as_bytes()))
@@ -199,12 +389,27 @@ impl Manifest {
             reason: format!("line {n}: {why}"),
         };
         let mut entries = Vec::new();
+        let mut key = None;
         for (i, line) in BufReader::new(f).lines().enumerate() {
             let n = i + 1;
             let line = line.map_err(|e| Error::io("read manifest", path, e))?;
             if n == 1 {
-                if line != HEADER {
-                    return Err(bad(n, "not a bindery manifest (version 1)"));
+                if line == HEADER_V1 {
+                    continue;
+                }
+                let k = line
+                    .strip_prefix(HEADER_V2)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .filter(|k| k.len() == 32)
+                    .and_then(|k| {
+                        Some((
+                            u64::from_str_radix(&k[..16], 16).ok()?,
+                            u64::from_str_radix(&k[16..], 16).ok()?,
+                        ))
+                    });
+                match k {
+                    Some(k) => key = Some(k),
+                    None => return Err(bad(n, "not a bindery manifest (version 1 or 2)")),
                 }
                 continue;
             }
@@ -235,15 +440,23 @@ impl Manifest {
                 mtime: (0, 0),
                 ctime: (0, 0),
                 target: None,
+                hash: None,
             };
+            let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad(n, "bad hash"));
             match fields.as_slice() {
                 ["d", mode, uid, gid, p] => {
                     (e.mode, e.uid, e.gid, e.path) = (oct(mode)?, id(uid)?, id(gid)?, path_of(p)?);
                 }
-                ["f", mode, uid, gid, size, ino, mtime, ctime, p] => {
+                ["f", mode, uid, gid, size, ino, mtime, ctime, p] if key.is_none() => {
                     e.kind = Kind::File;
                     (e.mode, e.uid, e.gid) = (oct(mode)?, id(uid)?, id(gid)?);
                     (e.size, e.ino) = (num(size)?, num(ino)?);
+                    (e.mtime, e.ctime, e.path) = (time(mtime)?, time(ctime)?, path_of(p)?);
+                }
+                ["f", mode, uid, gid, size, ino, mtime, ctime, h, p] if key.is_some() => {
+                    e.kind = Kind::File;
+                    (e.mode, e.uid, e.gid) = (oct(mode)?, id(uid)?, id(gid)?);
+                    (e.size, e.ino, e.hash) = (num(size)?, num(ino)?, Some(hex(h)?));
                     (e.mtime, e.ctime, e.path) = (time(mtime)?, time(ctime)?, path_of(p)?);
                 }
                 ["l", p, t] => {
@@ -270,7 +483,7 @@ impl Manifest {
                 reason: "empty manifest".into(),
             });
         }
-        Ok(Manifest { entries })
+        Ok(Manifest { entries, key })
     }
 }
 
@@ -308,10 +521,11 @@ fn entry_from_stat(path: PathBuf, kind: Kind, st: &Stat, target: Option<OsString
             (0, 0)
         },
         target,
+        hash: None,
     }
 }
 
-/// Same kind and same recorded fields, ctime excepted (see the module doc).
+/// Same kind and same recorded fields, ctime and content excepted (see the module doc).
 fn matches(want: &Entry, got: &Entry, got_mode: u32) -> bool {
     if kind_of(got_mode) != Some(want.kind) {
         return false;
@@ -379,7 +593,7 @@ mod tests {
     use super::*;
     use crate::cache::populate::{populate, Owner, Strategy};
     use crate::cache::testutil::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn encoding_roundtrips_any_byte() {
@@ -423,6 +637,7 @@ mod tests {
             uid: Some(1000),
             gid: Some(1000),
             mode: None,
+            group_writable: false,
         };
         populate(g.path(), pod.path(), Strategy::Hardlink, &owner, 2).unwrap();
         // Publishing (linking) changes golden ctimes, and must not count as tampering.
@@ -453,6 +668,57 @@ mod tests {
             .verify(g.path())
             .unwrap()
             .contains(&PathBuf::from("abs-link")));
+    }
+
+    #[test]
+    fn siphash_matches_the_reference_vector() {
+        // SipHash-2-4 paper, appendix A: key 00..0f, message 00..0e.
+        let key = (0x0706050403020100, 0x0f0e0d0c0b0a0908);
+        let msg: Vec<u8> = (0u8..15).collect();
+        let mut h = SipHasher::new(key);
+        h.write(&msg);
+        assert_eq!(h.finish(), 0xa129ca6149be45e5);
+        // Streaming in odd pieces gives the same result.
+        let mut h = SipHasher::new(key);
+        for part in msg.chunks(3) {
+            h.write(part);
+        }
+        assert_eq!(h.finish(), 0xa129ca6149be45e5);
+    }
+
+    #[test]
+    fn same_size_write_with_mtime_restored_is_caught() {
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let m = Manifest::scan(g.path()).unwrap();
+        let out = TempDir::new("manifest");
+        let p = out.path().join("v.manifest");
+        m.write_to(&p).unwrap();
+        let m = Manifest::read_from(&p).unwrap();
+        let f = g.path().join("a/b/two");
+        // A hardlink elsewhere changes the ctime only: still intact, by content.
+        std::fs::hard_link(&f, out.path().join("link")).unwrap();
+        let mut confirmed = Confirmed::new();
+        assert!(m.verify_with(g.path(), &mut confirmed).unwrap().is_empty());
+        assert!(confirmed.contains_key(Path::new("a/b/two")));
+        let before = std::fs::metadata(&f).unwrap();
+        std::fs::write(&f, b"owt").unwrap();
+        let mtime = std::fs::FileTimes::new().set_modified(before.modified().unwrap());
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_times(mtime)
+            .unwrap();
+        let after = std::fs::metadata(&f).unwrap();
+        assert_eq!(
+            (after.len(), after.mtime(), after.mtime_nsec()),
+            (before.len(), before.mtime(), before.mtime_nsec())
+        );
+        assert_eq!(
+            m.verify_with(g.path(), &mut confirmed).unwrap(),
+            vec![PathBuf::from("a/b/two")]
+        );
     }
 
     #[test]

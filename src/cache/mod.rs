@@ -7,13 +7,13 @@
 //! The whole API:
 //!
 //! ```text
-//! populate::Strategy { Hardlink, Reflink, Copy }       FromStr ("hardlink"|"reflink"|"copy"), as_str(),
-//!                                                       Strategy::auto(store_dir) -> Strategy
-//! populate::Owner { uid, gid: Option<u32>, mode: Option<u32> }
+//! populate::Strategy { Hardlink, Reflink, Copy }       FromStr ("hardlink"|"reflink"|"copy"), as_str()
+//! populate::Owner { uid, gid: Option<u32>, mode: Option<u32>, group_writable: bool }
 //! populate::Stats { files, dirs, symlinks, skipped, bytes: u64 }
 //! populate::populate(golden, dest, Strategy, &Owner, threads) -> Result<Stats>
-//! populate::probe_reflink(dir) -> bool
-//! populate::same_filesystem(a, b) -> Result<bool>
+//! populate::ensure_probe_file(store) / probe_pair(store, dir) -> Probe { link, reflink }
+//!                                                       real linkat/FICLONE, never st_dev
+//! usage::measure(root, max_entries, deadline) -> Usage  bounded, fd-relative, no symlinks/mounts
 //!
 //! remove::remove_tree(path) -> Result<()>               never follows symlinks, never crosses mounts
 //! remove::move_to_trash(path, trash_dir) -> Result<Option<PathBuf>>
@@ -23,9 +23,10 @@
 //!
 //! manifest::Manifest::scan(dir) -> Result<Manifest>     size/mtime/ctime/inode/mode/owner per file
 //!        .write_to(path) / Manifest::read_from(path)
-//!        .verify(dir) -> Result<Vec<PathBuf>>           changed or missing entries
+//!        .verify_with(dir, &mut Confirmed) -> Result<Vec<PathBuf>>   changed or missing
+//!                                                       entries; content hashed when the ctime moved
 //!
-//! golden::GoldenStore::new(root) -> GoldenStore         root = <state-dir>/golden
+//! golden::GoldenStore::new(root) -> GoldenStore         root = <kubelet-dir>/plugins/<driver>/golden
 //!        .with_threads(n) -> GoldenStore                copy threads for builds (default 4)
 //!        .build_from_dir(name, source) -> Result<Version>   temp dir, manifest, syncfs, rename
 //!        .current(name) -> Result<Option<Version>>      newest complete, non-retired version
@@ -35,7 +36,18 @@
 //!        .verify(name, &Version) -> Result<Vec<PathBuf>>
 //!        .retire(name, &Version) -> Result<()>          never handed out again
 //!        .is_retired(name, &Version) -> bool
-//!        .gc(name, in_use: &HashSet<String>) -> Result<Vec<Version>>
+//!        .gc(name, in_use: &HashSet<String>) -> Result<Vec<Version>>   never pinned ones
+//!        .pin(name, version) -> Pin / .current_pinned(name) -> Option<(Version, Pin)>
+//!        .variant(name, &Version, key, Strategy, &Owner) -> PathBuf   built once
+//! volume::Caches (the node's API):
+//!        ::open(cfg)                                    bad declarations disable one cache each
+//!        .request(attrs, mount_group, readonly) -> CacheRequest   tenancy + strategy checks
+//!        .publish(&req, target, readonly) / .unpublish(target)
+//!        .pin(name, version) -> Pin                     for publications in flight
+//!        .maintain(in_use, hardlinked)                  verify, retire/rebuild, gc
+//!        .usage_cached(root) -> Option<Usage>           never walks
+//!        .refresh_usage(UsageBudget) -> usize           for a background thread
+//!        .usage(root) -> (bytes, inodes)                cached, or a small first walk
 //! golden::Version                                       zero-padded unix nanoseconds, sortable;
 //!                                                       Version::parse(&str), as_str(), Display
 //! ```
@@ -44,9 +56,8 @@
 //! - `populate` fills an existing empty directory and leaves it partly filled on error:
 //!   populate into a temporary name inside the target and rename it when complete, so a
 //!   retry after a crash never sees a half-full volume as ready.
-//! - Hardlink and reflink need the golden store and the target on one filesystem (and
-//!   one mount, for hardlink): check with `same_filesystem` and fall back to copy with a
-//!   warning when the strategy was `auto`.
+//! - Hardlink needs the golden store and the target on one mount, reflink on one
+//!   filesystem: `probe_pair` says whether they work there (Caches caches it per mount).
 //! - Unpublish: `Trash::discard` (a rename, O(1)) and the trash thread deletes.
 //!   The trash dir must be on the pods' filesystem, outside the pod's volume dir.
 
@@ -55,6 +66,7 @@ pub mod golden;
 pub mod manifest;
 pub mod populate;
 pub mod remove;
+pub mod usage;
 pub mod volume;
 
 #[cfg(test)]

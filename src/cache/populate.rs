@@ -51,18 +51,6 @@ impl Strategy {
             Strategy::Copy => "copy",
         }
     }
-
-    /// What `auto` means for a golden store in `store_dir`: reflink when a probe
-    /// FICLONE succeeds there, else hardlink.
-    pub fn auto(store_dir: &Path) -> Strategy {
-        let s = if probe_reflink(store_dir) {
-            Strategy::Reflink
-        } else {
-            Strategy::Hardlink
-        };
-        info!("strategy auto in {}: {}", store_dir.display(), s.as_str());
-        s
-    }
 }
 
 impl fmt::Display for Strategy {
@@ -95,6 +83,30 @@ pub struct Owner {
     pub gid: Option<u32>,
     /// Permission bits for every directory; `None` copies each golden directory's mode.
     pub mode: Option<u32>,
+    /// fsGroup semantics (what the kubelet does for volumes it owns): `gid` is the pod's
+    /// fsGroup, directories get group rwx and setgid, copied files group rw.
+    pub group_writable: bool,
+}
+
+impl Owner {
+    /// The mode a directory gets, from the golden directory's mode.
+    pub fn dir_mode(&self, golden_mode: u32) -> u32 {
+        let m = self.mode.unwrap_or(golden_mode) & 0o7777;
+        if self.group_writable {
+            m | 0o2070
+        } else {
+            m
+        }
+    }
+
+    /// The mode a copied (not linked) file gets, from its masked golden mode.
+    pub fn file_mode(&self, masked: u32) -> u32 {
+        if self.group_writable {
+            masked | 0o660
+        } else {
+            masked
+        }
+    }
 }
 
 /// What one population did.
@@ -121,54 +133,81 @@ impl Stats {
     }
 }
 
-/// Whether two paths are on the same filesystem (st_dev), as hardlink and reflink need.
-pub fn same_filesystem(a: &Path, b: &Path) -> Result<bool> {
-    Ok(fs::stat_path(a)?.st_dev == fs::stat_path(b)?.st_dev)
-}
-
 static PROBE_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Whether FICLONE works in `dir`: clones a small temp file into another, then removes both.
-pub fn probe_reflink(dir: &Path) -> bool {
-    match try_probe_reflink(dir) {
-        Ok(()) => true,
-        Err(e) => {
-            debug!("reflink probe in {}: {e}", dir.display());
-            false
-        }
-    }
+/// The name of the probe file kept in the golden store's root.
+pub const PROBE_FILE: &str = ".probe";
+
+/// What a real probe between the golden store and a pod's directory found: whether
+/// `linkat` and `ioctl(FICLONE)` of a golden file into that directory work. Never
+/// inferred from st_dev: hardlinks fail across two mounts of one filesystem, and
+/// FICLONE works across them on Linux >= 5.18.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub link: std::result::Result<(), Errno>,
+    pub reflink: std::result::Result<(), Errno>,
 }
 
-fn try_probe_reflink(dir: &Path) -> Result<()> {
-    let dfd = fs::open_dir(dir)?;
-    let seq = PROBE_SEQ.fetch_add(1, Ordering::Relaxed);
-    let base = format!(".bindery-reflink-probe-{}-{seq}", std::process::id());
-    let names = [format!("{base}-a"), format!("{base}-b")];
-    let mut created: Vec<CString> = Vec::new();
-    let result = (|| {
-        let mut fds = Vec::new();
-        for n in &names {
-            let c = cstring(n.as_bytes(), dir)?;
-            let fd = fs::create_file_at(dfd.as_fd(), &c, 0o600)
-                .map_err(|e| Error::sys("create reflink probe", dir.join(n), e))?;
-            created.push(c);
-            fds.push(fd);
-        }
-        let mut src = File::from(fds.remove(0));
-        src.write_all(&[0x5a; 4096])
-            .map_err(|e| Error::io("write reflink probe", dir.join(&names[0]), e))?;
-        // FICLONE needs a source open for reading.
-        let src = fs::open_file_at(dfd.as_fd(), &created[0])
-            .map_err(|e| Error::sys("open reflink probe", dir.join(&names[0]), e))?;
-        fs::ficlone(fds[0].as_fd(), src.as_fd())
-            .map_err(|e| Error::sys("ioctl FICLONE", dir.join(&names[1]), e))
-    })();
-    for c in &created {
-        if let Err(e) = fs::unlink_at(dfd.as_fd(), c, false) {
-            debug!("cannot remove reflink probe in {}: {e}", dir.display());
-        }
+/// Make sure the store's probe file exists (4 KiB, root, read-only), for `probe_pair`.
+pub fn ensure_probe_file(store: &Path) -> Result<()> {
+    let dfd = fs::open_dir(store)?;
+    let name = cstring(PROBE_FILE.as_bytes(), store)?;
+    let tmp = format!("{PROBE_FILE}.tmp-{}", std::process::id());
+    let ctmp = cstring(tmp.as_bytes(), store)?;
+    if fs::stat_at(dfd.as_fd(), &name).is_ok() {
+        return Ok(());
     }
-    result
+    let _ = fs::unlink_at(dfd.as_fd(), &ctmp, false);
+    let fd = fs::create_file_at(dfd.as_fd(), &ctmp, 0o400)
+        .map_err(|e| Error::sys("create probe file", store.join(&tmp), e))?;
+    let mut f = File::from(fd);
+    f.write_all(&[0x5a; 4096])
+        .map_err(|e| Error::io("write probe file", store.join(&tmp), e))?;
+    drop(f);
+    fs::rename_at(
+        dfd.as_fd(),
+        OsStr::new(&tmp),
+        dfd.as_fd(),
+        OsStr::new(PROBE_FILE),
+    )
+    .map_err(|e| Error::sys("rename probe file", store.join(&tmp), e))
+}
+
+/// Link and clone the store's probe file into `target` (then remove both copies):
+/// what hardlink and reflink population would do there.
+pub fn probe_pair(store: &Path, target: &Path) -> Result<Probe> {
+    let sfd = fs::open_dir(store)?;
+    let tfd = fs::open_dir(target)?;
+    let src_name = cstring(PROBE_FILE.as_bytes(), store)?;
+    let seq = PROBE_SEQ.fetch_add(1, Ordering::Relaxed);
+    let base = format!(".bindery-probe-{}-{seq}", std::process::id());
+    let (lname, rname) = (
+        cstring(format!("{base}-l").as_bytes(), target)?,
+        cstring(format!("{base}-r").as_bytes(), target)?,
+    );
+    let link = fs::link_at(sfd.as_fd(), &src_name, tfd.as_fd(), &lname);
+    if link.is_ok() {
+        let _ = fs::unlink_at(tfd.as_fd(), &lname, false);
+    }
+    let src = fs::open_file_at(sfd.as_fd(), &src_name)
+        .map_err(|e| Error::sys("open probe file", store.join(PROBE_FILE), e))?;
+    let dst = fs::create_file_at(tfd.as_fd(), &rname, 0o600)
+        .map_err(|e| Error::sys("create probe file", target.join(format!("{base}-r")), e))?;
+    let reflink = fs::ficlone(dst.as_fd(), src.as_fd());
+    drop(dst);
+    if let Err(e) = fs::unlink_at(tfd.as_fd(), &rname, false) {
+        debug!("cannot remove probe in {}: {e}", target.display());
+    }
+    let p = Probe { link, reflink };
+    info!(
+        "probe golden store {} -> {}: linkat {}, FICLONE {}",
+        store.display(),
+        target.display(),
+        p.link.map_or_else(|e| e.to_string(), |()| "works".into()),
+        p.reflink
+            .map_or_else(|e| e.to_string(), |()| "works".into()),
+    );
+    Ok(p)
 }
 
 fn cstring(bytes: &[u8], ctx: &Path) -> Result<CString> {
@@ -213,10 +252,6 @@ pub(crate) fn populate_masked(
     let src = fs::open_dir(golden)?;
     let dst = fs::open_dir(dest)?;
     let sst = fs::fstat(src.as_fd()).map_err(|e| Error::sys("fstat", golden, e))?;
-    let dstat = fs::fstat(dst.as_fd()).map_err(|e| Error::sys("fstat", dest, e))?;
-    if strategy != Strategy::Copy && sst.st_dev != dstat.st_dev {
-        return Err(cross_fs(strategy, golden, dest));
-    }
     let job = Shared {
         golden,
         dest,
@@ -272,8 +307,8 @@ fn cross_fs(strategy: Strategy, golden: &Path, dest: &Path) -> Error {
     Error::invalid(
         "strategy",
         format!(
-            "{strategy}: golden copy {} and target {} are on different filesystems (or mounts); \
-             put the golden store on the filesystem of the kubelet's pods dir or use strategy copy",
+            "{strategy}: EXDEV between golden copy {} and target {} (different filesystems \
+             or mounts); put the golden store on the pods' mount or use overlay or copy",
             golden.display(),
             dest.display()
         ),
@@ -413,8 +448,8 @@ impl Shared<'_> {
             fs::fchown(dst, self.owner.uid, self.owner.gid)
                 .map_err(|e| Error::sys("fchown directory", path, e))?;
         }
-        let mode = self.owner.mode.unwrap_or(golden_mode) & 0o7777;
-        fs::fchmod(dst, mode).map_err(|e| Error::sys("fchmod directory", path, e))
+        fs::fchmod(dst, self.owner.dir_mode(golden_mode))
+            .map_err(|e| Error::sys("fchmod directory", path, e))
     }
 
     fn make_dir(&self, parent: &Pair, name: &CStr) -> Result<Pair> {
@@ -540,7 +575,7 @@ impl Shared<'_> {
                     "strategy",
                     format!(
                         "reflink: the filesystem of {} does not support FICLONE ({e}); \
-                         use XFS with reflink=1 or btrfs, or strategy hardlink or copy",
+                         use XFS with reflink=1 or btrfs, or strategy overlay or copy",
                         self.dest.display()
                     ),
                 ),
@@ -553,8 +588,11 @@ impl Shared<'_> {
                 .map_err(|e| Error::sys("fchown", dpath(), e))?;
         }
         // After fchown (which clears setuid bits anyway): exact bits whatever the umask.
-        fs::fchmod(dst.as_fd(), sst.st_mode & self.file_mask)
-            .map_err(|e| Error::sys("fchmod", dpath(), e))?;
+        fs::fchmod(
+            dst.as_fd(),
+            self.owner.file_mode(sst.st_mode & self.file_mask),
+        )
+        .map_err(|e| Error::sys("fchmod", dpath(), e))?;
         fs::set_times(dst.as_fd(), &sst).map_err(|e| Error::sys("futimens", dpath(), e))?;
         stats.bytes += sst.st_size as u64;
         Ok(())
@@ -629,6 +667,7 @@ mod tests {
         uid: Some(1234),
         gid: Some(5678),
         mode: None,
+        group_writable: false,
     };
 
     #[test]
@@ -761,16 +800,27 @@ mod tests {
         assert!(populate(&link, d.path(), Strategy::Copy, &Owner::default(), 1).is_err());
     }
 
+    fn probe(store: &Path, target: &Path) -> Probe {
+        ensure_probe_file(store).unwrap();
+        let p = probe_pair(store, target).unwrap();
+        assert_eq!(
+            std::fs::read_dir(target).unwrap().count(),
+            0,
+            "the probe leaves nothing behind"
+        );
+        p
+    }
+
     #[test]
-    fn same_filesystem_and_probe() {
-        let a = TempDir::new("fs-a");
-        assert!(same_filesystem(a.path(), &std::env::temp_dir()).unwrap());
-        // /proc is never the filesystem of /tmp.
-        assert!(!same_filesystem(a.path(), Path::new("/proc/self")).unwrap());
-        // The probe answers either way and leaves nothing behind.
-        let _ = probe_reflink(a.path());
-        assert_eq!(std::fs::read_dir(a.path()).unwrap().count(), 0);
-        assert!(!probe_reflink(Path::new("/nonexistent-bindery")));
+    fn probe_is_real_and_leaves_nothing() {
+        if skip_unless_root("probe_is_real_and_leaves_nothing") {
+            return;
+        }
+        let (s, t) = (TempDir::new("store"), TempDir::new("target"));
+        let p = probe(s.path(), t.path());
+        assert_eq!(p.link, Ok(()));
+        ensure_probe_file(s.path()).unwrap();
+        assert!(probe_pair(Path::new("/nonexistent-bindery"), t.path()).is_err());
     }
 
     #[test]
@@ -780,20 +830,46 @@ mod tests {
         }
         // /dev/shm is a tmpfs, never the filesystem of /tmp on these machines.
         let shm = Path::new("/dev/shm");
-        if !shm.is_dir() || same_filesystem(shm, &std::env::temp_dir()).unwrap() {
-            eprintln!("SKIP hardlink_across_filesystems_is_a_clear_error: no second filesystem");
+        if !shm.is_dir() {
+            eprintln!("SKIP hardlink_across_filesystems_is_a_clear_error: no /dev/shm");
             return;
         }
         let g = TempDir::new("golden");
         sample_tree(g.path());
         let d = TempDir::new_in(shm, "dest");
+        let p = probe(g.path(), d.path());
+        assert_eq!(p.link, Err(Errno::EXDEV));
+        assert!(p.reflink.is_err());
+        std::fs::remove_file(g.path().join(PROBE_FILE)).unwrap();
         for s in [Strategy::Hardlink, Strategy::Reflink] {
             let e = populate(g.path(), d.path(), s, &POD, 2).unwrap_err();
             assert!(matches!(e, Error::InvalidField { .. }), "{e}");
-            assert!(e.to_string().contains("different filesystems"), "{e}");
+            assert!(e.to_string().contains("EXDEV"), "{e}");
+            std::fs::remove_dir_all(d.path()).unwrap();
+            std::fs::create_dir(d.path()).unwrap();
         }
         let stats = populate(g.path(), d.path(), Strategy::Copy, &POD, 2).unwrap();
         assert_eq!(stats.files, 8);
+    }
+
+    #[test]
+    fn group_writable_owner_gives_fsgroup_modes() {
+        if skip_unless_root("group_writable_owner_gives_fsgroup_modes") {
+            return;
+        }
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let pod = Owner {
+            uid: None,
+            gid: Some(2000),
+            mode: None,
+            group_writable: true,
+        };
+        let (d, _) = populate_into(g.path(), Strategy::Copy, &pod, 2);
+        assert_eq!(owner(&d.path().join("ro")), (0, 2000, 0o2575));
+        assert_eq!(owner(&d.path().join("a/b")), (0, 2000, 0o2775));
+        assert_eq!(owner(&d.path().join("ro/file")), (0, 2000, 0o664));
+        assert_eq!(owner(&d.path().join("exec.sh")), (0, 2000, 0o770));
     }
 
     /// Reflink on XFS (reflink=1): BINDERY_XFS_DIR names a directory on such a mount.
@@ -802,9 +878,10 @@ mod tests {
         let Some(xfs) = env_dir("BINDERY_XFS_DIR", "reflink_on_xfs") else {
             return;
         };
-        assert!(probe_reflink(&xfs));
-        assert_eq!(Strategy::auto(&xfs), Strategy::Reflink);
         let g = TempDir::new_in(&xfs, "golden");
+        let t = TempDir::new_in(&xfs, "target");
+        assert_eq!(probe(g.path(), t.path()).reflink, Ok(()));
+        std::fs::remove_file(g.path().join(PROBE_FILE)).unwrap();
         sample_tree(g.path());
         for threads in [1, 4] {
             let d = TempDir::new_in(&xfs, "dest");
@@ -828,9 +905,11 @@ mod tests {
         let Some(tmpfs) = env_dir("BINDERY_TMPFS_DIR", "strategies_on_tmpfs") else {
             return;
         };
-        assert!(!probe_reflink(&tmpfs));
-        assert_eq!(Strategy::auto(&tmpfs), Strategy::Hardlink);
         let g = TempDir::new_in(&tmpfs, "golden");
+        let t = TempDir::new_in(&tmpfs, "target");
+        let p = probe(g.path(), t.path());
+        assert!(p.reflink.is_err() && p.link.is_ok(), "{p:?}");
+        std::fs::remove_file(g.path().join(PROBE_FILE)).unwrap();
         sample_tree(g.path());
         let d = TempDir::new_in(&tmpfs, "dest");
         let e = populate(g.path(), d.path(), Strategy::Reflink, &POD, 2).unwrap_err();

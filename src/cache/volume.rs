@@ -3,23 +3,48 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use log::{info, warn};
+use nix::errno::Errno;
 
-use crate::cache::decl::{self, CacheDecl, Choice, Source};
-use crate::cache::golden::{GoldenStore, Version};
-use crate::cache::populate::{self, Owner, Strategy};
+use crate::cache::decl::{self, CacheDecl, Choice, Namespaces, Source, TRUST_KEY};
+use crate::cache::golden::{self, GoldenStore, Pin, Version};
+use crate::cache::manifest::Confirmed;
+use crate::cache::populate::{self, Owner, Probe, Strategy};
 use crate::cache::remove::Trash;
+use crate::cache::usage::{self, Usage, UsageBudget, UsageTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mounter::{self, VolumeFiles};
 use crate::proto::bindery::Publication;
 use crate::state::private_dir;
 use crate::sys::{self, mount, mountinfo};
+
+/// The volume context key the kubelet fills with the pod's namespace (podInfoOnMount).
+pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+
+/// The variant of a version that writable hardlink publishes link to: its own inodes,
+/// so that what such a pod writes never reaches the golden version.
+const SHARED_VARIANT: &str = "shared";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// One build of a cache in flight: the others wait for its result.
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<std::result::Result<Version, String>>>,
+    done: Condvar,
+}
 
 /// Volume attributes a cache volume may carry (plus the CO's own keys).
 const ATTRS: &[&str] = &[
@@ -34,13 +59,23 @@ const ATTRS: &[&str] = &[
 pub struct Caches {
     cfg: Arc<Config>,
     decls: BTreeMap<String, CacheDecl>,
+    /// Declarations that are wrong, by name, with the reason: those caches are disabled.
+    broken: BTreeMap<String, String>,
     store: GoldenStore,
     /// None for `bindery cache build`, which never removes pod trees.
     trash: Option<Trash>,
-    /// Golden store and kubelet dir share a filesystem (hardlink/reflink work).
-    same_fs: bool,
-    /// What `auto` means here, probed once (a FICLONE on the store).
-    auto: std::sync::OnceLock<Strategy>,
+    /// linkat/FICLONE from the store into a pod's directory, per (mount id, st_dev) of
+    /// that directory: probed once per mount.
+    probes: Mutex<HashMap<(u64, u64), Probe>>,
+    /// FICLONE within the store itself (for variants), probed once.
+    store_reflink: OnceLock<bool>,
+    /// FS_IOC_ENABLE_VERITY in the store, probed at open.
+    verity: std::result::Result<(), Errno>,
+    /// Builds in flight, per cache (single-flight).
+    builds: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Per (cache, version, variant or ""): ctimes at which file contents were confirmed.
+    confirmed: Mutex<HashMap<(String, String, String), Confirmed>>,
+    usage: UsageTable,
 }
 
 /// A validated cache publish request.
@@ -48,8 +83,22 @@ pub struct CacheRequest {
     pub decl: CacheDecl,
     pub place: PathBuf,
     pub choice: Choice,
+    /// The choice came from the pod's `strategy` attribute (else the declaration's default).
+    pub requested: bool,
     pub owner: Owner,
     pub fingerprint: String,
+}
+
+/// Keep an error message short: values quoted into it are cut.
+fn short(s: &str) -> String {
+    if s.len() <= 300 {
+        return s.to_string();
+    }
+    let mut end = 300;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// `placeCacheAtPath`: relative, no `..`, `.`, empty segments or NUL.
@@ -101,10 +150,8 @@ pub fn is_cache_request(attrs: &HashMap<String, String>) -> bool {
 /// Create `path` (or take the one the kubelet made) as a directory owned by
 /// the pod, so that it can add, delete and replace files in it.
 fn ensure_owned_dir(path: &Path, owner: &Owner) -> Result<()> {
-    match fs::DirBuilder::new()
-        .mode(owner.mode.unwrap_or(0o755))
-        .create(path)
-    {
+    let mode = owner.dir_mode(0o755);
+    match fs::DirBuilder::new().mode(mode & 0o777).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let meta = path
@@ -116,20 +163,25 @@ fn ensure_owned_dir(path: &Path, owner: &Owner) -> Result<()> {
         }
         Err(e) => return Err(Error::io("mkdir", path, e)),
     }
-    sys::fs::chown_path(path, owner.uid, owner.gid)
+    sys::fs::chown_path(path, owner.uid, owner.gid)?;
+    if owner.mode.is_some() || owner.group_writable {
+        // After chown (which clears setgid): exact bits whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("chmod", path, e))?;
+    }
+    Ok(())
 }
 
 impl Caches {
     /// The daemon's view: declarations, golden store and the trash (whose
     /// leftovers from a crash are deleted in the background from now on).
+    /// A bad declaration disables that cache only (logged); this fails only when
+    /// the store or the trash cannot be created.
     pub fn open(cfg: Arc<Config>) -> Result<Caches> {
         // The trash must be on the pods' filesystem (renames into it are the
         // O(1) unpublish) and outside any pod's volume dir.
-        let trash_dir = cfg
-            .kubelet_dir
-            .join("plugins")
-            .join(&cfg.driver_name)
-            .join("trash");
+        let trash_dir = Self::plugin_dir(&cfg).join("trash");
         fs::create_dir_all(&trash_dir).map_err(|e| Error::io("mkdir", &trash_dir, e))?;
         let trash = Trash::new(&trash_dir)?;
         let mut caches = Self::open_for_build(cfg)?;
@@ -137,29 +189,75 @@ impl Caches {
         Ok(caches)
     }
 
+    /// `<kubelet-dir>/plugins/<driver-name>`: on the mount of the pods' volumes.
+    fn plugin_dir(cfg: &Config) -> PathBuf {
+        cfg.kubelet_dir.join("plugins").join(&cfg.driver_name)
+    }
+
+    /// Where the golden store lives: beside the trash, on the pods' mount, so that
+    /// hardlinks (which fail across vfsmounts, even of one filesystem) can work.
+    pub fn golden_root(cfg: &Config) -> PathBuf {
+        Self::plugin_dir(cfg).join("golden")
+    }
+
     /// Declarations and golden store only (`bindery cache build`).
     pub fn open_for_build(cfg: Arc<Config>) -> Result<Caches> {
-        let decls = decl::load(cfg.cache_config.as_deref(), &cfg.caches)?;
-        let root = cfg.state_dir.join("golden");
-        private_dir(&cfg.state_dir)?;
-        private_dir(&root)?;
-        let same_fs = populate::same_filesystem(&root, &cfg.kubelet_dir)?;
-        if !same_fs && !decls.is_empty() {
+        let loaded = decl::load(cfg.cache_config.as_deref(), &cfg.caches);
+        for e in &loaded.errors {
+            warn!("cache config: {e}");
+        }
+        for (name, why) in &loaded.broken {
+            warn!("cache {name:?} is disabled: {why}");
+        }
+        for d in loaded.decls.values() {
+            if d.namespaces == (Namespaces::Any { declared: false }) {
+                warn!(
+                    "cache {:?}: no namespaces key, pods of every namespace may use it \
+                     (say `namespaces = *` to mean it)",
+                    d.name
+                );
+            }
+        }
+        let root = Self::golden_root(&cfg);
+        let old = cfg.state_dir.join("golden");
+        if old.is_dir() {
             warn!(
-                "golden store {} and kubelet dir {} are on different filesystems: \
-                 hardlink and reflink are impossible, auto falls back to copy",
-                root.display(),
-                cfg.kubelet_dir.display()
+                "{} is no longer used (the golden store is now {}); remove it to free the space",
+                old.display(),
+                root.display()
             );
         }
-        let store = GoldenStore::new(&root).with_threads(cfg.workers.max(1));
+        if let Some(parent) = root.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io("mkdir", parent, e))?;
+        }
+        private_dir(&root)?;
+        populate::ensure_probe_file(&root)?;
+        let verity = golden::probe_verity(&root);
+        match verity {
+            Ok(()) => info!(
+                "fs-verity works in {}: new golden versions are sealed, hardlink publishes allowed",
+                root.display()
+            ),
+            Err(e) => info!(
+                "fs-verity probe in {}: {e}: writable hardlink publishes need {TRUST_KEY}",
+                root.display()
+            ),
+        }
+        let store = GoldenStore::new(&root)
+            .with_threads(cfg.workers.max(1))
+            .with_verity(verity.is_ok());
         Ok(Caches {
             cfg,
-            decls,
+            decls: loaded.decls,
+            broken: loaded.broken,
             store,
             trash: None,
-            same_fs,
-            auto: std::sync::OnceLock::new(),
+            probes: Mutex::new(HashMap::new()),
+            store_reflink: OnceLock::new(),
+            verity,
+            builds: Mutex::new(HashMap::new()),
+            confirmed: Mutex::new(HashMap::new()),
+            usage: UsageTable::default(),
         })
     }
 
@@ -167,24 +265,89 @@ impl Caches {
         self.decls.keys().cloned().collect()
     }
 
+    /// Disabled caches and why (a bad declaration).
+    #[allow(dead_code)] // node API (see the module doc)
+    pub fn disabled(&self) -> &BTreeMap<String, String> {
+        &self.broken
+    }
+
     /// Build every declared cache that has no usable version yet.
     pub fn build_missing(&self) {
         for name in self.decls.keys() {
-            match self.store.current(name) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    if let Err(e) = self.build(name) {
-                        warn!("cache {name:?}: build failed: {e}");
-                    }
-                }
-                Err(e) => warn!("cache {name:?}: {e}"),
+            if let Err(e) = self.ensure_version(name) {
+                warn!("cache {name:?}: build failed: {e}");
             }
         }
     }
 
+    /// The current version of `name`, pinned; built first when there is none. Builds
+    /// are single-flight: callers that find a build of the same cache in flight wait
+    /// for it and share its result (they are not ABORTED: each waits on its own
+    /// volume's behalf, and the build is what they wait for anyway).
+    pub fn ensure_version(&self, name: &str) -> Result<(Version, Pin)> {
+        for _ in 0..3 {
+            if let Some(vp) = self.store.current_pinned(name)? {
+                return Ok(vp);
+            }
+            self.build_once(name)?;
+        }
+        Err(Error::State {
+            path: self.store.root().join(name),
+            reason: "no usable version after building".into(),
+        })
+    }
+
+    /// Build a new version of `name`, or wait for the build of it in flight and
+    /// share its result.
+    fn build_once(&self, name: &str) -> Result<Version> {
+        let (flight, leader) = {
+            let mut builds = lock(&self.builds);
+            match builds.get(name) {
+                Some(f) => (Arc::clone(f), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    builds.insert(name.to_string(), Arc::clone(&f));
+                    (f, true)
+                }
+            }
+        };
+        if leader {
+            let r = self.build(name);
+            *lock(&flight.result) = Some(match &r {
+                Ok(v) => Ok(v.clone()),
+                Err(e) => Err(e.to_string()),
+            });
+            lock(&self.builds).remove(name);
+            flight.done.notify_all();
+            return r;
+        }
+        let mut res = lock(&flight.result);
+        while res.is_none() {
+            res = match flight.done.wait(res) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+        match res.as_ref() {
+            Some(Ok(v)) => Ok(v.clone()),
+            Some(Err(why)) => Err(Error::State {
+                path: self.store.root().join(name),
+                reason: format!("build failed: {}", short(why)),
+            }),
+            None => unreachable!("waited until set"),
+        }
+    }
+
+    /// Keep `version` of cache `name` from garbage collection while the handle lives
+    /// (the node holds one per publication in flight; live ones are passed to `maintain`).
+    #[allow(dead_code)] // node API (see the module doc)
+    pub fn pin(&self, name: &str, version: &str) -> Pin {
+        self.store.pin(name, version)
+    }
+
     /// Build a new version of cache `name` from its source.
     pub fn build(&self, name: &str) -> Result<Version> {
-        let decl = self.decls.get(name).ok_or_else(|| self.unknown(name))?;
+        let decl = self.declared(name)?;
         let started = Instant::now();
         let version = match &decl.source {
             Source::Dir(dir) => self.store.build_from_dir(name, dir)?,
@@ -223,22 +386,38 @@ impl Caches {
         Ok(version)
     }
 
+    fn declared(&self, name: &str) -> Result<&CacheDecl> {
+        if let Some(why) = self.broken.get(name) {
+            return Err(Error::invalid(
+                "volume_context.cache",
+                format!(
+                    "cache {:?} is disabled on this node: {}",
+                    short(name),
+                    short(why)
+                ),
+            ));
+        }
+        self.decls.get(name).ok_or_else(|| self.unknown(name))
+    }
+
     fn unknown(&self, name: &str) -> Error {
         let names = self.names();
         Error::invalid(
             "volume_context.cache",
             format!(
-                "{name:?} is not declared on this node (declared: {})",
+                "{:?} is not declared on this node (declared: {})",
+                short(name),
                 if names.is_empty() {
                     "none".to_string()
                 } else {
-                    names.join(", ")
+                    short(&names.join(", "))
                 }
             ),
         )
     }
 
-    /// Validate a cache publish request's attributes.
+    /// Validate a cache publish request's attributes: the cache, the pod's namespace
+    /// against the declaration's `namespaces`, the strategy against its `strategies`.
     pub fn request(
         &self,
         attrs: &HashMap<String, String>,
@@ -256,29 +435,64 @@ impl Caches {
                 "volume_context",
                 format!(
                     "unknown attributes for a cache volume: {}",
-                    unknown.join(", ")
+                    short(&unknown.join(", "))
                 ),
             ));
         }
         let name = attrs.get("cache").map(String::as_str).unwrap_or("");
-        let decl = self
-            .decls
-            .get(name)
-            .ok_or_else(|| self.unknown(name))?
-            .clone();
+        let decl = self.declared(name)?.clone();
+        if let Namespaces::List(_) = decl.namespaces {
+            let field = format!("volume_context.{POD_NAMESPACE}");
+            match attrs.get(POD_NAMESPACE) {
+                None => {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "is required: cache {name:?} is limited to some namespaces \
+                             (the CSIDriver needs podInfoOnMount: true)"
+                        ),
+                    ))
+                }
+                Some(ns) if !decl.namespaces.allows(ns) => {
+                    return Err(Error::invalid(
+                        field,
+                        format!("namespace {:?} may not use cache {name:?}", short(ns)),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         let place = place_path(
             attrs
                 .get("placeCacheAtPath")
                 .map(String::as_str)
                 .unwrap_or(""),
         )?;
+        let requested = attrs.contains_key("strategy");
         let choice = match attrs.get("strategy") {
-            Some(s) => s.parse::<Choice>().map_err(|e| match e {
-                Error::InvalidField { reason, .. } => {
-                    Error::invalid("volume_context.strategy", reason)
+            Some(s) => {
+                let c = s.parse::<Choice>().map_err(|e| match e {
+                    Error::InvalidField { reason, .. } => {
+                        Error::invalid("volume_context.strategy", short(&reason))
+                    }
+                    other => other,
+                })?;
+                if !decl.strategies.contains(&c) {
+                    return Err(Error::invalid(
+                        "volume_context.strategy",
+                        format!(
+                            "{} is not allowed for cache {name:?} (allowed: {})",
+                            c.as_str(),
+                            decl.strategies
+                                .iter()
+                                .map(|c| c.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
                 }
-                other => other,
-            })?,
+                c
+            }
             None => decl.strategy,
         };
         let group = if mount_group.is_empty() {
@@ -287,7 +501,7 @@ impl Caches {
             Some(mount_group.parse::<u32>().map_err(|_| {
                 Error::invalid(
                     "volume_capability.mount.volume_mount_group",
-                    format!("{mount_group:?} is not a numeric gid"),
+                    format!("{:?} is not a numeric gid", short(mount_group)),
                 )
             })?)
         };
@@ -298,44 +512,137 @@ impl Caches {
                 "must be an octal mode",
             ));
         }
+        // fsGroup (volume_mount_group) owns the tree, as the kubelet does for its volumes.
         let owner = Owner {
             uid: attr_u32(attrs, "uid", 10)?.or(decl.uid),
-            gid: attr_u32(attrs, "gid", 10)?.or(group).or(decl.gid),
+            gid: group.or(attr_u32(attrs, "gid", 10)?).or(decl.gid),
             mode,
+            group_writable: group.is_some(),
         };
         let fingerprint = format!(
-            "cache={};place={};strategy={};owner={:?}/{:?}/{:?};ro={readonly}",
+            "cache={};place={};strategy={};owner={:?}/{:?}/{:?}/{};ro={readonly}",
             decl.name,
             place.display(),
             choice.as_str(),
             owner.uid,
             owner.gid,
-            owner.mode
+            owner.mode,
+            owner.group_writable
         );
         Ok(CacheRequest {
             decl,
             place,
             choice,
+            requested,
             owner,
             fingerprint,
         })
     }
 
-    /// auto → reflink where the store supports it, else hardlink; neither is
-    /// possible across filesystems, where auto means copy and an explicit
-    /// hardlink/reflink is refused.
-    fn resolve(&self, choice: Choice) -> Result<Choice> {
-        match choice {
-            Choice::Auto if !self.same_fs => Ok(Choice::Fill(Strategy::Copy)),
-            Choice::Auto => Ok(Choice::Fill(*self.auto.get_or_init(|| Strategy::auto(self.store.root())))),
-            Choice::Fill(s @ (Strategy::Hardlink | Strategy::Reflink)) if !self.same_fs => Err(Error::invalid(
-                "volume_context.strategy",
-                format!(
-                    "{} needs the golden store ({}) on the kubelet dir's filesystem; use copy or overlay",
-                    s.as_str(),
-                    self.store.root().display()
-                ),
-            )),
+    /// linkat/FICLONE from the store into `dir`, probed once per mount of `dir`.
+    pub fn probe(&self, dir: &Path) -> Result<Probe> {
+        let fd = sys::fs::open_dir(dir)?;
+        let key = match (sys::fs::mount_id(fd.as_fd()), sys::fs::fstat(fd.as_fd())) {
+            (Ok(m), Ok(st)) => Some((m, st.st_dev)),
+            _ => None,
+        };
+        if let Some(p) = key.and_then(|k| lock(&self.probes).get(&k).copied()) {
+            return Ok(p);
+        }
+        let p = populate::probe_pair(self.store.root(), dir)?;
+        if let Some(k) = key {
+            lock(&self.probes).insert(k, p);
+        }
+        Ok(p)
+    }
+
+    /// Whether FICLONE works inside the store (variants are then reflinked, else copied).
+    fn variant_strategy(&self) -> Strategy {
+        let works = *self.store_reflink.get_or_init(|| {
+            let dir = self.store.root().join(".probe-dir");
+            let _ = fs::create_dir(&dir);
+            populate::probe_pair(self.store.root(), &dir)
+                .map(|p| p.reflink.is_ok())
+                .unwrap_or(false)
+        });
+        if works {
+            Strategy::Reflink
+        } else {
+            Strategy::Copy
+        }
+    }
+
+    /// The strategy used for `req` into `dest`, or why none can be. `auto` is reflink
+    /// where FICLONE from the store into `dest` works, else overlay. Hardlink shares
+    /// the golden inodes with the pod, so it is allowed only when the pod cannot write
+    /// them: a read-only publish, a version sealed by fs-verity, or a cache whose
+    /// declaration trusts its tenants with shared inodes.
+    fn resolve(
+        &self,
+        req: &CacheRequest,
+        version: &Version,
+        dest: &Path,
+        readonly: bool,
+    ) -> Result<Choice> {
+        let name = &req.decl.name;
+        let field = if req.requested {
+            "volume_context.strategy".to_string()
+        } else {
+            format!("cache {name}: strategies")
+        };
+        match req.choice {
+            Choice::Auto => Ok(match self.probe(dest)?.reflink {
+                Ok(()) => Choice::Fill(Strategy::Reflink),
+                Err(_) => Choice::Overlay,
+            }),
+            Choice::Fill(Strategy::Reflink) => match self.probe(dest)?.reflink {
+                Ok(()) => Ok(req.choice),
+                Err(e) => Err(Error::invalid(
+                    field,
+                    format!(
+                        "reflink: FICLONE from the golden store {} into {} fails ({e}); \
+                         use overlay or copy",
+                        self.store.root().display(),
+                        dest.display()
+                    ),
+                )),
+            },
+            Choice::Fill(Strategy::Hardlink) => {
+                let safe =
+                    readonly || req.decl.trust_shared_inodes || self.store.is_sealed(name, version);
+                if !safe {
+                    let verity = match self.verity {
+                        Ok(()) => "this version is not sealed".to_string(),
+                        Err(e) => format!("fs-verity is unavailable here: {e}"),
+                    };
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "hardlink gives the pod the golden inodes, which a root pod could \
+                             rewrite for every other pod; it is allowed for read-only publishes, \
+                             for versions sealed with fs-verity ({verity}), or with {TRUST_KEY} \
+                             = true in the declaration; use reflink, overlay or copy"
+                        ),
+                    ));
+                }
+                match self.probe(dest)?.link {
+                    Ok(()) => Ok(req.choice),
+                    Err(e) => Err(Error::invalid(
+                        field,
+                        format!(
+                            "hardlink: linkat from the golden store {} into {} fails ({e}{}); \
+                             use reflink, overlay or copy",
+                            self.store.root().display(),
+                            dest.display(),
+                            if e == Errno::EXDEV {
+                                ": another mount or filesystem"
+                            } else {
+                                ""
+                            }
+                        ),
+                    )),
+                }
+            }
             other => Ok(other),
         }
     }
@@ -347,9 +654,29 @@ impl Caches {
         (vol.join("bindery-upper"), vol.join("bindery-work"))
     }
 
+    /// The overlay lower dir for `owner`: the golden version itself when the pod takes
+    /// root's tree as it is, else a variant owned as asked (directories the pod can
+    /// write in, copy-up keeps their owner and modes), built once per owner.
+    fn overlay_lower(&self, name: &str, version: &Version, owner: &Owner) -> Result<PathBuf> {
+        if *owner == Owner::default() {
+            return Ok(self.store.path(name, version));
+        }
+        let id = |v: Option<u32>| v.map_or("x".to_string(), |n| n.to_string());
+        let key = format!(
+            "o-{}-{}-{}-{}",
+            id(owner.uid),
+            id(owner.gid),
+            owner.mode.map_or("x".to_string(), |m| format!("{m:o}")),
+            if owner.group_writable { "g" } else { "n" }
+        );
+        self.store
+            .variant(name, version, &key, self.variant_strategy(), owner)
+    }
+
     /// Fill `target` from the current golden version. The caller records the
     /// publication as incomplete first, so a crash midway is redone by the
-    /// retry instead of being reported ready half full.
+    /// retry instead of being reported ready half full. The version is pinned
+    /// while this runs; the node reports live publications' versions to `maintain`.
     pub fn publish(
         &self,
         req: &CacheRequest,
@@ -357,12 +684,8 @@ impl Caches {
         readonly: bool,
     ) -> Result<Publication> {
         let name = &req.decl.name;
-        let version = match self.store.current(name)? {
-            Some(v) => v,
-            None => self.build(name)?,
-        };
+        let (version, _pin) = self.ensure_version(name)?;
         let golden = self.store.path(name, &version);
-        let choice = self.resolve(req.choice)?;
         let started = Instant::now();
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io("mkdir", parent, e))?;
@@ -373,8 +696,10 @@ impl Caches {
             dest.push(part);
             ensure_owned_dir(&dest, &req.owner)?;
         }
+        let choice = self.resolve(req, &version, &dest, readonly)?;
         match choice {
             Choice::Overlay => {
+                let lower = self.overlay_lower(name, &version, &req.owner)?;
                 let (upper, work) = Self::overlay_dirs(target);
                 ensure_owned_dir(&upper, &req.owner)?;
                 ensure_owned_dir(
@@ -383,13 +708,37 @@ impl Caches {
                         uid: None,
                         gid: None,
                         mode: Some(0o700),
+                        group_writable: false,
                     },
                 )?;
-                mount::overlay(&golden, &upper, &work, &dest)?;
+                mount::overlay(&lower, &upper, &work, &dest)?;
             }
             Choice::Fill(strategy) => {
+                // Writable hardlinks link a variant with inodes of its own: what a
+                // trusted tenant writes reaches the other hardlink pods, never the
+                // golden version that every other strategy copies from.
+                let source = if strategy == Strategy::Hardlink
+                    && !readonly
+                    && !self.store.is_sealed(name, &version)
+                {
+                    let root = Owner {
+                        uid: Some(0),
+                        gid: Some(0),
+                        mode: None,
+                        group_writable: false,
+                    };
+                    self.store.variant(
+                        name,
+                        &version,
+                        SHARED_VARIANT,
+                        self.variant_strategy(),
+                        &root,
+                    )?
+                } else {
+                    golden.clone()
+                };
                 let stats = populate::populate(
-                    &golden,
+                    &source,
                     &dest,
                     strategy,
                     &req.owner,
@@ -411,6 +760,7 @@ impl Caches {
             mount::bind(&dest, &dest)?;
             mount::remount_bind_read_only(&dest)?;
         }
+        self.usage.track(&dest);
         let mut p = Publication::new();
         p.set_target_path(target.display().to_string());
         p.set_readonly(readonly);
@@ -427,6 +777,7 @@ impl Caches {
     /// rename the tree into the trash (O(1)) and let the trash thread delete
     /// it. Never follows the pod's symlinks, never touches the golden copy.
     pub fn unpublish(&self, target: &Path) -> Result<()> {
+        self.usage.forget_below(target);
         // Deepest mounts first: a read-only bind or overlay at the cache root.
         let table = mountinfo::read_self()?;
         let mut inside: Vec<&Path> = table
@@ -472,33 +823,35 @@ impl Caches {
         Ok(())
     }
 
-    /// Bytes and inodes used by the pod's tree (symlinks not followed, mounts
-    /// not crossed).
+    /// The last measured usage of a pod's tree (None: not measured yet). Never walks.
+    #[allow(dead_code)] // node API (see the module doc)
+    pub fn usage_cached(&self, root: &Path) -> Option<Usage> {
+        self.usage.get(root)
+    }
+
+    /// Measure the trees of live publications within `budget` (fd-relative, symlinks
+    /// not followed, mounts not crossed). For a background thread; returns how many
+    /// trees were measured.
+    #[allow(dead_code)] // node API (see the module doc)
+    pub fn refresh_usage(&self, budget: UsageBudget) -> usize {
+        self.usage.refresh(budget)
+    }
+
+    /// Bytes and inodes used by the pod's tree, for NodeGetVolumeStats: the last
+    /// figure `refresh_usage` measured; a tree never measured yet (e.g. after a
+    /// restart) is watched from now on and measured here with a small budget.
     pub fn usage(&self, root: &Path) -> Result<(u64, u64)> {
-        fn walk(dir: &Path, dev: u64, acc: &mut (u64, u64)) {
-            let Ok(entries) = fs::read_dir(dir) else {
-                return;
-            };
-            for e in entries.flatten() {
-                let Ok(m) = e.path().symlink_metadata() else {
-                    continue;
-                };
-                acc.1 += 1;
-                if m.is_dir() {
-                    if m.dev() == dev {
-                        walk(&e.path(), dev, acc);
-                    }
-                } else {
-                    acc.0 += m.blocks() * 512;
-                }
-            }
+        if let Some(u) = self.usage.get(root) {
+            return Ok((u.bytes, u.inodes));
         }
-        let meta = root
-            .symlink_metadata()
-            .map_err(|e| Error::io("stat", root, e))?;
-        let mut acc = (0, 1);
-        walk(root, meta.dev(), &mut acc);
-        Ok(acc)
+        self.usage.track(root);
+        let u = usage::measure(
+            root,
+            10_000,
+            Instant::now() + std::time::Duration::from_millis(50),
+        )?;
+        self.usage.set(root, u);
+        Ok((u.bytes, u.inodes))
     }
 
     /// Whether a golden version was found modified and retired.
@@ -506,10 +859,26 @@ impl Caches {
         Version::parse(version).is_some_and(|v| self.store.is_retired(name, &v))
     }
 
-    /// Periodic upkeep: verify the versions that hardlink publications share
-    /// with the golden copy (a root pod writing in place changes the shared
-    /// inode): a tampered version is retired and rebuilt from the source.
-    /// Then delete versions that are neither current nor in use.
+    fn verify_one(&self, name: &str, v: &Version, variant: Option<&str>) -> Result<Vec<PathBuf>> {
+        let key = (
+            name.to_string(),
+            v.as_str().to_string(),
+            variant.unwrap_or("").to_string(),
+        );
+        let mut confirmed = lock(&self.confirmed).remove(&key).unwrap_or_default();
+        let r = match variant {
+            None => self.store.verify_with(name, v, &mut confirmed),
+            Some(k) => self.store.verify_variant(name, v, k, &mut confirmed),
+        };
+        lock(&self.confirmed).insert(key, confirmed);
+        r
+    }
+
+    /// Periodic upkeep: verify the content of current versions and of the versions
+    /// that hardlink publications share (a same-size write with the mtime restored is
+    /// caught by content): a tampered golden version is retired and rebuilt, a
+    /// tampered shared variant dropped. Then delete versions that are neither
+    /// current, nor in `in_use` (live publications), nor pinned.
     pub fn maintain(
         &self,
         in_use: &HashMap<String, HashSet<String>>,
@@ -525,10 +894,28 @@ impl Caches {
             let Some(v) = Version::parse(&version) else {
                 continue;
             };
+            if self.store.path(&name, &v).is_dir()
+                && self.store.variant_path(&name, &v, SHARED_VARIANT).is_dir()
+            {
+                match self.verify_one(&name, &v, Some(SHARED_VARIANT)) {
+                    Ok(changed) if changed.is_empty() => {}
+                    Ok(changed) => {
+                        warn!(
+                            "cache {name:?} v{version}: {} file(s) of the shared hardlink copy modified (e.g. {}); new hardlink pods get a fresh copy",
+                            changed.len(),
+                            changed[0].display()
+                        );
+                        if let Err(e) = self.store.drop_variant(&name, &v, SHARED_VARIANT) {
+                            warn!("cache {name:?}: dropping the shared copy failed: {e}");
+                        }
+                    }
+                    Err(e) => warn!("cache {name:?} v{version}: verify failed: {e}"),
+                }
+            }
             if self.store.is_retired(&name, &v) {
                 continue;
             }
-            match self.store.verify(&name, &v) {
+            match self.verify_one(&name, &v, None) {
                 Ok(changed) if changed.is_empty() => {}
                 Ok(changed) => {
                     warn!(
@@ -540,7 +927,7 @@ impl Caches {
                         warn!("cache {name:?}: retire failed: {e}");
                     }
                     if self.decls.contains_key(&name) {
-                        if let Err(e) = self.build(&name) {
+                        if let Err(e) = self.build_once(&name) {
                             warn!("cache {name:?}: rebuild failed: {e}");
                         }
                     }
@@ -551,13 +938,17 @@ impl Caches {
         let empty = HashSet::new();
         for name in self.decls.keys() {
             match self.store.gc(name, in_use.get(name).unwrap_or(&empty)) {
-                Ok(gone) if !gone.is_empty() => info!(
-                    "cache {name:?}: removed unused version(s) {}",
-                    gone.iter()
-                        .map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                Ok(gone) if !gone.is_empty() => {
+                    lock(&self.confirmed)
+                        .retain(|(n, v, _), _| n != name || !gone.iter().any(|g| g.as_str() == v));
+                    info!(
+                        "cache {name:?}: removed unused version(s) {}",
+                        gone.iter()
+                            .map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
                 Ok(_) => {}
                 Err(e) => warn!("cache {name:?}: gc failed: {e}"),
             }

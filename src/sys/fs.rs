@@ -156,11 +156,6 @@ pub fn fstat(fd: BorrowedFd<'_>) -> nix::Result<FileStat> {
     stat::fstat(fd.as_raw_fd())
 }
 
-/// Stat a path, following symlinks, to learn which filesystem (st_dev) it lives on.
-pub fn stat_path(path: &Path) -> Result<FileStat> {
-    stat::stat(path).map_err(|e| Error::sys("stat", path, e))
-}
-
 /// Remove a directory entry relative to its parent fd (a directory if `is_dir`): fd-relative removal.
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> nix::Result<()> {
     let flag = if is_dir {
@@ -341,6 +336,97 @@ pub fn chown_path(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()>
         AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| Error::sys("chown", path, e))
+}
+
+/// The mount id of an open file (statx STX_MNT_ID): probes of the golden store against a pod's
+/// directory are cached per mount, since linkat works only within one vfsmount.
+pub fn mount_id(fd: BorrowedFd<'_>) -> nix::Result<u64> {
+    let mut buf = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
+    let empty: &CStr = match CStr::from_bytes_with_nul(b"\0") {
+        Ok(c) => c,
+        Err(_) => return Err(Errno::EINVAL),
+    };
+    // SAFETY: `fd` is valid while borrowed; `empty` is a NUL-terminated string that
+    // AT_EMPTY_PATH makes the kernel ignore; `buf` is a writable statx buffer that
+    // lives across the call and that the kernel fills (zeroed first, so any field the
+    // kernel leaves alone is still initialised).
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_statx,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            nix::libc::AT_EMPTY_PATH | nix::libc::AT_SYMLINK_NOFOLLOW,
+            nix::libc::STATX_MNT_ID,
+            buf.as_mut_ptr(),
+        )
+    };
+    Errno::result(r)?;
+    // SAFETY: zero-initialised above and filled by a successful statx.
+    let st = unsafe { buf.assume_init() };
+    if st.stx_mask & nix::libc::STATX_MNT_ID == 0 {
+        return Err(Errno::ENOSYS);
+    }
+    Ok(st.stx_mnt_id)
+}
+
+/// Fill `buf` from the kernel's random source: per-manifest secret keys for content hashes.
+pub fn random_bytes(buf: &mut [u8]) -> nix::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a writable buffer of `rest.len()` bytes for the whole call.
+        let n = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_getrandom,
+                rest.as_mut_ptr(),
+                rest.len(),
+                0u32,
+            )
+        };
+        match Errno::result(n) {
+            Ok(n) => done += n as usize,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `struct fsverity_enable_arg` (linux/fsverity.h): version 1, SHA-256, 4 KiB blocks, no salt.
+#[repr(C)]
+struct FsverityEnableArg {
+    version: u32,
+    hash_algorithm: u32,
+    block_size: u32,
+    salt_size: u32,
+    salt_ptr: u64,
+    sig_size: u32,
+    reserved1: u32,
+    sig_ptr: u64,
+    reserved2: [u64; 11],
+}
+
+// FS_IOC_ENABLE_VERITY = _IOW('f', 133, struct fsverity_enable_arg).
+nix::ioctl_write_ptr!(ioctl_enable_verity, b'f', 133, FsverityEnableArg);
+
+/// Seal a file (open read-only, no writers) with fs-verity: the kernel then refuses every write
+/// to it, which is what makes sharing its inode with a pod safe. EOPNOTSUPP/ENOTTY where the
+/// filesystem or kernel lacks it.
+pub fn enable_verity(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    let arg = FsverityEnableArg {
+        version: 1,
+        hash_algorithm: 1,
+        block_size: 4096,
+        salt_size: 0,
+        salt_ptr: 0,
+        sig_size: 0,
+        reserved1: 0,
+        sig_ptr: 0,
+        reserved2: [0; 11],
+    };
+    // SAFETY: `fd` is valid while borrowed; `arg` is a correctly laid out, initialised
+    // fsverity_enable_arg that outlives the call, with null salt/signature pointers.
+    unsafe { ioctl_enable_verity(fd.as_raw_fd(), &arg) }.map(drop)
 }
 
 #[cfg(test)]
