@@ -21,6 +21,7 @@ use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::{umask, Mode};
 
+use crate::cache::usage::UsageBudget;
 use crate::config::Config;
 use crate::controller::Controller;
 use crate::error::{Error, Result};
@@ -155,6 +156,17 @@ fn background_jobs(
             .map_err(|e| Error::io("spawn thread", "cache-build", e))?;
         jobs.push(builds);
     }
+    // Cache volume stats: a bounded, fd-relative walk of the pods' trees,
+    // off the gRPC threads.
+    let n = node.clone();
+    jobs.push(periodic(
+        "cache-usage",
+        Duration::from_secs(30),
+        stop,
+        move || {
+            n.caches.refresh_usage(UsageBudget::default());
+        },
+    )?);
     // Tamper checks and collection run after a cache volume went away, and
     // about once a minute anyway.
     let every = (60 / interval.as_secs().max(1)).max(1);

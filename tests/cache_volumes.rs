@@ -52,8 +52,14 @@ fn cache_node_conf(
     fs::write(
         &conf,
         format!(
-            "[cache nm]\nsource = dir:{}\n{}",
+            "[cache nm]\nsource = dir:{}\n{}{}",
             source.display(),
+            // Open to every namespace unless the test restricts it.
+            if keys.contains("namespaces") {
+                ""
+            } else {
+                "namespaces = *\n"
+            },
             keys.replace("{source}", &source.display().to_string())
         ),
     )
@@ -513,8 +519,8 @@ fn crash_during_population_then_retry_yields_a_complete_volume() {
         "retry after a crash yields the complete tree"
     );
     assert!(
-        n.d.log_text().contains("starting over"),
-        "the retry saw the interrupted population"
+        n.d.log_text().contains("removing the interrupted cache volume"),
+        "recovery removed the interrupted population before serving"
     );
     assert!(n.unpublish("pod-a").ok());
 }
@@ -612,7 +618,7 @@ fn s3_source_is_fetched_through_a_mounter() {
     fs::write(
         &conf,
         format!(
-            "[cache models]\nsource = s3:models/resnet\nendpoint = {}\ncredentials = {}\nstrategy = copy\n",
+            "[cache models]\nsource = s3:models/resnet\nendpoint = {}\ncredentials = {}\nstrategy = copy\nnamespaces = *\n",
             s3.endpoint,
             creds.display()
         ),
@@ -750,6 +756,22 @@ fn tenancy_and_a_bad_declaration() {
         .ok());
     // `namespaces = *`: any namespace, even without the key.
     assert!(n.publish("pod-c", &["cache=open"]).ok());
+    // No `namespaces` key: no pod may use the cache.
+    let closed = cache_node_conf(
+        &std::env::temp_dir(),
+        "# no namespaces key here\nstrategy = copy\n",
+        1,
+        1,
+        &[],
+    );
+    let out = closed.publish("pod-d", &["cache=nm", &ns("team-a")]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("declares no namespaces"),
+        "{}",
+        out.stderr
+    );
+    assert!(!Path::new(&closed.target("pod-d")).exists());
     for pod in ["pod-a", "pod-b", "pod-c"] {
         assert!(n.unpublish(pod).ok());
     }

@@ -347,7 +347,7 @@ fn cache_daemon(src: &Scratch) -> Daemon {
     fs::write(
         &conf,
         format!(
-            "[cache nm]\nsource = dir:{}\nstrategy = copy\n",
+            "[cache nm]\nsource = dir:{}\nstrategy = copy\nnamespaces = *\n",
             source.display()
         ),
     )

@@ -296,7 +296,7 @@ fn memory_is_flat_over_many_ephemeral_volumes() {
     fs::write(
         &conf,
         format!(
-            "[cache tiny]\nsource = dir:{}\nstrategy = copy\n",
+            "[cache tiny]\nsource = dir:{}\nstrategy = copy\nnamespaces = *\n",
             src.path.join("tree").display()
         ),
     )

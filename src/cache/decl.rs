@@ -74,20 +74,23 @@ pub enum Source {
 }
 
 /// Which pod namespaces may use a cache (`csi.storage.k8s.io/pod.namespace`).
+/// A declaration that does not say is usable by no pod: a cache's content
+/// may be private to a team, so sharing it is the admin's explicit choice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Namespaces {
-    /// `namespaces = *`, or no `namespaces` key (logged as a warning).
-    Any {
-        declared: bool,
-    },
+    /// `namespaces = *`.
+    Any,
     List(Vec<String>),
+    /// No `namespaces` key (logged as a warning).
+    Undeclared,
 }
 
 impl Namespaces {
     pub fn allows(&self, ns: &str) -> bool {
         match self {
-            Namespaces::Any { .. } => true,
+            Namespaces::Any => true,
             Namespaces::List(l) => l.iter().any(|n| n == ns),
+            Namespaces::Undeclared => false,
         }
     }
 }
@@ -278,8 +281,8 @@ fn build_decl(name: &str, keys: &HashMap<String, String>) -> Result<CacheDecl> {
         }
     };
     let namespaces = match keys.get("namespaces").map(|v| parse_list(v)) {
-        None => Namespaces::Any { declared: false },
-        Some(l) if l == ["*"] => Namespaces::Any { declared: true },
+        None => Namespaces::Undeclared,
+        Some(l) if l == ["*"] => Namespaces::Any,
         Some(l) => {
             if l.is_empty() || l.iter().any(|n| !valid_namespace(n)) {
                 return Err(bad(
@@ -499,7 +502,11 @@ trust_tenants_with_shared_inodes = false
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].source, Source::Dir("/srv/nm".into()));
         assert_eq!(d[0].strategy, Choice::Fill(Strategy::Hardlink));
-        assert_eq!(d[0].namespaces, Namespaces::Any { declared: false });
+        assert_eq!(d[0].namespaces, Namespaces::Undeclared);
+        assert!(
+            !d[0].namespaces.allows("default"),
+            "undeclared means nobody"
+        );
         assert!(d[0].strategies.contains(&Choice::Overlay));
         assert_eq!(
             (d[0].uid, d[0].gid, d[0].mode),

@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::sys::fs;
 
 /// How much one refresh may do.
-#[cfg_attr(not(test), allow(dead_code))] // built by the node's usage thread
 #[derive(Clone, Copy, Debug)]
 pub struct UsageBudget {
     /// Entries counted per tree before its walk stops (the figure is then a lower bound).

@@ -17,7 +17,7 @@ use crate::cache::golden::{self, GoldenStore, Pin, Version};
 use crate::cache::manifest::Confirmed;
 use crate::cache::populate::{self, Owner, Probe, Strategy};
 use crate::cache::remove::Trash;
-use crate::cache::usage::{self, Usage, UsageBudget, UsageTable};
+use crate::cache::usage::{self, UsageBudget, UsageTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mounter::{self, VolumeFiles};
@@ -210,10 +210,10 @@ impl Caches {
             warn!("cache {name:?} is disabled: {why}");
         }
         for d in loaded.decls.values() {
-            if d.namespaces == (Namespaces::Any { declared: false }) {
+            if d.namespaces == Namespaces::Undeclared {
                 warn!(
-                    "cache {:?}: no namespaces key, pods of every namespace may use it \
-                     (say `namespaces = *` to mean it)",
+                    "cache {:?}: no namespaces key, so no pod may use it \
+                     (list them, or say `namespaces = *` for every namespace)",
                     d.name
                 );
             }
@@ -441,6 +441,15 @@ impl Caches {
         }
         let name = attrs.get("cache").map(String::as_str).unwrap_or("");
         let decl = self.declared(name)?.clone();
+        if decl.namespaces == Namespaces::Undeclared {
+            return Err(Error::invalid(
+                "volume_context.cache",
+                format!(
+                    "cache {name:?} declares no namespaces: the node's admin must add \
+                     `namespaces = …` (or `*`) to its declaration"
+                ),
+            ));
+        }
         if let Namespaces::List(_) = decl.namespaces {
             let field = format!("volume_context.{POD_NAMESPACE}");
             match attrs.get(POD_NAMESPACE) {
@@ -823,16 +832,9 @@ impl Caches {
         Ok(())
     }
 
-    /// The last measured usage of a pod's tree (None: not measured yet). Never walks.
-    #[allow(dead_code)] // node API (see the module doc)
-    pub fn usage_cached(&self, root: &Path) -> Option<Usage> {
-        self.usage.get(root)
-    }
-
     /// Measure the trees of live publications within `budget` (fd-relative, symlinks
     /// not followed, mounts not crossed). For a background thread; returns how many
     /// trees were measured.
-    #[allow(dead_code)] // node API (see the module doc)
     pub fn refresh_usage(&self, budget: UsageBudget) -> usize {
         self.usage.refresh(budget)
     }

@@ -30,8 +30,8 @@ const PATH_FLAGS: OFlag = OFlag::O_PATH
     .union(OFlag::O_NOFOLLOW);
 
 /// Directories bindery creates on a node path (the kubelet creates most of
-/// them itself; CSI lets the plugin create the rest).
-const DIR_MODE: u32 = 0o750;
+/// them itself; CSI lets the plugin create the rest): what `mkdir -p` makes.
+const DIR_MODE: u32 = 0o755;
 
 /// The kubelet dir, opened once by path: it is the admin's configuration and
 /// may itself be a symlink (e.g. to a data disk); everything below it is not
