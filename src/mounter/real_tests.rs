@@ -1,0 +1,287 @@
+//! Mounter functions against the real thing: real s3fs and rclone mounts of
+//! `rclone serve s3` on 127.0.0.1. Root and a private mount namespace are
+//! needed (.ci/in-namespace sets BINDERY_MOUNT_TESTS=1); otherwise each test
+//! prints why it skips.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{Config, Parsed};
+
+const AKID: &str = "real-akid";
+const SECRET: &str = "real-secret-Zx1";
+
+fn can_mount(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root()
+        || std::env::var("BINDERY_MOUNT_TESTS").as_deref() != Ok("1")
+    {
+        eprintln!("SKIP {test}: needs root inside .ci/in-namespace (BINDERY_MOUNT_TESTS=1)");
+        return false;
+    }
+    true
+}
+
+struct Server {
+    child: Child,
+    endpoint: String,
+    root: PathBuf,
+}
+
+impl Server {
+    fn start(tag: &str, bucket: &str) -> Server {
+        let root = std::env::temp_dir().join(format!("bindery-real-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("data");
+        fs::create_dir_all(dir.join(bucket)).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("rclone")
+            .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}")])
+            .args(["--dir-cache-time", "0", "--etag-hash", ""])
+            .arg(&dir)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .env("RCLONE_AUTH_KEY", format!("\"{AKID},{SECRET}\""))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone serve s3");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "S3 server did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+        }
+    }
+
+    fn secrets(&self) -> HashMap<String, String> {
+        [
+            ("accessKeyID", AKID),
+            ("secretAccessKey", SECRET),
+            ("endpoint", self.endpoint.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(&self.root)
+            .status();
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn config(timeout_secs: u64) -> Config {
+    match Config::parse(
+        [
+            "--node-id=n".to_string(),
+            format!("--mount-timeout={timeout_secs}"),
+        ],
+        &|_| None,
+    ) {
+        Ok(Parsed::Run(c)) => *c,
+        _ => panic!("config"),
+    }
+}
+
+fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Run `sh -c script` as uid 1000, primary gid 1000, supplementary group
+/// 2000 (a pod with runAsUser/runAsGroup 1000 and fsGroup 2000).
+fn as_pod(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid", "1000", "--regid", "1000", "--groups", "2000", "sh", "-c", script,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// fsGroup given as volume_mount_group: a non-root process whose fsGroup is
+/// a SUPPLEMENTARY group creates, writes, reads and deletes files and
+/// directories, with s3fs and with rclone.
+#[test]
+fn fs_group_as_supplementary_group_can_write() {
+    if !can_mount("fs_group_as_supplementary_group_can_write") {
+        return;
+    }
+    let s3 = Server::start("fsgroup", "grp-bucket");
+    let cfg = config(20);
+    for mounter in ["s3fs", "rclone"] {
+        let mnt = s3.root.join(format!("mnt-{mounter}"));
+        fs::create_dir_all(&mnt).unwrap();
+        let files = VolumeFiles::new(s3.root.join(format!("files-{mounter}")));
+        let mut spec = parse_spec(
+            &format!("grp-bucket/{mounter}"),
+            &params(&[("mounter", mounter)]),
+            &s3.secrets(),
+            &[],
+        )
+        .unwrap();
+        apply_mount_group(&mut spec, "2000").unwrap();
+        let run = start("v", &spec, &mnt, &files, &cfg).unwrap();
+        let m = mnt.display();
+        // rclone serve s3 keeps directory markers as files, which breaks
+        // s3fs's directories (DESIGN §6): s3fs gets files only.
+        let dirs = if mounter == "rclone" {
+            format!("mkdir {m}/dir; echo x > {m}/dir/f; rm {m}/dir/f; rmdir {m}/dir;")
+        } else {
+            String::new()
+        };
+        let out = as_pod(&format!(
+            "set -e; id; echo hello > {m}/pod.txt; cat {m}/pod.txt; {dirs} \
+             echo more >> {m}/pod.txt; rm {m}/pod.txt; echo DONE"
+        ));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pending = wait_for_uploads("v", spec.kind, &files, Duration::from_secs(20));
+        stop(&mnt, run, Duration::from_secs(5));
+        assert!(
+            out.status.success() && text.contains("DONE"),
+            "{mounter}: {text}"
+        );
+        assert!(
+            text.contains("groups=1000") && text.contains("2000"),
+            "{text}"
+        );
+        pending.unwrap();
+        files.remove().unwrap();
+    }
+}
+
+/// A start that fails keeps rclone's cache (acknowledged writes of an
+/// earlier mounter wait there) and removes only credentials and the log.
+#[test]
+fn failed_start_keeps_the_rclone_cache() {
+    if !can_mount("failed_start_keeps_the_rclone_cache") {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("bindery-real-keep-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let files = VolumeFiles::new(root.join("files"));
+    let meta = files.cache.join("vfsMeta/keep-bucket/acknowledged.bin");
+    let data = files.cache.join("vfs/keep-bucket/acknowledged.bin");
+    for (p, body) in [(&meta, r#"{"Dirty": true}"#), (&data, "written by a pod")] {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+    // Nothing listens on port 9 of 127.0.0.1: the S3 side is down.
+    let secrets = params(&[
+        ("accessKeyID", AKID),
+        ("secretAccessKey", SECRET),
+        ("endpoint", "http://127.0.0.1:9"),
+    ]);
+    let spec = parse_spec(
+        "keep-bucket",
+        &params(&[
+            ("mounter", "rclone"),
+            ("options", "--contimeout=1s --low-level-retries=1"),
+        ]),
+        &secrets,
+        &[],
+    )
+    .unwrap();
+    let e = start("v", &spec, &mnt, &files, &config(3));
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    assert!(e.is_err(), "started against a dead endpoint");
+    assert!(meta.exists() && data.exists(), "the cache was deleted");
+    assert!(!files.passwd.exists() && !files.log.exists());
+    assert!(!mountinfo::is_mount_point(&mnt).unwrap_or(true));
+    let _ = fs::remove_dir_all(&root);
+}
+
+fn options_of(target: &Path) -> String {
+    let t = mountinfo::read_self().unwrap();
+    mountinfo::mount_at(&t, target).unwrap().options.clone()
+}
+
+/// A read-only bind keeps the source's nosuid/nodev/noexec; FUSE binds are
+/// always nosuid,nodev.
+#[test]
+fn bind_flags_are_kept_and_added() {
+    if !can_mount("bind_flags_are_kept_and_added") {
+        return;
+    }
+    use crate::sys::mount;
+    use nix::mount::MsFlags;
+    let root = std::env::temp_dir().join(format!("bindery-real-flags-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let (src, plain, ro, fuse) = (
+        root.join("src"),
+        root.join("plain"),
+        root.join("ro"),
+        root.join("fuse"),
+    );
+    for d in [&src, &plain, &ro, &fuse] {
+        fs::create_dir_all(d).unwrap();
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        &src,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=1m"),
+    )
+    .unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &plain,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    mount::bind(&src, &ro).unwrap();
+    mount::remount_bind_read_only(&ro).unwrap();
+    let o = options_of(&ro);
+    mount::bind_fuse(&plain, &fuse, MsFlags::MS_NOEXEC).unwrap();
+    let f = options_of(&fuse);
+    for m in [&ro, &fuse, &plain, &src] {
+        let _ = mount::unmount(m);
+    }
+    let _ = fs::remove_dir_all(&root);
+    for want in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            o.split(',').any(|x| x == want),
+            "read-only bind lost {want}: {o}"
+        );
+    }
+    for want in ["rw", "nosuid", "nodev", "noexec"] {
+        assert!(
+            f.split(',').any(|x| x == want),
+            "fuse bind lacks {want}: {f}"
+        );
+    }
+}
+
+use crate::sys::mountinfo;
