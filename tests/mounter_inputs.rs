@@ -239,11 +239,11 @@ fn hostile_inputs_are_refused_by_field() {
     }
     // Over-long ids and paths are refused before any syscall.
     let long_id = "v".repeat(2000);
-    let out = stage(&d, &long_id, &staging, &[ok_secrets.clone()]);
+    let out = stage(&d, &long_id, &staging, std::slice::from_ref(&ok_secrets));
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.len() < 1400);
     let long_component = d.kpath(&format!("plugins/{}/globalmount", "c".repeat(300)));
-    let out = stage(&d, "v", &long_component, &[ok_secrets.clone()]);
+    let out = stage(&d, "v", &long_component, std::slice::from_ref(&ok_secrets));
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("staging_target_path"), "{}", out.stderr);
     assert!(!Path::new(&long_component).parent().unwrap().exists());

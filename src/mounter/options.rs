@@ -280,11 +280,13 @@ fn is_duration(v: &str) -> bool {
             .find(|c: char| !c.is_ascii_alphabetic())
             .unwrap_or(after.len());
         let unit = &after[..unit_end];
-        if !matches!(
+        let known = matches!(
             unit,
             "ns" | "us" | "ms" | "s" | "m" | "h" | "d" | "w" | "M" | "y"
-        ) && !(unit.is_empty() && first && unit_end == after.len())
-        {
+        );
+        // A bare number (seconds) only as the whole value.
+        let bare_seconds = unit.is_empty() && first && unit_end == after.len();
+        if !known && !bare_seconds {
             return false;
         }
         rest = &after[unit_end..];

@@ -212,7 +212,11 @@ fn failed_start_keeps_the_rclone_cache() {
     )
     .unwrap();
     let e = start("v", &spec, &mnt, &files, &config(3));
-    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status();
     assert!(e.is_err(), "started against a dead endpoint");
     assert!(meta.exists() && data.exists(), "the cache was deleted");
     assert!(!files.passwd.exists() && !files.log.exists());

@@ -105,6 +105,8 @@ pub fn start(
     if exit.is_none() {
         exit = process::reap(pid);
     }
+    // Before stop(): afterwards the process is gone in every case.
+    let gone = exit.is_some() || !process::is_alive(pid, start_ticks);
     // A program that forked into the background left a mount served by a
     // process bindery does not track.
     let daemonized = matches!(exit, Some(WaitStatus::Exited(_, 0)))
@@ -124,7 +126,7 @@ pub fn start(
             "{kind} did not become ready: {program} {}: {line}",
             process::describe_exit(&st)
         ),
-        (None, false) if !process::is_alive(pid, start_ticks) => {
+        (None, false) if gone => {
             format!("{kind} did not become ready: {program} exited: {line}")
         }
         (None, false) => format!(
