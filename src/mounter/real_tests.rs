@@ -87,6 +87,7 @@ impl Drop for Server {
             .arg("-R")
             .arg("-l")
             .arg(&self.root)
+            .stderr(Stdio::null())
             .status();
         let _ = fs::remove_dir_all(&self.root);
     }
@@ -289,3 +290,151 @@ fn bind_flags_are_kept_and_added() {
 }
 
 use crate::sys::mountinfo;
+
+fn has_fusepy() -> bool {
+    Command::new("python3")
+        .args(["-c", "import fuse"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn threads() -> usize {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// A FUSE server (fusepy) whose listing never answers but whose statfs
+/// does: `background` makes it daemonize instead of staying in the
+/// foreground.
+fn slow_lister(dir: &Path, background: bool) -> PathBuf {
+    let prog = dir.join(if background { "bgfs" } else { "slowfs" });
+    fs::write(
+        &prog,
+        format!(
+            r#"#!/bin/sh
+exec python3 - "$@" <<'PY'
+import errno, stat, sys, time
+from fuse import FUSE, Operations, FuseOSError
+class Slow(Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
+        raise FuseOSError(errno.ENOENT)
+    def statfs(self, path):
+        return {{"f_bsize": 4096, "f_blocks": 1, "f_bavail": 1}}
+    def readdir(self, path, fh):
+        time.sleep(3600)
+        return [".", ".."]
+FUSE(Slow(), sys.argv[1], foreground={fg}, allow_other=True)
+PY
+"#,
+            fg = if background { "False" } else { "True" }
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    prog
+}
+
+fn fuse_spec(prog: &Path) -> MountSpec {
+    parse_spec(
+        "slow",
+        &params(&[
+            ("mounter", "fuse"),
+            ("bucket", "bkt"),
+            ("command", &format!("{} {{mountpoint}}", prog.display())),
+        ]),
+        &HashMap::new(),
+        &[prog.display().to_string()],
+    )
+    .unwrap()
+}
+
+/// A mount whose listing hangs but whose server answers statfs is alive:
+/// check() says Ok (no remount), condition() says Degraded; repeated
+/// checks reuse the mount's prober threads instead of piling up threads.
+#[test]
+fn slow_listing_is_degraded_not_dead() {
+    if !can_mount("slow_listing_is_degraded_not_dead") || !has_fusepy() {
+        eprintln!("SKIP slow_listing_is_degraded_not_dead: needs python3 fusepy too");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("bindery-real-slow-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let prog = slow_lister(&root, false);
+    let files = VolumeFiles::new(root.join("files"));
+    // Mount it by hand: start() wants a listing, which this server never gives.
+    let mut cmd = command(&fuse_spec(&prog), &mnt, &files).unwrap();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = Running {
+        pid: child.id() as i32,
+        start_ticks: crate::sys::process::stat(child.id() as i32)
+            .unwrap()
+            .start_ticks,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mountinfo::is_mount_point(&mnt).unwrap_or(false) {
+        assert!(Instant::now() < deadline, "slowfs did not mount");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let t = Duration::from_millis(300);
+    let first = check(&mnt, run, t);
+    let cond = condition(&mnt, run, t);
+    let before = threads();
+    let again: Vec<Health> = (0..30).map(|_| check(&mnt, run, t)).collect();
+    let cond_again = condition(&mnt, run, t);
+    let after = threads();
+    abort(&mnt);
+    stop(&mnt, run, Duration::from_millis(200));
+    drop(child);
+    let _ = fs::remove_dir_all(&root);
+    assert_eq!(first, Health::Ok);
+    assert!(again.iter().all(|h| *h == Health::Ok), "{again:?}");
+    assert!(
+        matches!(&cond, Condition::Degraded(m) if m.contains("listing")),
+        "{cond:?}"
+    );
+    assert!(
+        matches!(cond_again, Condition::Degraded(_)),
+        "{cond_again:?}"
+    );
+    assert!(after <= before + 1, "threads grew from {before} to {after}");
+}
+
+/// An allowed program that forks into the background leaves a mount served
+/// by a process bindery would not track: start() refuses it and leaves
+/// nothing behind.
+#[test]
+fn a_program_that_daemonizes_is_refused() {
+    if !can_mount("a_program_that_daemonizes_is_refused") || !has_fusepy() {
+        eprintln!("SKIP a_program_that_daemonizes_is_refused: needs python3 fusepy too");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("bindery-real-bg-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let prog = slow_lister(&root, true);
+    let files = VolumeFiles::new(root.join("files"));
+    let e = start("bg", &fuse_spec(&prog), &mnt, &files, &config(10)).unwrap_err();
+    let mounted = mountinfo::is_mount_point(&mnt).unwrap_or(true);
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status();
+    let _ = fs::remove_dir_all(&root);
+    assert!(e.to_string().contains("background"), "{e}");
+    assert!(!mounted, "the daemonized mount was left behind");
+}
