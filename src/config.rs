@@ -43,6 +43,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub watchdog_interval: Duration,
     pub fuse_programs: Vec<String>,
+    /// Volumes may name credential sources of the node (s3fs iam_role, ecs,
+    /// profile, ibm_iam_auth; rclone --s3-env-auth, --s3-profile) instead of
+    /// bringing their own keys. Off by default: those credentials are the
+    /// node's, not the volume owner's.
+    #[allow(dead_code)] // read through mounter::parse_spec_for
+    pub allow_credential_sources: bool,
     pub cache_config: Option<PathBuf>,
     pub caches: Vec<String>,
     pub wait_for_caches: bool,
@@ -82,6 +88,10 @@ FLAGS (environment fallback in brackets):
     --watchdog-interval SECS  how often staged mounts are checked (default 5; 0 = off)
     --fuse-programs LIST    comma-separated programs that volumes with mounter
                             `fuse` may run (default geesefs,goofys,mount-s3)
+    --allow-credential-sources  let volume options use the node's own credentials
+                            (s3fs iam_role/ecs/profile/ibm_iam_auth, rclone
+                            --s3-env-auth/--s3-profile); off by default, as any
+                            StorageClass user would then act with them
     --mounter-cgroup DIR    move every mounter into this cgroup dir (repeatable:
                             one per cgroup v1 hierarchy), so that stopping the
                             daemon's container does not kill the FUSE mounts
@@ -180,6 +190,7 @@ impl Config {
         let mut caches = Vec::new();
         let mut wait_for_caches = true;
         let mut mounter_cgroups = Vec::new();
+        let mut allow_credential_sources = false;
         let args: Vec<String> = args.into_iter().map(Into::into).collect();
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -243,6 +254,7 @@ impl Config {
                     caches.push(v);
                 }
                 "--no-wait-for-caches" => wait_for_caches = false,
+                "--allow-credential-sources" => allow_credential_sources = true,
                 "--mounter-cgroup" => mounter_cgroups.push(abs_dir("--mounter-cgroup", &value()?)?),
                 "--fuse-programs" => {
                     let v = value()?;
@@ -289,6 +301,7 @@ impl Config {
             shutdown_grace,
             watchdog_interval,
             fuse_programs,
+            allow_credential_sources,
             cache_config,
             caches,
             wait_for_caches,
@@ -327,6 +340,9 @@ mod tests {
         assert_eq!(c.driver_name, DEFAULT_DRIVER_NAME);
         assert_eq!(c.kubelet_dir, PathBuf::from(DEFAULT_KUBELET_DIR));
         assert_eq!(c.mode, Mode::Node);
+        assert!(!c.allow_credential_sources);
+        let c = parse(&["--node-id=n", "--allow-credential-sources"]).unwrap();
+        assert!(c.allow_credential_sources);
     }
 
     #[test]

@@ -127,30 +127,75 @@ impl Error {
     }
 }
 
+/// Longest message an error renders to. gRPC C-core clients refuse status
+/// messages over 16 KiB (RESOURCE_EXHAUSTED, losing the real code), and a
+/// message is for a human: every error is capped here, in one place.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// Longest user-provided value quoted in a message.
+pub const MAX_QUOTED: usize = 64;
+
+/// `value` quoted for a message, cut to MAX_QUOTED bytes (at a character
+/// boundary) with its full length noted. Never use it for a secret.
+pub fn quoted(value: &str) -> String {
+    if value.len() <= MAX_QUOTED {
+        return format!("{value:?}");
+    }
+    let mut end = MAX_QUOTED;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &value[..end], value.len())
+}
+
+/// Cut `text` to at most `max` bytes at a character boundary, saying so.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    const MARK: &str = "... (truncated)";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&truncate(&self.render(), MAX_MESSAGE))
+    }
+}
+
+impl Error {
+    /// The full, uncapped message (Display caps it).
+    fn render(&self) -> String {
         match self {
-            Error::MissingField(field) => write!(f, "{field} is required"),
-            Error::InvalidField { field, reason } => write!(f, "{field}: {reason}"),
-            Error::Unsupported { field, reason } => write!(f, "{field}: unsupported: {reason}"),
-            Error::OutOfRange(why) => write!(f, "capacity_range: {why}"),
-            Error::VolumeNotFound(id) => write!(f, "volume {id:?} not found on this node"),
-            Error::NotFound { what, name } => write!(f, "{what} {name:?} not found"),
-            Error::Precondition { volume, reason } => write!(f, "volume {volume:?}: {reason}"),
-            Error::AlreadyExists { volume, reason } => write!(f, "volume {volume:?}: {reason}"),
-            Error::Aborted { volume, op } => write!(
-                f,
-                "volume {volume:?}: {op} already in progress, retry later"
+            Error::MissingField(field) => format!("{field} is required"),
+            Error::InvalidField { field, reason } => format!("{field}: {reason}"),
+            Error::Unsupported { field, reason } => format!("{field}: unsupported: {reason}"),
+            Error::OutOfRange(why) => format!("capacity_range: {why}"),
+            Error::VolumeNotFound(id) => format!("volume {} not found on this node", quoted(id)),
+            Error::NotFound { what, name } => format!("{what} {} not found", quoted(name)),
+            Error::Precondition { volume, reason } => {
+                format!("volume {}: {reason}", quoted(volume))
+            }
+            Error::AlreadyExists { volume, reason } => {
+                format!("volume {}: {reason}", quoted(volume))
+            }
+            Error::Aborted { volume, op } => format!(
+                "volume {}: {op} already in progress, retry later",
+                quoted(volume)
             ),
-            Error::Unimplemented(method) => write!(f, "{method} is not implemented by bindery"),
+            Error::Unimplemented(method) => format!("{method} is not implemented by bindery"),
             Error::Sys { op, path, errno } => {
-                write!(f, "{op} {}: {} ({errno})", path.display(), errno.desc())
+                format!("{op} {}: {} ({errno})", path.display(), errno.desc())
             }
-            Error::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
+            Error::Io { op, path, source } => format!("{op} {}: {source}", path.display()),
             Error::Mounter { volume, reason } => {
-                write!(f, "volume {volume:?}: mount failed: {reason}")
+                format!("volume {}: mount failed: {reason}", quoted(volume))
             }
-            Error::State { path, reason } => write!(f, "state {}: {reason}", path.display()),
+            Error::State { path, reason } => format!("state {}: {reason}", path.display()),
         }
     }
 }
@@ -205,5 +250,23 @@ mod tests {
         );
         let e = Error::sys("mount", "/var/lib/kubelet/x", Errno::ENOENT);
         assert!(e.to_string().contains("/var/lib/kubelet/x"));
+    }
+
+    #[test]
+    fn messages_stay_short() {
+        let huge = "é".repeat(600_000);
+        for e in [
+            Error::invalid("volume_context.bucket", format!("{huge} is not valid")),
+            Error::VolumeNotFound(huge.clone()),
+            Error::sys("mount", format!("/k/{huge}"), Errno::ENOENT),
+            Error::mounter(&huge, huge.clone()),
+        ] {
+            let m = e.to_string();
+            assert!(m.len() <= MAX_MESSAGE, "{} bytes", m.len());
+            assert!(m.ends_with("(truncated)") || m.contains("bytes)"), "{m}");
+        }
+        let q = quoted(&"x".repeat(100));
+        assert!(q.len() < 90 && q.ends_with("(100 bytes)"), "{q}");
+        assert_eq!(quoted("ab"), "\"ab\"");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::proto::csi::{VolumeCapability, VolumeCapability_AccessMode_Mode as AccessMode};
 
 /// `field` must be non-empty.
@@ -25,12 +25,24 @@ pub fn required_msg<'a, T>(field: &'static str, present: bool, value: &'a T) -> 
     }
 }
 
+/// Longest volume id accepted. Ids name state files through a hash, so the
+/// bound is about logs and messages, not file names; static PVs use
+/// `bucket/prefix` ids, which the 1 KiB prefix limit keeps below it.
+pub const MAX_VOLUME_ID: usize = 1024;
+/// Longest node path (PATH_MAX less its NUL).
+pub const MAX_PATH: usize = 4095;
+/// Longest path component (NAME_MAX).
+pub const MAX_COMPONENT: usize = 255;
+
 /// Volume ids end up in file names (state files, credential files) and in
 /// logs: refuse control characters and absurd lengths up front.
 pub fn volume_id(id: &str) -> Result<&str> {
     required("volume_id", id)?;
-    if id.len() > 1024 {
-        return Err(Error::invalid("volume_id", "longer than 1024 bytes"));
+    if id.len() > MAX_VOLUME_ID {
+        return Err(Error::invalid(
+            "volume_id",
+            format!("{} bytes long, at most {MAX_VOLUME_ID} allowed", id.len()),
+        ));
     }
     if id.chars().any(|c| c.is_control()) {
         return Err(Error::invalid("volume_id", "contains control characters"));
@@ -70,22 +82,41 @@ pub fn read_only_mode(cap: &VolumeCapability) -> bool {
     )
 }
 
-/// A node path from the CO: absolute, no `.`/`..` components, and strictly
-/// below the kubelet dir (the only tree the kubelet hands to drivers).
+/// A node path from the CO: absolute, no `.`/`..` components, within
+/// PATH_MAX and NAME_MAX (refused here, before any syscall sees it), and
+/// strictly below the kubelet dir (the only tree the kubelet hands to drivers).
 pub fn node_path(field: &'static str, value: &str, kubelet_dir: &Path) -> Result<PathBuf> {
     required(field, value)?;
+    if value.len() > MAX_PATH {
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes long, at most {MAX_PATH} allowed", value.len()),
+        ));
+    }
+    if let Some(long) = value.split('/').find(|seg| seg.len() > MAX_COMPONENT) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "component {} is longer than {MAX_COMPONENT} bytes",
+                quoted(long)
+            ),
+        ));
+    }
     if value.contains('\0') {
         return Err(Error::invalid(field, "contains a NUL byte"));
     }
     let path = Path::new(value);
     if !path.is_absolute() {
-        return Err(Error::invalid(field, format!("{value:?} is not absolute")));
+        return Err(Error::invalid(
+            field,
+            format!("{} is not absolute", quoted(value)),
+        ));
     }
     // Path::components() silently drops `.`: look at the raw segments.
     if value.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(Error::invalid(
             field,
-            format!("{value:?} must not contain '.' or '..' components"),
+            format!("{} must not contain '.' or '..' components", quoted(value)),
         ));
     }
     // components() drops trailing and repeated slashes: compare normalised.
@@ -94,7 +125,8 @@ pub fn node_path(field: &'static str, value: &str, kubelet_dir: &Path) -> Result
         return Err(Error::invalid(
             field,
             format!(
-                "{value:?} is not below the kubelet dir {}",
+                "{} is not below the kubelet dir {}",
+                quoted(value),
                 kubelet_dir.display()
             ),
         ));
@@ -181,5 +213,12 @@ mod tests {
             node_path("target_path", "", k),
             Err(Error::MissingField("target_path"))
         ));
+        let long_component = format!("/var/lib/kubelet/pods/{}/x", "a".repeat(256));
+        let long_path = format!("/var/lib/kubelet/{}", "abcdefgh/".repeat(500));
+        for bad in [long_component, long_path] {
+            let e = node_path("target_path", &bad, k).unwrap_err();
+            assert_eq!(e.code(), grpcio::RpcStatusCode::INVALID_ARGUMENT);
+            assert!(e.to_string().len() < 300, "{e}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statfs::statfs;
 
 use crate::error::{Error, Result};
+use crate::sys::mountinfo;
 
 /// FUSE_SUPER_MAGIC from linux/magic.h.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -25,16 +26,117 @@ pub fn bind(source: &Path, target: &Path) -> Result<()> {
 }
 
 /// Make an existing bind read-only. A single MS_BIND|MS_RDONLY call silently
-/// ignores MS_RDONLY, so read-only binds need this second, remount step.
+/// ignores MS_RDONLY, so read-only binds need this second, remount step; and
+/// a bind remount REPLACES the per-mount flags, so the ones the bind has
+/// (nosuid, nodev, noexec, atime: a fresh bind copies its source's) are
+/// passed again.
 pub fn remount_bind_read_only(target: &Path) -> Result<()> {
+    remount_bind(target, MsFlags::MS_RDONLY)
+}
+
+/// Per-mount flags that a bind remount can set, by mount option name.
+const PER_MOUNT: &[(&str, MsFlags)] = &[
+    ("ro", MsFlags::MS_RDONLY),
+    ("nosuid", MsFlags::MS_NOSUID),
+    ("nodev", MsFlags::MS_NODEV),
+    ("noexec", MsFlags::MS_NOEXEC),
+    ("noatime", MsFlags::MS_NOATIME),
+    ("nodiratime", MsFlags::MS_NODIRATIME),
+    ("relatime", MsFlags::MS_RELATIME),
+    ("strictatime", MsFlags::MS_STRICTATIME),
+];
+
+/// The per-mount flags in a mountinfo options field ("rw,nosuid,relatime").
+pub fn per_mount_flags(options: &str) -> MsFlags {
+    options
+        .split(',')
+        .filter_map(|o| PER_MOUNT.iter().find(|(n, _)| *n == o).map(|(_, f)| *f))
+        .fold(MsFlags::empty(), |a, f| a | f)
+}
+
+/// The per-mount flags of the mount at `target`, read from mountinfo (not
+/// statvfs: that would ask a FUSE server, which may hang).
+pub fn mount_flags_of(target: &Path) -> Result<MsFlags> {
+    let table = mountinfo::read_self()?;
+    mountinfo::mount_at(&table, target)
+        .map(|m| per_mount_flags(&m.options))
+        .ok_or_else(|| Error::sys("read mount flags", target, Errno::EINVAL))
+}
+
+/// Add `flags` to the per-mount flags of the bind at `target`, keeping the
+/// ones it has (a bind remount replaces them all).
+pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
+    let keep = mount_flags_of(target)?;
+    let mut all = keep | flags;
+    // The atime modes exclude each other: an explicit one replaces the kept one.
+    let atime = MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME;
+    if flags.intersects(atime) {
+        all = (all - atime) | (flags & atime);
+    }
     mount(
         None::<&str>,
         target,
         None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | all,
         None::<&str>,
     )
-    .map_err(|e| Error::sys("remount read-only", target, e))
+    .map_err(|e| Error::sys("remount bind", target, e))
+}
+
+/// Bind a FUSE mount (a staged volume) onto `target` for a pod: always
+/// nosuid and nodev (a FUSE server decides what its files claim to be), plus
+/// `flags` (MS_RDONLY for read-only publishes, the CSI mount_flags from
+/// `csi_mount_flags`), keeping the source's own per-mount flags. The bind is
+/// undone when the remount fails, so nothing half-done stays behind.
+#[allow(dead_code)] // new API: the node calls it once it switches over
+pub fn bind_fuse(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
+    bind(source, target)?;
+    if let Err(e) = remount_bind(target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | flags) {
+        let _ = unmount(target);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Validate the CSI `volume_capability.mount.mount_flags` a CO asks for and
+/// turn them into per-mount flags for `bind_fuse`/`remount_bind`. Only flags
+/// a bind can honour and that cannot widen access are known: ro, rw,
+/// nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime
+/// (`rw` is the default and sets nothing). Anything else is INVALID_ARGUMENT
+/// naming the field: silently ignoring a flag the user relies on is worse.
+#[allow(dead_code)] // new API: the node calls it once it switches over
+pub fn csi_mount_flags(flags: &[String]) -> Result<MsFlags> {
+    const FIELD: &str = "volume_capability.mount.mount_flags";
+    let mut out = MsFlags::empty();
+    let mut atime = 0;
+    for f in flags {
+        let f = f.trim();
+        if f.is_empty() || f == "rw" || f == "defaults" {
+            continue;
+        }
+        let known = PER_MOUNT.iter().find(|(n, _)| *n == f).map(|(_, v)| *v);
+        let Some(v) = known else {
+            return Err(Error::invalid(
+                FIELD,
+                format!(
+                    "{} is not supported (known: ro, rw, nosuid, nodev, noexec, noatime, \
+                     nodiratime, relatime, strictatime)",
+                    crate::error::quoted(f)
+                ),
+            ));
+        };
+        if matches!(f, "noatime" | "relatime" | "strictatime") {
+            atime += 1;
+        }
+        out |= v;
+    }
+    if atime > 1 {
+        return Err(Error::invalid(
+            FIELD,
+            "noatime, relatime and strictatime exclude each other",
+        ));
+    }
+    Ok(out)
 }
 
 /// Mount an overlay with a golden version as its read-only lower layer: the
@@ -124,6 +226,14 @@ pub fn abort_fuse_connection(minor: u32) -> Result<bool> {
     Ok(true)
 }
 
+/// Requests waiting for an answer on FUSE connection `minor` (fusectl
+/// `waiting`): a server that does not answer shows a count that stays up.
+pub fn fuse_waiting(minor: u32) -> Option<u64> {
+    std::fs::read_to_string(Path::new(FUSECTL).join(minor.to_string()).join("waiting"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FsStats {
     pub fuse: bool,
@@ -157,4 +267,48 @@ pub fn fs_stats(path: &Path) -> Result<FsStats> {
         free_inodes: ffree,
         used_inodes: files.saturating_sub(ffree),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_mount_flags_from_mountinfo() {
+        let f = per_mount_flags("ro,nosuid,nodev,noexec,relatime");
+        assert_eq!(
+            f,
+            MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_RELATIME
+        );
+        assert_eq!(per_mount_flags("rw"), MsFlags::empty());
+    }
+
+    #[test]
+    fn csi_mount_flags_are_checked() {
+        let ok = |v: &[&str]| csi_mount_flags(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            ok(&["ro", "noexec", "noatime"]).unwrap(),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME
+        );
+        assert_eq!(ok(&["rw", ""]).unwrap(), MsFlags::empty());
+        for bad in [
+            &["suid"][..],
+            &["dev"],
+            &["remount"],
+            &["bind"],
+            &["noatime", "relatime"],
+        ] {
+            let e = ok(bad).unwrap_err();
+            assert_eq!(e.code(), grpcio::RpcStatusCode::INVALID_ARGUMENT);
+            assert!(
+                e.to_string()
+                    .starts_with("volume_capability.mount.mount_flags"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -115,18 +115,54 @@ pub fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
     }
 }
 
-/// Stop a process group: wait `grace` for it to exit by itself, then SIGTERM,
-/// then SIGKILL after another `grace`.
-pub fn stop(pid: i32, start_ticks: u64, grace: Duration) {
-    if wait_gone(pid, start_ticks, grace) {
-        return;
+/// SIGTERM the process group now, SIGKILL it after `grace`, and wait (5 s at
+/// most) until the process is gone. Returns whether it is.
+pub fn terminate(pid: i32, start_ticks: u64, grace: Duration) -> bool {
+    if !is_alive(pid, start_ticks) {
+        reap(pid);
+        return true;
     }
     signal_group(pid, Signal::SIGTERM);
     if wait_gone(pid, start_ticks, grace) {
-        return;
+        return true;
     }
     signal_group(pid, Signal::SIGKILL);
-    wait_gone(pid, start_ticks, Duration::from_secs(5));
+    wait_gone(pid, start_ticks, Duration::from_secs(5))
+}
+
+/// How a process ended, in words for an error message.
+pub fn describe_exit(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
+        other => format!("ended ({other:?})"),
+    }
+}
+
+/// Keep the output file of process `pid` (its stderr, fd 2) bounded: when
+/// it is a regular file over `max` bytes, cut it to its last `keep` bytes.
+/// The writer appends (O_APPEND), so it goes on at the new end; lines
+/// written during the cut may be lost, which a log can afford. Found
+/// through /proc so that it also works for mounters adopted after a
+/// restart, whose log path the daemon did not open.
+pub fn cap_output(pid: i32, max: u64, keep: u64) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let path = format!("/proc/{pid}/fd/2");
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(&path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() <= max {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(meta.len().saturating_sub(keep)))?;
+    let mut tail = Vec::with_capacity(keep as usize);
+    Read::by_ref(&mut f).take(keep).read_to_end(&mut tail)?;
+    // Start at a line boundary.
+    let start = tail.iter().position(|b| *b == b'\n').map_or(0, |p| p + 1);
+    f.set_len(0)?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(format!("[bindery: log cut to its last {keep} bytes]\n").as_bytes())?;
+    f.write_all(&tail[start..])?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -158,7 +194,34 @@ mod tests {
         // A new session: its session id is its own pid.
         let sid = nix::unistd::getsid(Some(Pid::from_raw(pid))).unwrap();
         assert_eq!(sid.as_raw(), pid);
-        stop(pid, start, Duration::from_millis(50));
+        terminate(pid, start, Duration::from_millis(50));
+        assert!(!is_alive(pid, start));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn output_is_capped() {
+        let dir = std::env::temp_dir().join(format!("bindery-cap-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "i=0; while [ $i -lt 3000 ]; do echo line $i >&2; i=$((i+1)); done; sleep 30",
+        ]);
+        let (pid, start) = spawn_session(cmd, &log).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(&log).unwrap_or_default().lines().count() < 3000 {
+            assert!(Instant::now() < deadline, "no output");
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(cap_output(pid, 4096, 1024).unwrap());
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(text.len() <= 1100, "{}", text.len());
+        assert!(text.starts_with("[bindery: log cut"), "{text}");
+        assert!(text.trim_end().ends_with("line 2999"), "{text}");
+        assert!(!cap_output(pid, 4096, 1024).unwrap());
+        terminate(pid, start, Duration::from_millis(100));
         assert!(!is_alive(pid, start));
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,0 +1,289 @@
+//! Is a staged FUSE mount alive? Health is not reachability: a mount is
+//! DEAD when its process is gone, a zombie or stopped, its mountinfo entry
+//! is gone, or statfs fails (ENOTCONN) or does not answer in time. A slow
+//! or failing listing of the bucket only makes it DEGRADED, which is
+//! reported in VolumeCondition and never a reason to remount: a prefix of
+//! 30,000 keys takes seconds to list and is perfectly healthy.
+//!
+//! Calls that may hang on a FUSE server run on prober threads: one statfs
+//! prober and one listing prober per mount, created on first use and kept
+//! until `forget` (stop does it). A probe still running when the next check
+//! comes is waited for, not duplicated, so a hung server costs one blocked
+//! thread per mount, which the abort of its connection releases.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Sender};
+
+use crate::sys::{mount, mountinfo, process};
+
+use super::files::{LOG_KEEP, LOG_MAX};
+use super::run::Running;
+
+/// What a health check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// Dead: the mount must be remounted.
+    Abnormal(String),
+}
+
+/// What a condition check found: for VolumeCondition.
+#[allow(dead_code)] // new API: the node calls it once it switches over
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Healthy,
+    /// Alive, but listing the bucket fails or is slow: reported, not healed.
+    Degraded(String),
+    /// Dead (same as Health::Abnormal).
+    Dead(String),
+}
+
+/// How long a health check waits for a FUSE server to answer statfs before
+/// it calls the mount dead.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Work = fn(&Path) -> std::result::Result<(), String>;
+
+#[derive(Default)]
+struct Slot {
+    requested: u64,
+    done: u64,
+    started: Option<Instant>,
+    result: Option<std::result::Result<(), String>>,
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    cv: Condvar,
+}
+
+/// One thread that runs `work` on one mount when asked.
+struct Prober {
+    shared: Arc<Shared>,
+    tx: Sender<u64>,
+}
+
+enum Answer {
+    Done(std::result::Result<(), String>),
+    /// Still running after this long.
+    Pending(Duration),
+}
+
+impl Prober {
+    fn spawn(path: PathBuf, name: &str, work: Work) -> std::io::Result<Prober> {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot::default()),
+            cv: Condvar::new(),
+        });
+        let (tx, rx) = unbounded::<u64>();
+        let s = shared.clone();
+        thread::Builder::new().name(name.into()).spawn(move || {
+            // Ends when the Prober (the sender) is dropped.
+            while let Ok(seq) = rx.recv() {
+                let r = work(&path);
+                let mut slot = s.slot.lock().unwrap_or_else(|p| p.into_inner());
+                slot.done = seq;
+                slot.started = None;
+                slot.result = Some(r);
+                s.cv.notify_all();
+            }
+        })?;
+        Ok(Prober { shared, tx })
+    }
+
+    /// Ask for a probe (or join the one in flight) and wait until it
+    /// answers or `timeout` has passed since it started.
+    fn ask(&self, timeout: Duration) -> Answer {
+        let mut slot = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.started.is_none() {
+            slot.requested += 1;
+            slot.started = Some(Instant::now());
+            if self.tx.send(slot.requested).is_err() {
+                return Answer::Done(Err("prober thread is gone".into()));
+            }
+        }
+        let target = slot.requested;
+        let started = slot.started.unwrap_or_else(Instant::now);
+        let deadline = started + timeout;
+        loop {
+            if slot.done >= target {
+                return Answer::Done(slot.result.clone().unwrap_or(Ok(())));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Answer::Pending(now - started);
+            }
+            slot = self
+                .shared
+                .cv
+                .wait_timeout(slot, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+struct Probers {
+    run: Running,
+    statfs: Arc<Prober>,
+    list: Option<Arc<Prober>>,
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<Probers>>>> {
+    static R: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<Probers>>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn statfs_work(path: &Path) -> std::result::Result<(), String> {
+    match mount::fs_stats(path) {
+        Ok(s) if s.fuse => Ok(()),
+        Ok(_) => Err(format!("statfs {}: not a FUSE filesystem", path.display())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn list_work(path: &Path) -> std::result::Result<(), String> {
+    fs::read_dir(path)
+        .and_then(|mut d| d.next().transpose())
+        .map(|_| ())
+        .map_err(|e| format!("listing {}: {e}", path.display()))
+}
+
+fn probers(mnt: &Path, run: Running) -> std::result::Result<Arc<Mutex<Probers>>, String> {
+    let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = reg.get(mnt) {
+        if p.lock().unwrap_or_else(|e| e.into_inner()).run == run {
+            return Ok(p.clone());
+        }
+    }
+    let statfs = Prober::spawn(mnt.to_path_buf(), "fuse-statfs", statfs_work)
+        .map_err(|e| format!("cannot start a probe thread: {e}"))?;
+    let p = Arc::new(Mutex::new(Probers {
+        run,
+        statfs: Arc::new(statfs),
+        list: None,
+    }));
+    reg.insert(mnt.to_path_buf(), p.clone());
+    Ok(p)
+}
+
+/// Drop the probers of `mnt`: their threads end once their probe (if any)
+/// returns.
+pub fn forget(mnt: &Path) {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(mnt);
+}
+
+fn fuse_minor(mnt: &Path) -> Option<u32> {
+    let table = mountinfo::read_self().ok()?;
+    mountinfo::mount_at(&table, mnt)
+        .filter(|m| m.is_fuse())
+        .map(|m| m.dev.1)
+}
+
+/// Process and mount table only: no call that touches the FUSE server.
+pub(super) fn process_and_table(mnt: &Path, run: Running) -> Health {
+    if !process::is_alive(run.pid, run.start_ticks) {
+        return Health::Abnormal(format!("mounter process {} is gone", run.pid));
+    }
+    // A stopped FUSE server makes every call on its mount hang: look at the
+    // process first, not the mount.
+    if process::stat(run.pid).is_some_and(|s| s.state == 'T' || s.state == 't') {
+        return Health::Abnormal(format!("mounter process {} is stopped", run.pid));
+    }
+    match mountinfo::read_self() {
+        Ok(t) => match mountinfo::mount_at(&t, mnt) {
+            Some(m) if m.is_fuse() => Health::Ok,
+            Some(m) => Health::Abnormal(format!("{} is {} not FUSE", mnt.display(), m.fs_type)),
+            None => Health::Abnormal(format!("nothing is mounted at {}", mnt.display())),
+        },
+        Err(e) => Health::Abnormal(e.to_string()),
+    }
+}
+
+/// Liveness without reaping (start() reaps itself to keep the exit status).
+pub(super) fn liveness(mnt: &Path, run: Running, timeout: Duration) -> Health {
+    let h = process_and_table(mnt, run);
+    if h != Health::Ok {
+        return h;
+    }
+    let _ = process::cap_output(run.pid, LOG_MAX, LOG_KEEP);
+    let p = match probers(mnt, run) {
+        Ok(p) => p,
+        Err(e) => return Health::Abnormal(e),
+    };
+    let statfs = p.lock().unwrap_or_else(|e| e.into_inner()).statfs.clone();
+    match statfs.ask(timeout) {
+        Answer::Done(Ok(())) => Health::Ok,
+        Answer::Done(Err(why)) => Health::Abnormal(why),
+        Answer::Pending(after) => {
+            let waiting = fuse_minor(mnt)
+                .and_then(mount::fuse_waiting)
+                .map(|n| format!(", {n} request(s) waiting"))
+                .unwrap_or_default();
+            Health::Abnormal(format!(
+                "{} did not answer statfs within {:?}{waiting}",
+                mnt.display(),
+                after
+            ))
+        }
+    }
+}
+
+/// The mount at `mnt` is alive: its process runs (not a zombie, not
+/// stopped), mountinfo shows FUSE there, and statfs answers within
+/// `timeout`. No listing: a slow bucket is not a dead mount (see
+/// `condition`). Exit codes are not evidence: s3fs exits 0 on bad
+/// credentials without mounting, rclone mounts a missing bucket as empty.
+/// Also keeps the mounter's log bounded.
+pub fn check(mnt: &Path, run: Running, timeout: Duration) -> Health {
+    process::reap(run.pid);
+    liveness(mnt, run, timeout)
+}
+
+/// A listing of `mnt` on its listing prober, waiting at most `timeout`.
+pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::Result<(), String> {
+    let list = {
+        let p = probers(mnt, run)?;
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        match &p.list {
+            Some(l) => l.clone(),
+            None => {
+                let l = Arc::new(
+                    Prober::spawn(mnt.to_path_buf(), "fuse-list", list_work)
+                        .map_err(|e| format!("cannot start a probe thread: {e}"))?,
+                );
+                p.list = Some(l.clone());
+                l
+            }
+        }
+    };
+    match list.ask(timeout) {
+        Answer::Done(r) => r,
+        Answer::Pending(after) => Err(format!(
+            "{} did not answer a listing within {after:?}",
+            mnt.display()
+        )),
+    }
+}
+
+/// What VolumeCondition should say: dead (as `check`), degraded when the
+/// bucket cannot be listed within `timeout`, else healthy.
+#[allow(dead_code)] // new API: the node calls it once it switches over
+pub fn condition(mnt: &Path, run: Running, timeout: Duration) -> Condition {
+    if let Health::Abnormal(why) = check(mnt, run, timeout) {
+        return Condition::Dead(why);
+    }
+    match list(mnt, run, timeout) {
+        Ok(()) => Condition::Healthy,
+        Err(why) => Condition::Degraded(why),
+    }
+}

@@ -1,0 +1,440 @@
+//! Mounter functions against the real thing: real s3fs and rclone mounts of
+//! `rclone serve s3` on 127.0.0.1. Root and a private mount namespace are
+//! needed (.ci/in-namespace sets BINDERY_MOUNT_TESTS=1); otherwise each test
+//! prints why it skips.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{Config, Parsed};
+
+const AKID: &str = "real-akid";
+const SECRET: &str = "real-secret-Zx1";
+
+fn can_mount(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root()
+        || std::env::var("BINDERY_MOUNT_TESTS").as_deref() != Ok("1")
+    {
+        eprintln!("SKIP {test}: needs root inside .ci/in-namespace (BINDERY_MOUNT_TESTS=1)");
+        return false;
+    }
+    true
+}
+
+struct Server {
+    child: Child,
+    endpoint: String,
+    root: PathBuf,
+}
+
+impl Server {
+    fn start(tag: &str, bucket: &str) -> Server {
+        let root = std::env::temp_dir().join(format!("bindery-real-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("data");
+        fs::create_dir_all(dir.join(bucket)).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("rclone")
+            .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}")])
+            .args(["--dir-cache-time", "0", "--etag-hash", ""])
+            .arg(&dir)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .env("RCLONE_AUTH_KEY", format!("\"{AKID},{SECRET}\""))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone serve s3");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "S3 server did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+        }
+    }
+
+    fn secrets(&self) -> HashMap<String, String> {
+        [
+            ("accessKeyID", AKID),
+            ("secretAccessKey", SECRET),
+            ("endpoint", self.endpoint.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(&self.root)
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn config(timeout_secs: u64) -> Config {
+    match Config::parse(
+        [
+            "--node-id=n".to_string(),
+            format!("--mount-timeout={timeout_secs}"),
+        ],
+        &|_| None,
+    ) {
+        Ok(Parsed::Run(c)) => *c,
+        _ => panic!("config"),
+    }
+}
+
+fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Run `sh -c script` as uid 1000, primary gid 1000, supplementary group
+/// 2000 (a pod with runAsUser/runAsGroup 1000 and fsGroup 2000).
+fn as_pod(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid", "1000", "--regid", "1000", "--groups", "2000", "sh", "-c", script,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// fsGroup given as volume_mount_group: a non-root process whose fsGroup is
+/// a SUPPLEMENTARY group creates, writes, reads and deletes files and
+/// directories, with s3fs and with rclone.
+#[test]
+fn fs_group_as_supplementary_group_can_write() {
+    if !can_mount("fs_group_as_supplementary_group_can_write") {
+        return;
+    }
+    let s3 = Server::start("fsgroup", "grp-bucket");
+    let cfg = config(20);
+    for mounter in ["s3fs", "rclone"] {
+        let mnt = s3.root.join(format!("mnt-{mounter}"));
+        fs::create_dir_all(&mnt).unwrap();
+        let files = VolumeFiles::new(s3.root.join(format!("files-{mounter}")));
+        let mut spec = parse_spec(
+            &format!("grp-bucket/{mounter}"),
+            &params(&[("mounter", mounter)]),
+            &s3.secrets(),
+            &[],
+        )
+        .unwrap();
+        apply_mount_group(&mut spec, "2000").unwrap();
+        let run = start("v", &spec, &mnt, &files, &cfg).unwrap();
+        let m = mnt.display();
+        // rclone serve s3 keeps directory markers as files, which breaks
+        // s3fs's directories (DESIGN §6): s3fs gets files only.
+        let dirs = if mounter == "rclone" {
+            format!("mkdir {m}/dir; echo x > {m}/dir/f; rm {m}/dir/f; rmdir {m}/dir;")
+        } else {
+            String::new()
+        };
+        let out = as_pod(&format!(
+            "set -e; id; echo hello > {m}/pod.txt; cat {m}/pod.txt; {dirs} \
+             echo more >> {m}/pod.txt; rm {m}/pod.txt; echo DONE"
+        ));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pending = wait_for_uploads("v", spec.kind, &files, Duration::from_secs(20));
+        stop(&mnt, run, Duration::from_secs(5));
+        assert!(
+            out.status.success() && text.contains("DONE"),
+            "{mounter}: {text}"
+        );
+        assert!(
+            text.contains("groups=1000") && text.contains("2000"),
+            "{text}"
+        );
+        pending.unwrap();
+        files.remove().unwrap();
+    }
+}
+
+/// A start that fails keeps rclone's cache (acknowledged writes of an
+/// earlier mounter wait there) and removes only credentials and the log.
+#[test]
+fn failed_start_keeps_the_rclone_cache() {
+    if !can_mount("failed_start_keeps_the_rclone_cache") {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("bindery-real-keep-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let files = VolumeFiles::new(root.join("files"));
+    let meta = files.cache.join("vfsMeta/keep-bucket/acknowledged.bin");
+    let data = files.cache.join("vfs/keep-bucket/acknowledged.bin");
+    for (p, body) in [(&meta, r#"{"Dirty": true}"#), (&data, "written by a pod")] {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+    // Nothing listens on port 9 of 127.0.0.1: the S3 side is down.
+    let secrets = params(&[
+        ("accessKeyID", AKID),
+        ("secretAccessKey", SECRET),
+        ("endpoint", "http://127.0.0.1:9"),
+    ]);
+    let spec = parse_spec(
+        "keep-bucket",
+        &params(&[
+            ("mounter", "rclone"),
+            ("options", "--contimeout=1s --low-level-retries=1"),
+        ]),
+        &secrets,
+        &[],
+    )
+    .unwrap();
+    let e = start("v", &spec, &mnt, &files, &config(3));
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status();
+    assert!(e.is_err(), "started against a dead endpoint");
+    assert!(meta.exists() && data.exists(), "the cache was deleted");
+    assert!(!files.passwd.exists() && !files.log.exists());
+    assert!(!mountinfo::is_mount_point(&mnt).unwrap_or(true));
+    let _ = fs::remove_dir_all(&root);
+}
+
+fn options_of(target: &Path) -> String {
+    let t = mountinfo::read_self().unwrap();
+    mountinfo::mount_at(&t, target).unwrap().options.clone()
+}
+
+/// A read-only bind keeps the source's nosuid/nodev/noexec; FUSE binds are
+/// always nosuid,nodev.
+#[test]
+fn bind_flags_are_kept_and_added() {
+    if !can_mount("bind_flags_are_kept_and_added") {
+        return;
+    }
+    use crate::sys::mount;
+    use nix::mount::MsFlags;
+    let root = std::env::temp_dir().join(format!("bindery-real-flags-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let (src, plain, ro, fuse) = (
+        root.join("src"),
+        root.join("plain"),
+        root.join("ro"),
+        root.join("fuse"),
+    );
+    for d in [&src, &plain, &ro, &fuse] {
+        fs::create_dir_all(d).unwrap();
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        &src,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=1m"),
+    )
+    .unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &plain,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    mount::bind(&src, &ro).unwrap();
+    mount::remount_bind_read_only(&ro).unwrap();
+    let o = options_of(&ro);
+    mount::bind_fuse(&plain, &fuse, MsFlags::MS_NOEXEC).unwrap();
+    let f = options_of(&fuse);
+    for m in [&ro, &fuse, &plain, &src] {
+        let _ = mount::unmount(m);
+    }
+    let _ = fs::remove_dir_all(&root);
+    for want in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            o.split(',').any(|x| x == want),
+            "read-only bind lost {want}: {o}"
+        );
+    }
+    for want in ["rw", "nosuid", "nodev", "noexec"] {
+        assert!(
+            f.split(',').any(|x| x == want),
+            "fuse bind lacks {want}: {f}"
+        );
+    }
+}
+
+use crate::sys::mountinfo;
+
+fn has_fusepy() -> bool {
+    Command::new("python3")
+        .args(["-c", "import fuse"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn threads() -> usize {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// A FUSE server (fusepy) whose listing never answers but whose statfs
+/// does: `background` makes it daemonize instead of staying in the
+/// foreground.
+fn slow_lister(dir: &Path, background: bool) -> PathBuf {
+    let prog = dir.join(if background { "bgfs" } else { "slowfs" });
+    fs::write(
+        &prog,
+        format!(
+            r#"#!/bin/sh
+exec python3 - "$@" <<'PY'
+import errno, stat, sys, time
+from fuse import FUSE, Operations, FuseOSError
+class Slow(Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
+        raise FuseOSError(errno.ENOENT)
+    def statfs(self, path):
+        return {{"f_bsize": 4096, "f_blocks": 1, "f_bavail": 1}}
+    def readdir(self, path, fh):
+        time.sleep(3600)
+        return [".", ".."]
+FUSE(Slow(), sys.argv[1], foreground={fg}, allow_other=True)
+PY
+"#,
+            fg = if background { "False" } else { "True" }
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    prog
+}
+
+fn fuse_spec(prog: &Path) -> MountSpec {
+    parse_spec(
+        "slow",
+        &params(&[
+            ("mounter", "fuse"),
+            ("bucket", "bkt"),
+            ("command", &format!("{} {{mountpoint}}", prog.display())),
+        ]),
+        &HashMap::new(),
+        &[prog.display().to_string()],
+    )
+    .unwrap()
+}
+
+/// A mount whose listing hangs but whose server answers statfs is alive:
+/// check() says Ok (no remount), condition() says Degraded; repeated
+/// checks reuse the mount's prober threads instead of piling up threads.
+#[test]
+fn slow_listing_is_degraded_not_dead() {
+    if !can_mount("slow_listing_is_degraded_not_dead") || !has_fusepy() {
+        eprintln!("SKIP slow_listing_is_degraded_not_dead: needs python3 fusepy too");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("bindery-real-slow-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let prog = slow_lister(&root, false);
+    let files = VolumeFiles::new(root.join("files"));
+    // Mount it by hand: start() wants a listing, which this server never gives.
+    let mut cmd = command(&fuse_spec(&prog), &mnt, &files).unwrap();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = Running {
+        pid: child.id() as i32,
+        start_ticks: crate::sys::process::stat(child.id() as i32)
+            .unwrap()
+            .start_ticks,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mountinfo::is_mount_point(&mnt).unwrap_or(false) {
+        assert!(Instant::now() < deadline, "slowfs did not mount");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let t = Duration::from_millis(300);
+    let first = check(&mnt, run, t);
+    let cond = condition(&mnt, run, t);
+    let before = threads();
+    let again: Vec<Health> = (0..30).map(|_| check(&mnt, run, t)).collect();
+    let cond_again = condition(&mnt, run, t);
+    let after = threads();
+    abort(&mnt);
+    stop(&mnt, run, Duration::from_millis(200));
+    drop(child);
+    let _ = fs::remove_dir_all(&root);
+    assert_eq!(first, Health::Ok);
+    assert!(again.iter().all(|h| *h == Health::Ok), "{again:?}");
+    assert!(
+        matches!(&cond, Condition::Degraded(m) if m.contains("listing")),
+        "{cond:?}"
+    );
+    assert!(
+        matches!(cond_again, Condition::Degraded(_)),
+        "{cond_again:?}"
+    );
+    assert!(after <= before + 1, "threads grew from {before} to {after}");
+}
+
+/// An allowed program that forks into the background leaves a mount served
+/// by a process bindery would not track: start() refuses it and leaves
+/// nothing behind.
+#[test]
+fn a_program_that_daemonizes_is_refused() {
+    if !can_mount("a_program_that_daemonizes_is_refused") || !has_fusepy() {
+        eprintln!("SKIP a_program_that_daemonizes_is_refused: needs python3 fusepy too");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("bindery-real-bg-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let mnt = root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let prog = slow_lister(&root, true);
+    let files = VolumeFiles::new(root.join("files"));
+    let e = start("bg", &fuse_spec(&prog), &mnt, &files, &config(10)).unwrap_err();
+    let mounted = mountinfo::is_mount_point(&mnt).unwrap_or(true);
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status();
+    let _ = fs::remove_dir_all(&root);
+    assert!(e.to_string().contains("background"), "{e}");
+    assert!(!mounted, "the daemonized mount was left behind");
+}
