@@ -164,19 +164,15 @@ impl Controller {
         probe_secrets
             .entry("endpoint".into())
             .or_insert_with(|| "http://unused".into());
-        mounter::parse_spec(
-            &volume_id,
-            &mount_params,
-            &probe_secrets,
-            &self.cfg.fuse_programs,
-        )
-        .map_err(|e| match e {
-            Error::InvalidField { field, reason } => Error::InvalidField {
-                field: field.replace("volume_context", "parameters"),
-                reason,
+        mounter::parse_spec_for(&volume_id, &mount_params, &probe_secrets, &self.cfg).map_err(
+            |e| match e {
+                Error::InvalidField { field, reason } => Error::InvalidField {
+                    field: field.replace("volume_context", "parameters"),
+                    reason,
+                },
+                other => other,
             },
-            other => other,
-        })?;
+        )?;
 
         let _guard = self.table.acquire(&volume_id, Op::Long("CreateVolume"))?;
         let mut wanted = CreatedVolume::new();
@@ -245,7 +241,7 @@ impl Controller {
         context: &HashMap<String, String>,
         secrets: &HashMap<String, String>,
     ) -> Result<()> {
-        let spec = mounter::parse_spec(id, context, secrets, &self.cfg.fuse_programs)?;
+        let spec = mounter::parse_spec_for(id, context, secrets, &self.cfg)?;
         let key = volume_key(id);
         let mnt = self.dir.join(format!("mnt-{key}"));
         fs::create_dir_all(&mnt).map_err(|e| Error::io("mkdir", &mnt, e))?;

@@ -519,7 +519,8 @@ fn crash_during_population_then_retry_yields_a_complete_volume() {
         "retry after a crash yields the complete tree"
     );
     assert!(
-        n.d.log_text().contains("removing the interrupted cache volume"),
+        n.d.log_text()
+            .contains("removing the interrupted cache volume"),
         "recovery removed the interrupted population before serving"
     );
     assert!(n.unpublish("pod-a").ok());

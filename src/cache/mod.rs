@@ -66,6 +66,8 @@ pub mod golden;
 pub mod manifest;
 pub mod populate;
 pub mod remove;
+pub mod request;
+mod upkeep;
 pub mod usage;
 pub mod volume;
 

@@ -1,7 +1,9 @@
 //! Cache volumes on the node: declared caches, their golden versions, and
-//! the pods' copies of them (publish, unpublish, usage, tamper checks).
+//! the pods' copies of them (builds, strategy probes, publish, unpublish,
+//! usage). Request validation is in request.rs, tamper checks and
+//! collection in upkeep.rs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
@@ -17,6 +19,7 @@ use crate::cache::golden::{self, GoldenStore, Pin, Version};
 use crate::cache::manifest::Confirmed;
 use crate::cache::populate::{self, Owner, Probe, Strategy};
 use crate::cache::remove::Trash;
+use crate::cache::request::{short, CacheRequest};
 use crate::cache::usage::{self, UsageBudget, UsageTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -25,14 +28,11 @@ use crate::proto::bindery::Publication;
 use crate::state::private_dir;
 use crate::sys::{self, mount, mountinfo};
 
-/// The volume context key the kubelet fills with the pod's namespace (podInfoOnMount).
-pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
-
 /// The variant of a version that writable hardlink publishes link to: its own inodes,
 /// so that what such a pod writes never reaches the golden version.
-const SHARED_VARIANT: &str = "shared";
+pub(super) const SHARED_VARIANT: &str = "shared";
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
@@ -46,105 +46,26 @@ struct Flight {
     done: Condvar,
 }
 
-/// Volume attributes a cache volume may carry (plus the CO's own keys).
-const ATTRS: &[&str] = &[
-    "cache",
-    "placeCacheAtPath",
-    "strategy",
-    "uid",
-    "gid",
-    "mode",
-];
-
 pub struct Caches {
-    cfg: Arc<Config>,
-    decls: BTreeMap<String, CacheDecl>,
+    pub(super) cfg: Arc<Config>,
+    pub(super) decls: BTreeMap<String, CacheDecl>,
     /// Declarations that are wrong, by name, with the reason: those caches are disabled.
-    broken: BTreeMap<String, String>,
-    store: GoldenStore,
+    pub(super) broken: BTreeMap<String, String>,
+    pub(super) store: GoldenStore,
     /// None for `bindery cache build`, which never removes pod trees.
-    trash: Option<Trash>,
+    pub(super) trash: Option<Trash>,
     /// linkat/FICLONE from the store into a pod's directory, per (mount id, st_dev) of
     /// that directory: probed once per mount.
-    probes: Mutex<HashMap<(u64, u64), Probe>>,
+    pub(super) probes: Mutex<HashMap<(u64, u64), Probe>>,
     /// FICLONE within the store itself (for variants), probed once.
-    store_reflink: OnceLock<bool>,
+    pub(super) store_reflink: OnceLock<bool>,
     /// FS_IOC_ENABLE_VERITY in the store, probed at open.
-    verity: std::result::Result<(), Errno>,
+    pub(super) verity: std::result::Result<(), Errno>,
     /// Builds in flight, per cache (single-flight).
     builds: Mutex<HashMap<String, Arc<Flight>>>,
     /// Per (cache, version, variant or ""): ctimes at which file contents were confirmed.
-    confirmed: Mutex<HashMap<(String, String, String), Confirmed>>,
-    usage: UsageTable,
-}
-
-/// A validated cache publish request.
-pub struct CacheRequest {
-    pub decl: CacheDecl,
-    pub place: PathBuf,
-    pub choice: Choice,
-    /// The choice came from the pod's `strategy` attribute (else the declaration's default).
-    pub requested: bool,
-    pub owner: Owner,
-    pub fingerprint: String,
-}
-
-/// Keep an error message short: values quoted into it are cut.
-fn short(s: &str) -> String {
-    if s.len() <= 300 {
-        return s.to_string();
-    }
-    let mut end = 300;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// `placeCacheAtPath`: relative, no `..`, `.`, empty segments or NUL.
-pub fn place_path(v: &str) -> Result<PathBuf> {
-    let field = "volume_context.placeCacheAtPath";
-    if v.is_empty() {
-        return Ok(PathBuf::new());
-    }
-    if v.contains('\0') || v.len() > 1024 {
-        return Err(Error::invalid(field, "contains NUL or is too long"));
-    }
-    if v.starts_with('/') {
-        return Err(Error::invalid(
-            field,
-            format!("{v:?} must be relative to the volume"),
-        ));
-    }
-    if v.trim_end_matches('/')
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(Error::invalid(
-            field,
-            format!("{v:?} must not contain empty, '.' or '..' segments"),
-        ));
-    }
-    Ok(PathBuf::from(v.trim_end_matches('/')))
-}
-
-fn attr_u32(attrs: &HashMap<String, String>, key: &str, radix: u32) -> Result<Option<u32>> {
-    attrs
-        .get(key)
-        .map(|v| {
-            u32::from_str_radix(v, radix).map_err(|_| {
-                Error::invalid(
-                    format!("volume_context.{key}"),
-                    format!("{v:?} is not a number"),
-                )
-            })
-        })
-        .transpose()
-}
-
-/// Whether a publish request asks for a cache volume.
-pub fn is_cache_request(attrs: &HashMap<String, String>) -> bool {
-    attrs.contains_key("cache")
+    pub(super) confirmed: Mutex<HashMap<(String, String, String), Confirmed>>,
+    pub(super) usage: UsageTable,
 }
 
 /// Create `path` (or take the one the kubelet made) as a directory owned by
@@ -299,7 +220,7 @@ impl Caches {
 
     /// Build a new version of `name`, or wait for the build of it in flight and
     /// share its result.
-    fn build_once(&self, name: &str) -> Result<Version> {
+    pub(super) fn build_once(&self, name: &str) -> Result<Version> {
         let (flight, leader) = {
             let mut builds = lock(&self.builds);
             match builds.get(name) {
@@ -384,168 +305,6 @@ impl Caches {
             started.elapsed()
         );
         Ok(version)
-    }
-
-    fn declared(&self, name: &str) -> Result<&CacheDecl> {
-        if let Some(why) = self.broken.get(name) {
-            return Err(Error::invalid(
-                "volume_context.cache",
-                format!(
-                    "cache {:?} is disabled on this node: {}",
-                    short(name),
-                    short(why)
-                ),
-            ));
-        }
-        self.decls.get(name).ok_or_else(|| self.unknown(name))
-    }
-
-    fn unknown(&self, name: &str) -> Error {
-        let names = self.names();
-        Error::invalid(
-            "volume_context.cache",
-            format!(
-                "{:?} is not declared on this node (declared: {})",
-                short(name),
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    short(&names.join(", "))
-                }
-            ),
-        )
-    }
-
-    /// Validate a cache publish request's attributes: the cache, the pod's namespace
-    /// against the declaration's `namespaces`, the strategy against its `strategies`.
-    pub fn request(
-        &self,
-        attrs: &HashMap<String, String>,
-        mount_group: &str,
-        readonly: bool,
-    ) -> Result<CacheRequest> {
-        let mut unknown: Vec<&str> = attrs
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !ATTRS.contains(k) && !mounter::is_co_key(k))
-            .collect();
-        if !unknown.is_empty() {
-            unknown.sort_unstable();
-            return Err(Error::invalid(
-                "volume_context",
-                format!(
-                    "unknown attributes for a cache volume: {}",
-                    short(&unknown.join(", "))
-                ),
-            ));
-        }
-        let name = attrs.get("cache").map(String::as_str).unwrap_or("");
-        let decl = self.declared(name)?.clone();
-        if decl.namespaces == Namespaces::Undeclared {
-            return Err(Error::invalid(
-                "volume_context.cache",
-                format!(
-                    "cache {name:?} declares no namespaces: the node's admin must add \
-                     `namespaces = …` (or `*`) to its declaration"
-                ),
-            ));
-        }
-        if let Namespaces::List(_) = decl.namespaces {
-            let field = format!("volume_context.{POD_NAMESPACE}");
-            match attrs.get(POD_NAMESPACE) {
-                None => {
-                    return Err(Error::invalid(
-                        field,
-                        format!(
-                            "is required: cache {name:?} is limited to some namespaces \
-                             (the CSIDriver needs podInfoOnMount: true)"
-                        ),
-                    ))
-                }
-                Some(ns) if !decl.namespaces.allows(ns) => {
-                    return Err(Error::invalid(
-                        field,
-                        format!("namespace {:?} may not use cache {name:?}", short(ns)),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        let place = place_path(
-            attrs
-                .get("placeCacheAtPath")
-                .map(String::as_str)
-                .unwrap_or(""),
-        )?;
-        let requested = attrs.contains_key("strategy");
-        let choice = match attrs.get("strategy") {
-            Some(s) => {
-                let c = s.parse::<Choice>().map_err(|e| match e {
-                    Error::InvalidField { reason, .. } => {
-                        Error::invalid("volume_context.strategy", short(&reason))
-                    }
-                    other => other,
-                })?;
-                if !decl.strategies.contains(&c) {
-                    return Err(Error::invalid(
-                        "volume_context.strategy",
-                        format!(
-                            "{} is not allowed for cache {name:?} (allowed: {})",
-                            c.as_str(),
-                            decl.strategies
-                                .iter()
-                                .map(|c| c.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-                c
-            }
-            None => decl.strategy,
-        };
-        let group = if mount_group.is_empty() {
-            None
-        } else {
-            Some(mount_group.parse::<u32>().map_err(|_| {
-                Error::invalid(
-                    "volume_capability.mount.volume_mount_group",
-                    format!("{:?} is not a numeric gid", short(mount_group)),
-                )
-            })?)
-        };
-        let mode = attr_u32(attrs, "mode", 8)?.or(decl.mode);
-        if mode.is_some_and(|m| m > 0o7777) {
-            return Err(Error::invalid(
-                "volume_context.mode",
-                "must be an octal mode",
-            ));
-        }
-        // fsGroup (volume_mount_group) owns the tree, as the kubelet does for its volumes.
-        let owner = Owner {
-            uid: attr_u32(attrs, "uid", 10)?.or(decl.uid),
-            gid: group.or(attr_u32(attrs, "gid", 10)?).or(decl.gid),
-            mode,
-            group_writable: group.is_some(),
-        };
-        let fingerprint = format!(
-            "cache={};place={};strategy={};owner={:?}/{:?}/{:?}/{};ro={readonly}",
-            decl.name,
-            place.display(),
-            choice.as_str(),
-            owner.uid,
-            owner.gid,
-            owner.mode,
-            owner.group_writable
-        );
-        Ok(CacheRequest {
-            decl,
-            place,
-            choice,
-            requested,
-            owner,
-            fingerprint,
-        })
     }
 
     /// linkat/FICLONE from the store into `dir`, probed once per mount of `dir`.
@@ -854,134 +613,5 @@ impl Caches {
         )?;
         self.usage.set(root, u);
         Ok((u.bytes, u.inodes))
-    }
-
-    /// Whether a golden version was found modified and retired.
-    pub fn is_retired(&self, name: &str, version: &str) -> bool {
-        Version::parse(version).is_some_and(|v| self.store.is_retired(name, &v))
-    }
-
-    fn verify_one(&self, name: &str, v: &Version, variant: Option<&str>) -> Result<Vec<PathBuf>> {
-        let key = (
-            name.to_string(),
-            v.as_str().to_string(),
-            variant.unwrap_or("").to_string(),
-        );
-        let mut confirmed = lock(&self.confirmed).remove(&key).unwrap_or_default();
-        let r = match variant {
-            None => self.store.verify_with(name, v, &mut confirmed),
-            Some(k) => self.store.verify_variant(name, v, k, &mut confirmed),
-        };
-        lock(&self.confirmed).insert(key, confirmed);
-        r
-    }
-
-    /// Periodic upkeep: verify the content of current versions and of the versions
-    /// that hardlink publications share (a same-size write with the mtime restored is
-    /// caught by content): a tampered golden version is retired and rebuilt, a
-    /// tampered shared variant dropped. Then delete versions that are neither
-    /// current, nor in `in_use` (live publications), nor pinned.
-    pub fn maintain(
-        &self,
-        in_use: &HashMap<String, HashSet<String>>,
-        hardlinked: &HashSet<(String, String)>,
-    ) {
-        let mut to_check: HashSet<(String, String)> = hardlinked.clone();
-        for name in self.decls.keys() {
-            if let Ok(Some(v)) = self.store.current(name) {
-                to_check.insert((name.clone(), v.as_str().to_string()));
-            }
-        }
-        for (name, version) in to_check {
-            let Some(v) = Version::parse(&version) else {
-                continue;
-            };
-            if self.store.path(&name, &v).is_dir()
-                && self.store.variant_path(&name, &v, SHARED_VARIANT).is_dir()
-            {
-                match self.verify_one(&name, &v, Some(SHARED_VARIANT)) {
-                    Ok(changed) if changed.is_empty() => {}
-                    Ok(changed) => {
-                        warn!(
-                            "cache {name:?} v{version}: {} file(s) of the shared hardlink copy modified (e.g. {}); new hardlink pods get a fresh copy",
-                            changed.len(),
-                            changed[0].display()
-                        );
-                        if let Err(e) = self.store.drop_variant(&name, &v, SHARED_VARIANT) {
-                            warn!("cache {name:?}: dropping the shared copy failed: {e}");
-                        }
-                    }
-                    Err(e) => warn!("cache {name:?} v{version}: verify failed: {e}"),
-                }
-            }
-            if self.store.is_retired(&name, &v) {
-                continue;
-            }
-            match self.verify_one(&name, &v, None) {
-                Ok(changed) if changed.is_empty() => {}
-                Ok(changed) => {
-                    warn!(
-                        "cache {name:?} v{version}: {} golden file(s) modified (e.g. {}); retiring the version and rebuilding",
-                        changed.len(),
-                        changed[0].display()
-                    );
-                    if let Err(e) = self.store.retire(&name, &v) {
-                        warn!("cache {name:?}: retire failed: {e}");
-                    }
-                    if self.decls.contains_key(&name) {
-                        if let Err(e) = self.build_once(&name) {
-                            warn!("cache {name:?}: rebuild failed: {e}");
-                        }
-                    }
-                }
-                Err(e) => warn!("cache {name:?} v{version}: verify failed: {e}"),
-            }
-        }
-        let empty = HashSet::new();
-        for name in self.decls.keys() {
-            match self.store.gc(name, in_use.get(name).unwrap_or(&empty)) {
-                Ok(gone) if !gone.is_empty() => {
-                    lock(&self.confirmed)
-                        .retain(|(n, v, _), _| n != name || !gone.iter().any(|g| g.as_str() == v));
-                    info!(
-                        "cache {name:?}: removed unused version(s) {}",
-                        gone.iter()
-                            .map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => warn!("cache {name:?}: gc failed: {e}"),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn place_paths() {
-        assert_eq!(place_path("").unwrap(), PathBuf::new());
-        assert_eq!(
-            place_path("node_modules").unwrap(),
-            PathBuf::from("node_modules")
-        );
-        assert_eq!(place_path("a/b/").unwrap(), PathBuf::from("a/b"));
-        for bad in [
-            "/etc",
-            "../x",
-            "a/../../b",
-            "a//b",
-            "./a",
-            "a\0b",
-            "..",
-            "a/.",
-        ] {
-            let e = place_path(bad).unwrap_err();
-            assert!(e.to_string().contains("placeCacheAtPath"), "{bad:?}: {e}");
-        }
     }
 }

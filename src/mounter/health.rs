@@ -34,7 +34,6 @@ pub enum Health {
 }
 
 /// What a condition check found: for VolumeCondition.
-#[allow(dead_code)] // new API: the node calls it once it switches over
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     Healthy,
@@ -277,7 +276,6 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
 
 /// What VolumeCondition should say: dead (as `check`), degraded when the
 /// bucket cannot be listed within `timeout`, else healthy.
-#[allow(dead_code)] // new API: the node calls it once it switches over
 pub fn condition(mnt: &Path, run: Running, timeout: Duration) -> Condition {
     if let Health::Abnormal(why) = check(mnt, run, timeout) {
         return Condition::Dead(why);

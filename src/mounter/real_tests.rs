@@ -269,7 +269,12 @@ fn bind_flags_are_kept_and_added() {
     mount::bind(&src, &ro).unwrap();
     mount::remount_bind_read_only(&ro).unwrap();
     let o = options_of(&ro);
-    mount::bind_fuse(&plain, &fuse, MsFlags::MS_NOEXEC).unwrap();
+    mount::bind(&plain, &fuse).unwrap();
+    mount::remount_bind(
+        &fuse,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )
+    .unwrap();
     let f = options_of(&fuse);
     for m in [&ro, &fuse, &plain, &src] {
         let _ = mount::unmount(m);

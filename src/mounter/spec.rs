@@ -219,7 +219,6 @@ pub fn fuse_command(command: Option<&String>, allowed_programs: &[String]) -> Re
 /// with the node's policy from `cfg` (allowed fuse programs, whether
 /// credential sources may be used). `volume_id` of a static PV is `bucket`
 /// or `bucket/prefix`; parameters win.
-#[allow(dead_code)] // new API: the node calls it once it switches over
 pub fn parse_spec_for(
     volume_id: &str,
     params: &HashMap<String, String>,
@@ -357,7 +356,6 @@ pub fn parse_spec_with(
 ///   volumes without fsGroup support.
 ///
 /// An explicit `umask` parameter wins over these defaults.
-#[allow(dead_code)] // new API: the node calls it once it switches over
 pub fn apply_mount_group(spec: &mut MountSpec, group: &str) -> Result<()> {
     if group.is_empty() {
         return Ok(());

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use log::warn;
 
 use super::Node;
-use crate::cache::volume::CacheRequest;
+use crate::cache::request::CacheRequest;
 use crate::crash;
 use crate::error::{Error, Result};
 use crate::lifecycle::publish_phase;
@@ -26,7 +26,7 @@ impl Node {
         &self,
         req: &NodePublishVolumeRequest,
     ) -> Result<(Guard<VolumeRecord>, PathBuf, CacheRequest, bool)> {
-        let (id, cap, target) = self.publish_request(req)?;
+        let (id, cap, target, _flags) = self.publish_request(req)?;
         let readonly = req.get_readonly() || validate::read_only_mode(cap);
         let creq = self.caches.request(
             req.get_volume_context(),

@@ -18,7 +18,9 @@ use crate::error::Result;
 use crate::lifecycle::{publish_phase, stage_phase};
 use crate::mounter::{self, Health};
 use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
-use crate::sys::nodepath;
+use nix::mount::MsFlags;
+
+use super::publish::bind_flags;
 use crate::volumes::{Guard, Op};
 
 impl Node {
@@ -100,20 +102,23 @@ impl Node {
             // keep their own view of the old one until they restart (see
             // stats: the publication's generation is older than the stage's).
             self.detach_ours(&target, &[p.get_mount_dev()])?;
-            let Some(target_np) = self.kubelet.resolve("target_path", &target, false)? else {
+            if self
+                .kubelet
+                .resolve("target_path", &target, false)?
+                .is_none()
+            {
                 warn!(
                     "volume {id:?}: {} is gone; not re-binding",
                     target.display()
                 );
                 continue;
-            };
-            nodepath::bind(&stage_np, &target_np)?;
-            drop(target_np);
-            if p.get_readonly() {
-                if let Some((np, _)) = self.mount_at("target_path", &target)? {
-                    crate::sys::mount::remount_bind_read_only(&np.proc_path())?;
-                }
             }
+            let flags = match MsFlags::from_bits(p.get_mount_flags() as _) {
+                Some(f) if !f.is_empty() => f,
+                // Records from before flags were kept.
+                _ => bind_flags(MsFlags::empty(), p.get_readonly()),
+            };
+            self.bind_into(&stage_np, &target, flags, &stage_dev)?;
             let dev = stage_dev.clone();
             self.set_phase(guard, &target, PublishPhase::BOUND, |p| {
                 p.set_mount_dev(dev)

@@ -9,15 +9,17 @@
 use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
+use nix::mount::MsFlags;
 
 use super::{dev_string, Node};
-use crate::cache::volume as cachevol;
+use crate::cache::request as cachevol;
 use crate::crash;
 use crate::error::{Error, Result};
 use crate::lifecycle::{publish_phase, stage_phase};
 use crate::proto::bindery::{Publication, PublishPhase, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
-use crate::sys::{mount, nodepath};
+use crate::sys::mount;
+use crate::sys::nodepath::{self, NodePath};
 use crate::validate;
 use crate::volumes::{Guard, Op};
 
@@ -32,6 +34,17 @@ fn publish_fingerprint(readonly: bool, cap: &VolumeCapability) -> String {
     )
 }
 
+/// The per-mount flags of a pod's bind of a FUSE mount: always nosuid and
+/// nodev (a FUSE server decides what its files claim to be), read-only when
+/// asked, plus the CSI mount_flags.
+pub(super) fn bind_flags(csi: MsFlags, readonly: bool) -> MsFlags {
+    let mut f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | csi;
+    if readonly {
+        f |= MsFlags::MS_RDONLY;
+    }
+    f
+}
+
 /// How many stacked binds of one volume a single unpublish removes at most
 /// (older versions could stack them; a loop must end).
 const MAX_STACKED: usize = 16;
@@ -43,7 +56,7 @@ impl Node {
     pub(super) fn publish_request<'r>(
         &self,
         req: &'r NodePublishVolumeRequest,
-    ) -> Result<(&'r str, &'r VolumeCapability, PathBuf)> {
+    ) -> Result<(&'r str, &'r VolumeCapability, PathBuf, MsFlags)> {
         let id = validate::volume_id(req.get_volume_id())?;
         validate::required("target_path", req.get_target_path())?;
         let cap = validate::required_msg(
@@ -54,7 +67,8 @@ impl Node {
         validate::capability("volume_capability", cap)?;
         let target =
             validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
-        Ok((id, cap, target))
+        let flags = mount::csi_mount_flags(cap.get_mount().get_mount_flags())?;
+        Ok((id, cap, target, flags))
     }
 
     /// Bind the staged mount into the pod's target (created if missing),
@@ -63,7 +77,7 @@ impl Node {
     /// that is not staged is FAILED_PRECONDITION; a repeat with the same
     /// arguments is OK, with others ALREADY_EXISTS.
     pub fn publish(&self, req: &NodePublishVolumeRequest) -> Result<NodePublishVolumeResponse> {
-        let (id, cap, target) = self.publish_request(req)?;
+        let (id, cap, target, csi_flags) = self.publish_request(req)?;
         let staging = if req.get_staging_target_path().is_empty() {
             None
         } else {
@@ -75,6 +89,7 @@ impl Node {
         };
         let readonly = req.get_readonly() || validate::read_only_mode(cap);
         let fingerprint = publish_fingerprint(readonly, cap);
+        let flags = bind_flags(csi_flags, readonly);
         debug_assert!(!cachevol::is_cache_request(req.get_volume_context()));
 
         let guard = self.table.acquire(id, Op::Short("NodePublishVolume"))?;
@@ -169,6 +184,7 @@ impl Node {
         p.set_phase(PublishPhase::BINDING);
         p.set_generation(generation);
         p.set_mount_dev(stage_dev.clone());
+        p.set_mount_flags(flags.bits());
         if existing.is_some() {
             // Same target again: keep its phase history legal (Bound → Bound).
             p.set_phase(publish_phase(existing.as_ref().unwrap_or(&p)));
@@ -176,34 +192,50 @@ impl Node {
         rec.mut_publications().push(p);
         self.journal.commit(&guard, rec)?;
         crash::point("publish.recorded");
-        let target_np = self
-            .kubelet
-            .resolve("target_path", &target, true)?
-            .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
-        nodepath::bind(&stage_np, &target_np)?;
-        drop(target_np);
-        if readonly {
-            if let Err(e) = self.make_read_only(&target, &stage_dev) {
-                let _ = self.detach_ours(&target, &[&stage_dev]);
-                return Err(e);
+        if let Err(e) = self.bind_into(&stage_np, &target, flags, &stage_dev) {
+            if let Err(undo) = self.forget(&guard, &target) {
+                warn!("volume {id:?}: recording the failed publish: {undo}");
             }
+            return Err(e);
         }
         crash::point("publish.bound");
         self.set_phase(&guard, &target, PublishPhase::BOUND, |_| {})?;
         Ok(NodePublishVolumeResponse::new())
     }
 
-    /// Remount the bind at `target` read-only, on the fd of the bind itself.
-    fn make_read_only(&self, target: &Path, dev: &str) -> Result<()> {
-        match self.mount_at("target_path", target)? {
-            Some((np, m)) if dev_string(&m) == dev => {
-                mount::remount_bind_read_only(&np.proc_path())
-            }
+    /// Bind the staged mount onto `target` (created beneath the kubelet dir
+    /// without following symlinks), then give the bind its per-mount flags:
+    /// on the fd of the bind itself, keeping the source's. A failure undoes
+    /// the bind, so nothing half-done stays behind.
+    pub(super) fn bind_into(
+        &self,
+        stage: &NodePath,
+        target: &Path,
+        flags: MsFlags,
+        dev: &str,
+    ) -> Result<()> {
+        let target_np = self
+            .kubelet
+            .resolve("target_path", target, true)?
+            .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
+        nodepath::bind(stage, &target_np)?;
+        drop(target_np);
+        let remounted = match self.mount_at("target_path", target)? {
+            Some((np, m)) if dev_string(&m) == dev => mount::remount_bind_keeping(
+                &np.proc_path(),
+                mount::per_mount_flags(&m.options),
+                flags,
+            ),
             _ => Err(Error::State {
                 path: target.to_path_buf(),
                 reason: "the bind just made is not there".into(),
             }),
+        };
+        if let Err(e) = remounted {
+            let _ = self.detach_ours(target, &[dev]);
+            return Err(e);
         }
+        Ok(())
     }
 
     /// Change one publication's phase (and fields) and persist it.

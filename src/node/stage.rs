@@ -37,22 +37,6 @@ fn stage_fingerprint(params: &HashMap<String, String>, cap: &VolumeCapability) -
     )
 }
 
-/// fsGroup (VOLUME_MOUNT_GROUP): files of the mount belong to that group.
-pub(super) fn apply_mount_group(spec: &mut MountSpec, group: &str) -> Result<()> {
-    if group.is_empty() {
-        return Ok(());
-    }
-    let gid = group.parse::<u32>().map_err(|_| {
-        Error::invalid(
-            "volume_capability.mount.volume_mount_group",
-            format!("{group:?} is not a numeric gid"),
-        )
-    })?;
-    spec.gid = spec.gid.or(Some(gid));
-    spec.umask = spec.umask.or(Some(0o002));
-    Ok(())
-}
-
 /// A validated stage request, ready to run on a worker.
 pub struct StageArgs {
     staging: PathBuf,
@@ -80,13 +64,9 @@ impl Node {
             req.get_staging_target_path(),
             &self.cfg.kubelet_dir,
         )?;
-        let mut spec = mounter::parse_spec(
-            id,
-            req.get_volume_context(),
-            req.get_secrets(),
-            &self.cfg.fuse_programs,
-        )?;
-        apply_mount_group(&mut spec, cap.get_mount().get_volume_mount_group())?;
+        let mut spec =
+            mounter::parse_spec_for(id, req.get_volume_context(), req.get_secrets(), &self.cfg)?;
+        mounter::apply_mount_group(&mut spec, cap.get_mount().get_volume_mount_group())?;
         let guard = self.table.acquire(id, Op::Long("NodeStageVolume"))?;
         Ok((guard, StageArgs { staging, spec }))
     }
@@ -252,13 +232,9 @@ impl Node {
         self.journal.commit(guard, rec.clone())?;
         crash::point("heal.recorded");
         let st = rec.get_stage();
-        let mut spec = mounter::parse_spec(
-            &id,
-            st.get_parameters(),
-            st.get_secrets(),
-            &self.cfg.fuse_programs,
-        )?;
-        apply_mount_group(&mut spec, st.get_volume_mount_group())?;
+        let mut spec =
+            mounter::parse_spec_for(&id, st.get_parameters(), st.get_secrets(), &self.cfg)?;
+        mounter::apply_mount_group(&mut spec, st.get_volume_mount_group())?;
         self.kubelet
             .resolve("staging_target_path", &staging, true)?;
         let run = mounter::start(&id, &spec, &staging, &self.volume_files(&id), &self.cfg)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{running, Node};
 use crate::error::{Error, Result};
 use crate::lifecycle::stage_phase;
-use crate::mounter::{self, Health};
+use crate::mounter::{self, Condition, Health};
 use crate::proto::bindery::{Publication, StagePhase};
 use crate::proto::csi::*;
 use crate::sys::mount;
@@ -70,12 +70,12 @@ impl Node {
             Health::Abnormal("the volume is being staged or unstaged".into())
         } else {
             // Answered inline on a gRPC thread: wait less than the health loop does.
-            match mounter::check(
+            match mounter::condition(
                 Path::new(st.get_staging_path()),
                 running(st),
                 Duration::from_secs(2),
             ) {
-                Health::Ok => match publication {
+                Condition::Healthy => match publication {
                     Some(p)
                         if p.get_generation() != 0 && p.get_generation() < st.get_generation() =>
                     {
@@ -87,7 +87,9 @@ impl Node {
                     }
                     _ => Health::Ok,
                 },
-                abnormal => abnormal,
+                // Alive but its bucket does not list: reported, never healed.
+                Condition::Degraded(why) => Health::Abnormal(format!("degraded: {why}")),
+                Condition::Dead(why) => Health::Abnormal(why),
             }
         };
         // statfs on a dead or stopped FUSE mount fails or hangs: only a

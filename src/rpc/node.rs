@@ -8,7 +8,7 @@ use std::sync::Arc;
 use grpcio::{RpcContext, UnarySink};
 
 use super::{inline, log_request, offload, Subject};
-use crate::cache::volume::is_cache_request;
+use crate::cache::request::is_cache_request;
 use crate::error::Error;
 use crate::node::Node;
 use crate::proto::csi::*;

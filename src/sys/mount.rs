@@ -66,7 +66,12 @@ pub fn mount_flags_of(target: &Path) -> Result<MsFlags> {
 /// Add `flags` to the per-mount flags of the bind at `target`, keeping the
 /// ones it has (a bind remount replaces them all).
 pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
-    let keep = mount_flags_of(target)?;
+    remount_bind_keeping(target, mount_flags_of(target)?, flags)
+}
+
+/// `remount_bind` for a bind whose current flags the caller already read
+/// (e.g. a `/proc/self/fd/N` target, which mountinfo does not name).
+pub fn remount_bind_keeping(target: &Path, keep: MsFlags, flags: MsFlags) -> Result<()> {
     let mut all = keep | flags;
     // The atime modes exclude each other: an explicit one replaces the kept one.
     let atime = MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME;
@@ -83,28 +88,12 @@ pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
     .map_err(|e| Error::sys("remount bind", target, e))
 }
 
-/// Bind a FUSE mount (a staged volume) onto `target` for a pod: always
-/// nosuid and nodev (a FUSE server decides what its files claim to be), plus
-/// `flags` (MS_RDONLY for read-only publishes, the CSI mount_flags from
-/// `csi_mount_flags`), keeping the source's own per-mount flags. The bind is
-/// undone when the remount fails, so nothing half-done stays behind.
-#[allow(dead_code)] // new API: the node calls it once it switches over
-pub fn bind_fuse(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
-    bind(source, target)?;
-    if let Err(e) = remount_bind(target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | flags) {
-        let _ = unmount(target);
-        return Err(e);
-    }
-    Ok(())
-}
-
 /// Validate the CSI `volume_capability.mount.mount_flags` a CO asks for and
-/// turn them into per-mount flags for `bind_fuse`/`remount_bind`. Only flags
+/// turn them into per-mount flags for `remount_bind`. Only flags
 /// a bind can honour and that cannot widen access are known: ro, rw,
 /// nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime
 /// (`rw` is the default and sets nothing). Anything else is INVALID_ARGUMENT
 /// naming the field: silently ignoring a flag the user relies on is worse.
-#[allow(dead_code)] // new API: the node calls it once it switches over
 pub fn csi_mount_flags(flags: &[String]) -> Result<MsFlags> {
     const FIELD: &str = "volume_capability.mount.mount_flags";
     let mut out = MsFlags::empty();
