@@ -707,7 +707,7 @@ impl World {
         let mut d = Daemon::start(&[
             "--mode=all",
             conf_flag.as_str(),
-            "--mount-timeout=3",
+            "--mount-timeout=10",
             "--unstage-grace=3",
         ]);
         d.stop();
