@@ -6,6 +6,7 @@
 /// Every crash point, in the order a volume meets them. The tests in
 /// tests/crash_points.rs kill the daemon at each one, restart it, retry the
 /// call and check the node.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub const POINTS: &[&str] = &[
     "stage.recorded",
     "stage.started",

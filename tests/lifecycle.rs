@@ -255,7 +255,12 @@ fn symlinked_node_paths_are_refused() {
     for bad_target in [d.kpath("pods/evil/volumes/x/mount"), d.kpath("pods/evil")] {
         let out = publish(&d, vol, &st, &bad_target);
         assert!(!out.ok() && out.stderr.contains("target_path"), "{out:?}");
-        ok(unpublish(&d, vol, &bad_target), &d);
+        // Even with nothing to undo, a symlinked path is refused by name.
+        let out = unpublish(&d, vol, &bad_target);
+        assert!(
+            out.code == 3 && out.stderr.contains("target_path"),
+            "{out:?}"
+        );
     }
     assert_eq!(
         fs::read_dir(&outside.path).unwrap().count(),
@@ -351,7 +356,7 @@ fn rclone_writes_survive_an_s3_outage_with_heal() {
     let mut s3 = S3Server::start(&[BUCKET]);
     let d = Daemon::start(&[
         "--watchdog-interval=1",
-        "--mount-timeout=5",
+        "--mount-timeout=20",
         "--unstage-grace=60",
     ]);
     let (vol, st, t) = (
@@ -395,4 +400,211 @@ fn rclone_writes_survive_an_s3_outage_with_heal() {
     ok(unstage(&d, vol, &st), &d);
     assert_eq!(fs::read(&object).unwrap(), data);
     wait_until("mounter gone", 20, || rclone().is_empty());
+}
+
+/// A state write that fails (full disk) fails the call and changes nothing;
+/// once there is room, the unpublish goes through and is never undone.
+#[test]
+fn full_disk_unpublish_fails_cleanly_and_is_not_undone() {
+    if !can_mount("full_disk_unpublish_fails_cleanly_and_is_not_undone") {
+        return;
+    }
+    let small = Scratch::new("small");
+    assert!(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "bindery-small"])
+        .arg(&small.path)
+        .status()
+        .unwrap()
+        .success());
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start_in(&small.path, &["--watchdog-interval=1"]);
+    let (vol, st, t) = ("life-bucket/full", staging(&d, "full"), target(&d, "p1"));
+    ok(stage(&d, vol, &st, &s3.secret_args()), &d);
+    ok(publish(&d, vol, &st, &t), &d);
+    // Fill the filesystem that holds the state records.
+    let filler = small.path.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let out = unpublish(&d, vol, &t);
+    assert_eq!(
+        out.code, 13,
+        "INTERNAL when the record cannot be written: {out:?}"
+    );
+    assert!(is_mount(&t), "a failed unpublish changed nothing");
+    fs::remove_file(&filler).unwrap();
+    ok(unpublish(&d, vol, &t), &d);
+    thread::sleep(Duration::from_secs(3));
+    assert!(
+        !is_mount(&t),
+        "the health loop undid the unpublish\n{}",
+        d.log_text()
+    );
+    ok(unstage(&d, vol, &st), &d);
+    drop(d);
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&small.path)
+        .status();
+}
+
+/// A pod that swaps a directory of its target path for a symlink to the
+/// outside while publishes run never gets a mount or a directory outside
+/// the kubelet dir.
+#[test]
+fn symlink_swap_races_never_escape() {
+    if !can_mount("symlink_swap_races_never_escape") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&[]);
+    let outside = Scratch::new("race-outside");
+    let (vol, st) = ("life-bucket/race", staging(&d, "race"));
+    ok(stage(&d, vol, &st, &s3.secret_args()), &d);
+    let pods = d.kubelet.join("pods");
+    let (pod, link) = (pods.join("race"), pods.join(".link"));
+    fs::create_dir_all(pod.join("volumes")).unwrap();
+    symlink(&outside.path, &link).unwrap();
+    let (pod_c, link_c) = (
+        std::ffi::CString::new(pod.as_os_str().as_encoded_bytes()).unwrap(),
+        std::ffi::CString::new(link.as_os_str().as_encoded_bytes()).unwrap(),
+    );
+    let exchange = || {
+        use nix::libc;
+        // SAFETY: renameat2 with two valid NUL-terminated paths that outlive
+        // the call; RENAME_EXCHANGE swaps them atomically (musl has no wrapper).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                pod_c.as_ptr(),
+                libc::AT_FDCWD,
+                link_c.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut published = Vec::new();
+    thread::scope(|s| {
+        s.spawn(|| {
+            // Swap pods/race between the real directory and a symlink to
+            // the outside, atomically (never absent), as fast as possible.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                exchange();
+            }
+        });
+        for i in 0..150 {
+            let t = d.kpath(&format!("pods/race/volumes/v{i}/mount"));
+            if publish(&d, vol, &st, &t).ok() {
+                published.push(t);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    // Put the real directory back and take every publication down.
+    if pod.is_symlink() {
+        exchange();
+    }
+    eprintln!("{} of 150 publishes won the race", published.len());
+    for t in &published {
+        ok(unpublish(&d, vol, t), &d);
+    }
+    assert!(
+        mounts_below(&outside.path).is_empty(),
+        "a bind escaped the kubelet dir"
+    );
+    assert_eq!(
+        fs::read_dir(&outside.path).unwrap().count(),
+        0,
+        "something was created outside the kubelet dir"
+    );
+    let stray: Vec<_> = mounts_below(&pods).into_iter().collect();
+    assert!(stray.is_empty(), "binds left behind: {stray:?}");
+    ok(unstage(&d, vol, &st), &d);
+}
+
+/// fsGroup belongs to the staged volume: a publish with another group is
+/// refused (FAILED_PRECONDITION) rather than silently given the first
+/// pod's; mount flags are applied (nosuid,nodev always) or refused.
+#[test]
+fn publish_flags_and_groups_are_honoured_or_refused() {
+    if !can_mount("publish_flags_and_groups_are_honoured_or_refused") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&[]);
+    let (vol, st) = ("life-bucket/grp", staging(&d, "grp"));
+    let mut a: Vec<String> = [
+        "node-stage",
+        "--volume-id",
+        vol,
+        "--staging-path",
+        &st,
+        "--access-mode",
+        "multi-node-multi-writer",
+        "--mount-group",
+        "2000",
+        "--param",
+        "mounter=s3fs",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(s3.secret_args());
+    ok(d.csi(&args(&a)), &d);
+    let pub_with = |t: &str, extra: &[&str]| {
+        let mut a = vec![
+            "node-publish",
+            "--volume-id",
+            vol,
+            "--staging-path",
+            &st,
+            "--target-path",
+            t,
+            "--access-mode",
+            "multi-node-multi-writer",
+        ];
+        a.extend_from_slice(extra);
+        d.csi(&a)
+    };
+    let t1 = target(&d, "g1");
+    let out = pub_with(&t1, &["--mount-group", "3000"]);
+    assert_eq!(out.code, 9, "{out:?}");
+    assert!(out.stderr.contains("volume_mount_group"), "{out:?}");
+    assert!(!is_mount(&t1));
+    let out = pub_with(&t1, &["--mount-group", "2000", "--mount-flag", "suid"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("mount_flags"), "{out:?}");
+    assert!(!is_mount(&t1));
+    ok(
+        pub_with(
+            &t1,
+            &[
+                "--mount-group",
+                "2000",
+                "--mount-flag",
+                "noexec",
+                "--readonly",
+            ],
+        ),
+        &d,
+    );
+    let opts = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(t1.as_str()))
+        .map(|l| l.split(' ').nth(5).unwrap().to_string())
+        .unwrap();
+    for want in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            opts.split(',').any(|o| o == want),
+            "{want} missing from {opts}"
+        );
+    }
+    ok(unpublish(&d, vol, &t1), &d);
+    ok(unstage(&d, vol, &st), &d);
 }

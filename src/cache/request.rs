@@ -70,6 +70,17 @@ pub fn place_path(v: &str) -> Result<PathBuf> {
             format!("{v:?} must not contain empty, '.' or '..' segments"),
         ));
     }
+    if v.split('/')
+        .any(|s| s.len() > crate::validate::MAX_COMPONENT)
+    {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "a component is longer than {} bytes",
+                crate::validate::MAX_COMPONENT
+            ),
+        ));
+    }
     Ok(PathBuf::from(v.trim_end_matches('/')))
 }
 

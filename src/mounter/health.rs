@@ -1,12 +1,13 @@
 //! Is a staged FUSE mount alive? Health is not reachability: a mount is
 //! DEAD when its process is gone, a zombie or stopped, its mountinfo entry
 //! is gone, or statfs fails (ENOTCONN) or does not answer in time. A slow
-//! or failing listing of the bucket only makes it DEGRADED, which is
-//! reported in VolumeCondition and never a reason to remount: a prefix of
-//! 30,000 keys takes seconds to list and is perfectly healthy.
+//! or failing S3 round trip (a lookup the mounter must ask its server
+//! about) only makes it DEGRADED, which is reported in VolumeCondition and
+//! never a reason to remount: a prefix of 30,000 keys takes seconds to list
+//! and is perfectly healthy.
 //!
 //! Calls that may hang on a FUSE server run on prober threads: one statfs
-//! prober and one listing prober per mount, created on first use and kept
+//! prober and one reachability prober per mount, created on first use and kept
 //! until `forget` (stop does it). A probe still running when the next check
 //! comes is waited for, not duplicated, so a hung server costs one blocked
 //! thread per mount, which the abort of its connection releases.
@@ -37,7 +38,7 @@ pub enum Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     Healthy,
-    /// Alive, but listing the bucket fails or is slow: reported, not healed.
+    /// Alive, but its S3 server does not answer (in time): reported, not healed.
     Degraded(String),
     /// Dead (same as Health::Abnormal).
     Dead(String),
@@ -147,11 +148,21 @@ fn statfs_work(path: &Path) -> std::result::Result<(), String> {
     }
 }
 
+/// A name no bucket is expected to hold: looking it up makes the mounter
+/// ask its S3 server (s3fs: HEAD requests), which is what reachability means.
+const PROBE_NAME: &str = ".bindery-reachability-probe";
+
+/// Reachability by a lookup, not a listing: a readdir of the mount root
+/// waits behind any pod's readdir of it (FUSE serialises directory reads on
+/// the inode), which for a big prefix takes minutes and would leave the
+/// prober stuck in uninterruptible sleep, so that even a SIGKILLed daemon
+/// could not exit.
 fn list_work(path: &Path) -> std::result::Result<(), String> {
-    fs::read_dir(path)
-        .and_then(|mut d| d.next().transpose())
-        .map(|_| ())
-        .map_err(|e| format!("listing {}: {e}", path.display()))
+    match fs::symlink_metadata(path.join(PROBE_NAME)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("looking up a name in {}: {e}", path.display())),
+    }
 }
 
 fn probers(mnt: &Path, run: Running) -> std::result::Result<Arc<Mutex<Probers>>, String> {
@@ -248,7 +259,7 @@ pub fn check(mnt: &Path, run: Running, timeout: Duration) -> Health {
     liveness(mnt, run, timeout)
 }
 
-/// A listing of `mnt` on its listing prober, waiting at most `timeout`.
+/// A reachability lookup in `mnt` on its prober, waiting at most `timeout`.
 pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::Result<(), String> {
     let list = {
         let p = probers(mnt, run)?;
@@ -257,7 +268,7 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
             Some(l) => l.clone(),
             None => {
                 let l = Arc::new(
-                    Prober::spawn(mnt.to_path_buf(), "fuse-list", list_work)
+                    Prober::spawn(mnt.to_path_buf(), "fuse-reach", list_work)
                         .map_err(|e| format!("cannot start a probe thread: {e}"))?,
                 );
                 p.list = Some(l.clone());
@@ -268,7 +279,7 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
     match list.ask(timeout) {
         Answer::Done(r) => r,
         Answer::Pending(after) => Err(format!(
-            "{} did not answer a listing within {after:?}",
+            "{} did not answer a lookup within {after:?}",
             mnt.display()
         )),
     }

@@ -84,8 +84,24 @@ impl Node {
             ));
         }
         // The target dir itself, created beneath the kubelet dir without
-        // following symlinks, before anything is written into it.
-        self.kubelet.resolve("target_path", &target, true)?;
+        // following symlinks, before anything is written into it. It must be
+        // empty: a pod's new volume dir is, and anything else (another
+        // volume's tree) is not ours to fill or, on failure, to remove.
+        let dir = self
+            .kubelet
+            .resolve("target_path", &target, true)?
+            .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
+        if std::fs::read_dir(dir.proc_path())
+            .map_err(|e| Error::io("readdir", &target, e))?
+            .next()
+            .is_some()
+        {
+            return Err(Error::exists(
+                &id,
+                format!("{} is not empty", target.display()),
+            ));
+        }
+        drop(dir);
         let mut rec = guard.data().clone();
         let mut pending = Publication::new();
         pending.set_target_path(target.display().to_string());

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{publish_phase, stage_phase};
 use crate::proto::bindery::{Publication, PublishPhase, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
-use crate::sys::mount;
 use crate::sys::nodepath::{self, NodePath};
+use crate::sys::{mount, mountinfo};
 use crate::validate;
 use crate::volumes::{Guard, Op};
 
@@ -68,6 +68,13 @@ impl Node {
         let target =
             validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
         let flags = mount::csi_mount_flags(cap.get_mount().get_mount_flags())?;
+        let group = cap.get_mount().get_volume_mount_group();
+        if !group.is_empty() && group.parse::<u32>().is_err() {
+            return Err(Error::invalid(
+                "volume_capability.mount.volume_mount_group",
+                format!("{} is not a numeric gid", crate::error::quoted(group)),
+            ));
+        }
         Ok((id, cap, target, flags))
     }
 
@@ -98,11 +105,32 @@ impl Node {
             return Err(Self::not_staged(id));
         }
         let staged_at = PathBuf::from(rec.get_stage().get_staging_path());
+        // fsGroup is applied by the mounter for the whole volume: a pod
+        // asking for another group would silently get the first pod's.
+        let group = cap.get_mount().get_volume_mount_group();
+        let staged_group = rec.get_stage().get_volume_mount_group();
+        if !group.is_empty() && group != staged_group {
+            return Err(Error::precondition(
+                id,
+                format!(
+                    "volume_mount_group {} differs from the group the volume was staged with ({}): \
+                     pods sharing a staged volume must use the same fsGroup",
+                    crate::error::quoted(group),
+                    if staged_group.is_empty() { "none" } else { staged_group }
+                ),
+            ));
+        }
         match &staging {
             None => {
                 return Err(Error::precondition(
                     id,
                     "staging_target_path is required for a staged volume",
+                ))
+            }
+            Some(_) if target.starts_with(&staged_at) || staged_at.starts_with(&target) => {
+                return Err(Error::invalid(
+                    "target_path",
+                    "must not be the staging path, inside it, or above it",
                 ))
             }
             Some(s) if *s != staged_at => {
@@ -214,15 +242,26 @@ impl Node {
         flags: MsFlags,
         dev: &str,
     ) -> Result<()> {
-        let target_np = self
+        // Everything below goes through the parent's fd: a swap of any
+        // ancestor after this point cannot move the bind or its remount.
+        let (parent, name) = self
             .kubelet
-            .resolve("target_path", target, true)?
+            .resolve_parent("target_path", target, true)?
             .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
-        nodepath::bind(stage, &target_np)?;
-        drop(target_np);
-        let remounted = match self.mount_at("target_path", target)? {
-            Some((np, m)) if dev_string(&m) == dev => mount::remount_bind_keeping(
-                &np.proc_path(),
+        let dir = parent
+            .child("target_path", &name, true)?
+            .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
+        nodepath::bind(stage, &dir)?;
+        drop(dir);
+        let table = mountinfo::read_self()?;
+        let bound = parent.child("target_path", &name, false)?;
+        let here = match &bound {
+            Some(b) => b.mount_here(&parent, &table)?,
+            None => None,
+        };
+        let remounted = match (&bound, here) {
+            (Some(b), Some(m)) if dev_string(&m) == dev => mount::remount_bind_keeping(
+                &b.proc_path(),
                 mount::per_mount_flags(&m.options),
                 flags,
             ),
@@ -232,7 +271,9 @@ impl Node {
             }),
         };
         if let Err(e) = remounted {
-            let _ = self.detach_ours(target, &[dev]);
+            if let Some(b) = &bound {
+                let _ = nodepath::detach(b);
+            }
             return Err(e);
         }
         Ok(())
@@ -302,6 +343,8 @@ impl Node {
         validate::required("target_path", req.get_target_path())?;
         let target =
             validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
+        // A symlink in the path is refused even when there is nothing to do.
+        self.kubelet.resolve("target_path", &target, false)?;
         let guard = self.table.acquire(id, Op::Short("NodeUnpublishVolume"))?;
         let found = guard
             .data()

@@ -59,6 +59,8 @@ impl Node {
             req.get_volume_capability(),
         )?;
         validate::capability("volume_capability", cap)?;
+        // Applied to each pod's bind at publish; refused here if unknown.
+        crate::sys::mount::csi_mount_flags(cap.get_mount().get_mount_flags())?;
         let staging = validate::node_path(
             "staging_target_path",
             req.get_staging_target_path(),
@@ -319,6 +321,9 @@ impl Node {
             req.get_staging_target_path(),
             &self.cfg.kubelet_dir,
         )?;
+        // A symlink in the path is refused even when there is nothing to do.
+        self.kubelet
+            .resolve("staging_target_path", &staging, false)?;
         Ok((
             self.table.acquire(id, Op::Long("NodeUnstageVolume"))?,
             staging,
@@ -340,14 +345,14 @@ impl Node {
         }
         let st = rec.get_stage();
         if Path::new(st.get_staging_path()) != staging {
-            return Err(Error::precondition(
-                &id,
-                format!(
-                    "staged at {}, not {}",
-                    st.get_staging_path(),
-                    staging.display()
-                ),
-            ));
+            // Spec: "If the volume corresponding to the volume_id is not
+            // staged to the staging_target_path, the Plugin MUST reply 0 OK."
+            warn!(
+                "volume {id:?} is staged at {}, not {}: nothing to unstage there",
+                st.get_staging_path(),
+                staging.display()
+            );
+            return Ok(NodeUnstageVolumeResponse::new());
         }
         let published: Vec<&str> = rec
             .get_publications()

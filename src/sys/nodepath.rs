@@ -115,7 +115,9 @@ impl KubeletDir {
             .try_clone()
             .map_err(|e| Error::io("dup", &self.path, e))?;
         let mut walked = self.path.clone();
-        for comp in rel.components() {
+        let comps: Vec<Component> = rel.components().collect();
+        let mut cur_mount = mount_id_of(cur.as_fd())?;
+        for (i, comp) in comps.iter().enumerate() {
             let Component::Normal(name) = comp else {
                 return Err(Error::invalid(
                     field,
@@ -130,7 +132,7 @@ impl KubeletDir {
                 }
                 other => other,
             };
-            cur = match next {
+            let next = match next {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => return Ok(None),
                 Err(Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN) => {
@@ -150,6 +152,23 @@ impl KubeletDir {
                 }
                 Err(e) => return Err(Error::sys("open", &walked, e)),
             };
+            // A node path never runs THROUGH a FUSE mount (another volume's
+            // data, under its tenant's control): only its last component
+            // may be one (a staging mount, a pod's bind).
+            if i + 1 < comps.len() {
+                let id = mount_id_of(next.as_fd())?;
+                if id != cur_mount {
+                    let table = mountinfo::read_self()?;
+                    if mountinfo::by_id(&table, id).is_some_and(|m| m.is_fuse()) {
+                        return Err(Error::invalid(
+                            field,
+                            format!("{} is inside a FUSE mount", walked.display()),
+                        ));
+                    }
+                    cur_mount = id;
+                }
+            }
+            cur = next;
         }
         Ok(Some(NodePath {
             path: path.to_path_buf(),
@@ -182,15 +201,45 @@ impl NodePath {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
+    /// The entry `name` of this directory, opened beneath it without
+    /// following symlinks (created first when `create`): the parent's fd pins
+    /// the directory, so renaming or swapping any ancestor after the parent
+    /// was resolved redirects nothing. Opened after a mount was made on
+    /// `name`, it is the root of that mount.
+    pub fn child(
+        &self,
+        field: &'static str,
+        name: &CString,
+        create: bool,
+    ) -> Result<Option<NodePath>> {
+        let os = OsStr::from_bytes(name.to_bytes());
+        let path = self.path.join(os);
+        let opened = match open_beneath(self.fd.as_fd(), os) {
+            Err(Errno::ENOENT) if create => {
+                mkdir_at(self.fd.as_fd(), os).map_err(|e| Error::sys("mkdir", &path, e))?;
+                open_beneath(self.fd.as_fd(), os)
+            }
+            other => other,
+        };
+        match opened {
+            Ok(fd) => Ok(Some(NodePath { path, fd })),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN) => Err(Error::invalid(
+                field,
+                format!("{} is a symlink or leaves the kubelet dir", path.display()),
+            )),
+            Err(Errno::ENOTDIR) => Err(Error::invalid(
+                field,
+                format!("{} is not a directory", path.display()),
+            )),
+            Err(e) => Err(Error::sys("open", &path, e)),
+        }
+    }
+
     /// The id of the mount this fd was reached through (`mnt_id` of
     /// /proc/self/fdinfo/N): the topmost mount at the path when it was opened.
     pub fn mount_id(&self) -> Result<u32> {
-        let p = PathBuf::from(format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd()));
-        let f = std::fs::File::open(&p).map_err(|e| Error::io("open", &p, e))?;
-        parse_mnt_id(f).ok_or_else(|| Error::State {
-            path: p,
-            reason: "no mnt_id".into(),
-        })
+        mount_id_of(self.fd.as_fd())
     }
 
     /// The mount this path is the root of, or None when the path is a plain
@@ -249,6 +298,18 @@ pub fn rmdir_at(parent: &NodePath, name: &CString) -> Result<()> {
             e,
         )),
     }
+}
+
+/// The id of the mount an fd was reached through (`mnt_id` of
+/// /proc/self/fdinfo/N): no call reaches the filesystem, so a hung FUSE
+/// server cannot block it.
+fn mount_id_of(fd: BorrowedFd<'_>) -> Result<u32> {
+    let p = PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
+    let f = std::fs::File::open(&p).map_err(|e| Error::io("open", &p, e))?;
+    parse_mnt_id(f).ok_or_else(|| Error::State {
+        path: p,
+        reason: "no mnt_id".into(),
+    })
 }
 
 /// `mnt_id:` of an fdinfo file.
