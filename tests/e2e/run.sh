@@ -23,7 +23,9 @@ quiet() { "$@" >/dev/null 2>&1; }
 
 cleanup() {
   local rc=$?
-  if [[ -n ${E2E_KEEP:-} ]]; then log "E2E_KEEP set: cluster left up in $D"; return; fi
+  if [[ -n ${E2E_KEEP:-} ]]; then # for debugging: nsenter -t <pid> -m -p, then source $D/env.sh
+    log "E2E_KEEP: cluster stays up in $D until pid $$ is killed"; sleep infinity
+  fi
   log "cleanup"
   "$KIT/down.sh" "$D" > "$D.down.log" 2>&1 || true
   grep -E "leftover|ignored|could not|mounts left" "$D.down.log" | sed 's/^/  down: /'
@@ -45,12 +47,18 @@ failure_logs() {
   kubectl logs -n $NS -l app.kubernetes.io/component=node -c bindery --tail=25 2>&1 | sed 's/^/  | /'
   echo "  --- bindery (controller) log:"
   kubectl logs -n $NS -l app.kubernetes.io/component=controller -c bindery --tail=10 2>&1 | sed 's/^/  | /'
-  echo "  --- kubelet log (errors about volumes):"
-  grep -E '^E' "$D/logs/kubelet.log" 2>/dev/null | grep -iE 'csi|volume|mount|bindery' | tail -12 | cut -c1-400 | sed 's/^/  | /'
+  echo "  --- kubelet log (errors about volumes, last 6 distinct):"
+  grep -E '^E' "$D/logs/kubelet.log" 2>/dev/null | grep -iE 'csi|volume|mount|bindery' |
+    sed -E 's/^.*(Error: |err=)/\1/' | cut -c1-300 | awk '!seen[$0]++' | tail -6 | sed 's/^/  | /'
 }
+GATE=""  # set when a step the others need failed: they are reported as FAIL, not run
 step() { # name function
   local name=$1 t=$SECONDS; shift
   WHY=""
+  if [[ -n ${E2E_ONLY:-} && $name != install:* && ! $name =~ $E2E_ONLY ]]; then return; fi
+  if [[ -n $GATE ]]; then
+    echo "FAIL $name: not run, $GATE"; FAILED=$((FAILED + 1)); return
+  fi
   if "$@"; then
     echo "PASS $name ($((SECONDS - t))s)"; PASSED=$((PASSED + 1))
   else
@@ -118,6 +126,8 @@ mkdir -p "$D" /var/lib/bindery
 rm -f "$D.img"; truncate -s 8G "$D.img"
 mkfs.xfs -q -m reflink=1 "$D.img" && mount -o loop "$D.img" "$D" || { echo "FAIL setup: no XFS scratch"; exit 1; }
 mount -t tmpfs -o mode=0700 bindery-state /var/lib/bindery
+# Bidirectional mount propagation needs shared source mounts (as on systemd hosts).
+mount --make-rshared "$D"; mount --make-shared /var/lib/bindery
 
 log "cluster up"
 if ! KUBELET_FEATURE_GATES=CSIVolumeHealth=true SKIP_SMOKE=1 "$KIT/up.sh" "$D" > "$D/up.log" 2>&1; then
@@ -127,6 +137,19 @@ fi
 source "$D/env.sh"
 log "cluster ready after $((SECONDS - T0))s; kubelet dir $KUBELET_DIR"
 [[ $KUBELET_DIR == "$D/kubelet" ]] || { echo "FAIL setup: kubelet dir $KUBELET_DIR"; exit 1; }
+# The kit's apiserver runs without --allow-privileged (the default is false), and a CSI node
+# plugin must be privileged (mount(2), /dev/fuse, Bidirectional propagation): restart it with
+# the same flags plus --allow-privileged=true, as every real cluster that runs CSI drivers has.
+if ! tr '\0' '\n' < "/proc/$(cat "$D/pids/kube-apiserver.pid")/cmdline" | grep -qx -- '--allow-privileged=true'; then
+  mapfile -d '' api_cmd < "/proc/$(cat "$D/pids/kube-apiserver.pid")/cmdline"
+  kill "$(cat "$D/pids/kube-apiserver.pid")"
+  wait_until 5 bash -c "! kill -0 $(cat "$D/pids/kube-apiserver.pid")" || kill -9 "$(cat "$D/pids/kube-apiserver.pid")"
+  wait_until 10 bash -c "! kill -0 $(cat "$D/pids/kube-apiserver.pid")"
+  setsid "${api_cmd[@]}" --allow-privileged=true >> "$D/logs/kube-apiserver.log" 2>&1 < /dev/null &
+  echo $! > "$D/pids/kube-apiserver.pid"
+  wait_until 90 kubectl get --raw /readyz || { echo "FAIL setup: kube-apiserver did not come back"; exit 1; }
+  log "kube-apiserver restarted with --allow-privileged=true"
+fi
 
 log "S3 server (rclone serve s3) on 127.0.0.1"
 S3=$D/s3; mkdir -p "$S3"/{e2e-static,e2e-dyn,e2e-sanity}
@@ -171,7 +194,7 @@ EOF
   local overlay=$HERE/overlay
   [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] || overlay=$HERE/overlay-cgroup1
   kubectl kustomize "$overlay" | sed "s/@API_PORT@/$API_PORT/" | kubectl apply -f - > "$D/apply.log" 2>&1 ||
-    why "kubectl apply: $(tail -3 "$D/apply.log")" || return 1
+    why "kubectl apply: $(grep -iE 'error|invalid' "$D/apply.log" | head -3)" || return 1
   kubectl get csidriver $DRIVER > /dev/null 2>&1 || why "no CSIDriver $DRIVER" || return 1
   kubectl rollout status -n $NS ds/bindery-node --timeout=150s > /dev/null 2>&1 ||
     why "DaemonSet not ready: $(kubectl get pods -n $NS -o wide --no-headers 2>&1 | tr '\n' ';')" || return 1
@@ -404,6 +427,7 @@ teardown_clean() {
 }
 
 step "install: CSIDriver, node DaemonSet and controller Running, registered, Probe ready" install_bindery
+(( FAILED == 0 )) || GATE="bindery is not installed"
 step "static PV: 3 pods share one s3fs, writes cross pods and reach the bucket" static_pv
 step "dynamic PVC (reclaimData false): new prefix, DeleteVolume keeps the data" dynamic false
 step "dynamic PVC (reclaimData true): new prefix, DeleteVolume removes the data" dynamic true
