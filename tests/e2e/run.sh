@@ -13,6 +13,7 @@ KIT=${KIT:-$REPO/../shared/k8s}
 : "${BINDERY_BIN:?}" "${IMAGES:?}"
 # The kubelet dir is fixed because the overlay names it (tests/e2e/overlay).
 D=/var/tmp/bindery-e2e
+LOGS=${E2E_LOGS:-/var/tmp/bindery-e2e-logs}   # kept after the run: kubelet, bindery, csi-sanity
 DRIVER=bindery.csi.dev
 NS=bindery
 PASSED=0 FAILED=0
@@ -26,7 +27,13 @@ cleanup() {
   if [[ -n ${E2E_KEEP:-} ]]; then # for debugging: nsenter -t <pid> -m -p, then source $D/env.sh
     log "E2E_KEEP: cluster stays up in $D until pid $$ is killed"; sleep infinity
   fi
-  log "cleanup"
+  log "cleanup (logs in $LOGS)"
+  rm -rf "$LOGS"; mkdir -p "$LOGS"
+  if [[ -f $D/env.sh ]]; then
+    kubectl logs -n $NS -l app.kubernetes.io/component=node -c bindery --tail=-1 > "$LOGS/bindery-node.log" 2>&1
+    kubectl logs -n $NS -l app.kubernetes.io/component=controller -c bindery --tail=-1 > "$LOGS/bindery-controller.log" 2>&1
+    cp "$D"/logs/*.log "$LOGS/" 2>/dev/null
+  fi
   "$KIT/down.sh" "$D" > "$D.down.log" 2>&1 || true
   grep -E "leftover|ignored|could not|mounts left" "$D.down.log" | sed 's/^/  down: /'
   for cg in /sys/fs/cgroup/*/bindery-mounters /sys/fs/cgroup/bindery-mounters; do
@@ -326,15 +333,19 @@ cache_strategies() {
 }
 
 non_root() {
-  local sec="securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}"
+  local sec="securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}" out bad=""
   pod nonroot "$(cache_vol c '{cache: tools}'; pvc_vol data s3-shared)" "$(mnt c /cache; mnt data /data)" "$sec"
   wait_until 90 pod_running nonroot || why "pod not Running: $(stuck nonroot)" || return 1
-  local out
-  out=$(in_pod nonroot 'id -u; echo mine > /cache/nonroot.txt && cat /cache/nonroot.txt' 2>&1)
-  [[ $out == $'1000\nmine' ]] || why "uid 1000 cannot write its cache volume: $out; $(in_pod nonroot 'ls -ld /cache' 2>&1)" || return 1
+  out=$(in_pod nonroot 'echo mine > /cache/nonroot.txt && cat /cache/nonroot.txt' 2>&1)
+  [[ $out == mine ]] ||
+    bad+=" uid 1000 (fsGroup 2000) cannot write its cache volume: ${out//$'\n'/ } ($(in_pod nonroot 'ls -ld /cache' 2>&1));"
   out=$(in_pod nonroot 'echo nonroot > /data/nonroot.txt && cat /data/nonroot.txt' 2>&1)
-  [[ $out == nonroot ]] || why "uid 1000 (fsGroup 2000) cannot write the S3 volume: $out; $(in_pod nonroot 'ls -ld /data' 2>&1)" || return 1
-  [[ $(cat "$S3/e2e-static/shared/nonroot.txt" 2>/dev/null) == nonroot ]] || why "nonroot.txt not in the bucket" || return 1
+  if [[ $out != nonroot ]]; then
+    bad+=" uid 1000 (fsGroup 2000) cannot write the S3 volume: ${out//$'\n'/ } ($(in_pod nonroot 'ls -ld /data' 2>&1));"
+  elif [[ $(cat "$S3/e2e-static/shared/nonroot.txt" 2>/dev/null) != nonroot ]]; then
+    bad+=" nonroot.txt not in the bucket;"
+  fi
+  [[ -z $bad ]] || why "$bad" || return 1
 }
 
 plugin_restart() {
@@ -431,17 +442,20 @@ teardown_clean() {
   local golden=$KUBELET_DIR/plugins/$DRIVER/golden versions
   # while bindery still runs: no mounter, no publication, only the current golden version
   wait_until 60 bash -c '! pgrep -x s3fs' || why "s3fs still running after every pod left: $(pgrep -ax s3fs | cut -c1-200)" || return 1
+  # golden versions (dot-names are the store's own: .meta, .lock, .tmp-*) beyond the current one
+  # are collected once no pod uses them
+  local store old
+  for store in "$golden" /var/lib/bindery/golden; do
+    [[ -d $store/tools ]] || continue
+    wait_until 30 bash -c "(( \$(find '$store/tools' -mindepth 1 -maxdepth 1 -type d ! -name '.*' | wc -l) <= 1 ))" ||
+      why "golden versions of tools that no pod uses are kept: $(ls "$store/tools" | tr '\n' ' ')" || return 1
+  done
   kubectl kustomize "$HERE/overlay" | kubectl delete -f - --wait=true --timeout=90s > /dev/null 2>&1
   wait_until 60 bash -c "! kubectl get pods -n $NS --no-headers 2>/dev/null | grep -q ." || why "bindery pods left after uninstall" || return 1
   local m; m=$(awk -v k="$KUBELET_DIR/" 'index($5, k) == 1 && ($9 ~ /fuse/ || $9 == "overlay" || $5 ~ /kubernetes.io~csi/)' /proc/self/mountinfo)
   [[ -z $m ]] || why "mounts left: $(cut -d' ' -f5,9 <<<"$m" | tr '\n' ';')" || return 1
   local trees; trees=$(find "$KUBELET_DIR/pods" -path '*kubernetes.io~csi*' 2>/dev/null | head -5)
   [[ -z $trees ]] || why "pod volume trees left: $trees" || return 1
-  for store in "$golden" /var/lib/bindery/golden; do
-    [[ -d $store/tools ]] || continue
-    versions=$(find "$store/tools" -mindepth 1 -maxdepth 1 -type d | wc -l)
-    (( versions <= 1 )) || why "$versions golden versions of tools in $store, want at most the current one" || return 1
-  done
   local trash=$KUBELET_DIR/plugins/$DRIVER/trash
   [[ -z $(ls -A "$trash" 2>/dev/null) ]] || why "trash not emptied: $(ls -A "$trash" | head -3 | tr '\n' ' ')" || return 1
 }
