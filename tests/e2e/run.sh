@@ -422,13 +422,14 @@ sanity() {
   local s="{accessKeyID: $AKID, secretAccessKey: $SECRET, endpoint: \"$ENDPOINT\", region: us-east-1}"
   printf 'CreateVolumeSecret: %s\nDeleteVolumeSecret: %s\nNodeStageVolumeSecret: %s\nNodePublishVolumeSecret: %s\n' "$s" "$s" "$s" "$s" > "$secrets"
   mkdir -p "$KUBELET_DIR/plugins/sanity"
-  out=$(timeout 240 "$K8S_BIN/csi-sanity" --csi.endpoint="unix://$SOCK" --csi.controllerendpoint="unix://$ctl" \
+  out=$(timeout 240 "$K8S_BIN/csi-sanity" --ginkgo.v --csi.endpoint="unix://$SOCK" --csi.controllerendpoint="unix://$ctl" \
     --csi.stagingdir="$KUBELET_DIR/plugins/sanity/staging" --csi.mountdir="$KUBELET_DIR/plugins/sanity/target" \
     --csi.testvolumeparameters="$params" --csi.secrets="$secrets" --csi.testvolumeaccesstype=mount \
     --ginkgo.no-color 2>&1)
   local rc=$?
   echo "$out" > "$D/logs/csi-sanity.log"
   local summary; summary=$(grep -E '^(Ran |FAIL!|SUCCESS!)' <<<"$out" | tr '\n' ' ')
+  summary+="(node specs run: $(grep -cE '^Node Service' <<<"$out"))"
   log "csi-sanity: $summary"
   (( rc == 0 )) || {
     grep -E '^\s*\[FAIL\]' <<<"$out" | sort -u | head -20 | sed 's/^/  sanity: /'
