@@ -4,7 +4,9 @@
 # namespace first; this script expects to be PID 1's child there (it mounts an XFS scratch
 # filesystem and a tmpfs over /var/lib/bindery that vanish with the namespace).
 # env: BINDERY_BIN (host copy of the binary, for `bindery csi`), IMAGES (dir with the image
-#      tars), KIT (../shared/k8s), E2E_KEEP=1 (leave the cluster up on exit, for debugging).
+#      tars), KIT (../shared/k8s), E2E_KEEP=1 (leave the cluster up at the end, until
+#      /var/tmp/bindery-e2e.keep is removed), E2E_ONLY=REGEX (only the steps whose name
+#      matches, plus install), E2E_LOGS (where logs are kept, default /var/tmp/bindery-e2e-logs).
 # Prints one PASS/FAIL line per step and "N passed, M failed" last; exits 1 if any failed.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,8 +26,12 @@ quiet() { "$@" >/dev/null 2>&1; }
 
 cleanup() {
   local rc=$?
-  if [[ -n ${E2E_KEEP:-} ]]; then # for debugging: nsenter -t <pid> -m -p, then source $D/env.sh
-    log "E2E_KEEP: cluster stays up in $D until pid $$ is killed"; sleep infinity
+  if [[ -n ${E2E_KEEP:-} ]]; then # try it / debug: the cluster stays up until $D.keep is removed
+    touch "$D.keep"
+    log "E2E_KEEP: the cluster stays up. In another shell:"
+    echo "  nsenter -t \$(cat $D.pid) -m bash     # then: source $D/env.sh; kubectl get pods -A"
+    echo "  rm $D.keep                              # tears it all down"
+    while [[ -e $D.keep ]]; do sleep 1; done
   fi
   log "cleanup (logs in $LOGS)"
   rm -rf "$LOGS"; mkdir -p "$LOGS"
@@ -41,7 +47,7 @@ cleanup() {
   done
   umount -l /var/lib/bindery 2>/dev/null
   if mountpoint -q "$D"; then umount "$D" 2>/dev/null || umount -l "$D"; fi
-  rm -rf "$D" "$D.img" "$D.down.log"
+  rm -rf "$D" "$D.img" "$D.down.log" "$D.pid"
   return $rc
 }
 trap cleanup EXIT
