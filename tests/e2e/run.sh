@@ -89,11 +89,6 @@ wait_until() { # timeout-seconds cmd... : true once cmd succeeds
   local end=$((SECONDS + $1)); shift
   until "$@" >/dev/null 2>&1; do (( SECONDS < end )) || return 1; sleep 1; done
 }
-finding() { # text: appended to the findings file when E2E_FINDINGS names one
-  [[ -n ${E2E_FINDINGS:-} ]] && printf '%s\n' "$*" >> "$E2E_FINDINGS"
-  return 0
-}
-
 # ---------------------------------------------------------------- helpers
 SOCK=$D/kubelet/plugins/$DRIVER/csi.sock
 csi() { "$BINDERY_BIN" csi "$@" --endpoint "unix://$SOCK" --timeout 20; }
@@ -314,24 +309,31 @@ EOF
 }
 
 cache_strategies() {
-  local s failed=""
-  for s in copy overlay reflink hardlink auto; do
+  local s failed="" ro
+  for s in copy overlay reflink auto; do
     pod cache-$s "$(cache_vol c "{cache: tools, strategy: $s}")" "$(mnt c /cache)"
   done
+  # hardlink shares the golden inodes: only a read-only publication is safe (DESIGN.md 9)
+  ro=$(printf '  - name: c\n    csi:\n      driver: %s\n      readOnly: true\n      volumeAttributes: {cache: tools, strategy: hardlink}\n' "$DRIVER")
+  pod cache-hardlink "$ro" "$(mnt c /cache)"
   pod cache-place "$(cache_vol c '{cache: tools, placeCacheAtPath: deps/tools}')" "$(mnt c /app)"
   wait_until 90 pods_running cache-copy cache-overlay cache-reflink cache-hardlink cache-auto cache-place
   for s in copy overlay reflink hardlink auto; do
     if ! pod_running cache-$s; then failed+=" $s: $(stuck cache-$s);"; continue; fi
     [[ $(in_pod cache-$s 'cat /cache/hello.txt /cache/sub/deep.txt /cache/link' | tr '\n' ' ') == "hello deep hello " ]] ||
       { failed+=" $s: content differs;"; continue; }
-    in_pod cache-$s 'echo mine > /cache/new.txt && echo changed > /cache/hello.txt' ||
-      { failed+=" $s: pod cannot write its copy;"; continue; }
+    if [[ $s == hardlink ]]; then
+      in_pod cache-$s 'echo changed > /cache/hello.txt' 2>/dev/null && failed+=" hardlink: a read-only publication accepted a write;"
+      continue
+    fi
+    in_pod cache-$s 'echo mine > /cache/new.txt && echo changed > /cache/hello.txt && cat /cache/hello.txt' | grep -qx changed ||
+      failed+=" $s: pod cannot write its own copy;"
   done
+  # the writes stayed in each pod: the source and every other pod still have the original
   [[ $(cat "$CACHE_SRC/hello.txt") == hello ]] || failed+=" a pod's write reached the cache source;"
-  # every other pod still sees the original
-  [[ $(in_pod cache-copy 'cat /cache/hello.txt') == changed ]] || failed+=" copy lost its own write;"
   if pod_running cache-place; then
-    [[ $(in_pod cache-place 'cat /app/deps/tools/hello.txt') == hello ]] || failed+=" placeCacheAtPath: no /app/deps/tools/hello.txt;"
+    [[ $(in_pod cache-place 'cat /app/deps/tools/hello.txt') == hello ]] ||
+      failed+=" placeCacheAtPath: /app/deps/tools/hello.txt missing or changed by another pod;"
   else
     failed+=" placeCacheAtPath: $(stuck cache-place);"
   fi
