@@ -39,6 +39,8 @@ cleanup() {
     kubectl logs -n $NS -l app.kubernetes.io/component=node -c bindery --tail=-1 > "$LOGS/bindery-node.log" 2>&1
     kubectl logs -n $NS -l app.kubernetes.io/component=controller -c bindery --tail=-1 > "$LOGS/bindery-controller.log" 2>&1
     cp "$D"/logs/*.log "$LOGS/" 2>/dev/null
+    # pods first, while bindery can still unpublish their volumes (down.sh deletes all at once)
+    kubectl delete pods --all -n default --wait=true --timeout=60s > /dev/null 2>&1
   fi
   "$KIT/down.sh" "$D" > "$D.down.log" 2>&1 || true
   grep -E "leftover|ignored|could not|mounts left" "$D.down.log" | sed 's/^/  down: /'
