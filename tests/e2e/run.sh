@@ -185,6 +185,17 @@ install_bindery() {
   mkdir -p "$CACHE_SRC/sub"
   echo hello > "$CACHE_SRC/hello.txt"; echo deep > "$CACHE_SRC/sub/deep.txt"
   ln -sf hello.txt "$CACHE_SRC/link"
+  # The declaration: tenancy (namespaces) and every strategy allowed where the binary knows
+  # those keys (probed with `bindery cache build` on a scratch store), else the older format.
+  local conf probe=$D/conf-probe
+  conf=$(printf '[cache tools]\nsource = dir:%s\nnamespaces = default\nstrategies = auto, reflink, overlay, copy, hardlink\n' "$CACHE_SRC")
+  mkdir -p "$probe/kubelet"; printf '%s\n' "$conf" > "$probe/caches.conf"
+  if ! "$BINDERY_BIN" cache build tools --cache-config="$probe/caches.conf" --state-dir="$probe/state" \
+      --kubelet-dir="$probe/kubelet" > "$probe/out" 2>&1; then
+    log "cache declaration: $(head -c 200 "$probe/out"); using the format without tenancy keys"
+    conf=$(printf '[cache tools]\nsource = dir:%s\nstrategy = auto\n' "$CACHE_SRC")
+  fi
+  rm -rf "$probe"
   # Caches and the S3 secret exist before the node plugin starts (it reads caches.conf once).
   kubectl apply -f - > /dev/null <<EOF || return 1
 apiVersion: v1
@@ -196,9 +207,7 @@ kind: ConfigMap
 metadata: {name: bindery-caches, namespace: $NS}
 data:
   caches.conf: |
-    [cache tools]
-    source = dir:$CACHE_SRC
-    strategy = auto
+$(sed 's/^/    /' <<<"$conf")
 ---
 apiVersion: v1
 kind: Secret
