@@ -53,6 +53,9 @@ cleanup() {
   return $rc
 }
 trap cleanup EXIT
+# PID 1 of a namespace ignores signals it has no handler for: give TERM/INT one, so the EXIT
+# trap tears the cluster down when CI cancels the run.
+trap 'exit 143' TERM; trap 'exit 130' INT
 
 # ---------------------------------------------------------------- reporting
 CUR=""
