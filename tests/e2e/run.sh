@@ -48,6 +48,7 @@ cleanup() {
     [[ -d $cg ]] && rmdir "$cg" 2>/dev/null
   done
   umount -l /var/lib/bindery 2>/dev/null
+  [[ -n ${made_state_dir:-} ]] && rmdir /var/lib/bindery 2>/dev/null
   if mountpoint -q "$D"; then umount "$D" 2>/dev/null || umount -l "$D"; fi
   rm -rf "$D" "$D.img" "$D.down.log" "$D.pid"
   return $rc
@@ -104,7 +105,8 @@ pod_running() { [[ $(kubectl get pod "$1" -o jsonpath='{.status.phase}' 2>/dev/n
 pod_gone() { ! kubectl get pod "$1" >/dev/null 2>&1; }
 pods_running() { local p; for p; do pod_running "$p" || return 1; done; }
 pod_events() { kubectl get events --field-selector "involvedObject.name=$1" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>/dev/null | tail -3 | cut -c1-400; }
-stuck() { local p; for p; do pod_running "$p" || { echo "$p: $(kubectl get pod "$p" -o jsonpath='{.status.phase}') $(pod_events "$p")"; return; }; done; }
+pod_warning() { kubectl get events --field-selector "involvedObject.name=$1,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>/dev/null | tail -1 | cut -c1-400; }
+stuck() { local p w; for p; do pod_running "$p" || { w=$(pod_warning "$p"); echo "$p: $(kubectl get pod "$p" -o jsonpath='{.status.phase}') ${w:-$(pod_events "$p")}"; return; }; done; }
 # A busybox pod on the host network with some volumes.
 # pod NAME VOLUMES_YAML MOUNTS_YAML [SECURITY_YAML]
 pod() {
@@ -141,6 +143,7 @@ health_metric() { # pvc: the kubelet's kubelet_volume_stats_health_status_abnorm
 # ---------------------------------------------------------------- the cluster
 log "scratch: XFS (reflink) for the kubelet dir and containerd, tmpfs for /var/lib/bindery"
 [[ -d $D ]] && { "$KIT/down.sh" "$D" --purge > /dev/null 2>&1; mountpoint -q "$D" && umount -l "$D"; rm -rf "$D"; }
+[[ -d /var/lib/bindery ]] || made_state_dir=1
 mkdir -p "$D" /var/lib/bindery
 rm -f "$D.img"; truncate -s 8G "$D.img"
 mkfs.xfs -q -m reflink=1 "$D.img" && mount -o loop "$D.img" "$D" || { echo "FAIL setup: no XFS scratch"; exit 1; }
