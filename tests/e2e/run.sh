@@ -135,10 +135,17 @@ mnt() { printf '    - {name: %s, mountPath: %s}\n' "$1" "$2"; }
 cache_vol() { # name attrs-json
   printf '  - name: %s\n    csi:\n      driver: %s\n      volumeAttributes: %s\n' "$1" "$DRIVER" "$2"
 }
+# The kubelet's own endpoints, with the admin client certificate (the apiserver's node proxy
+# answers "address not allowed" for a node that resolves to loopback).
+kubelet_get() {
+  curl -fsS --cacert "$HARNESS_DIR/pki/ca.crt" --cert "$HARNESS_DIR/pki/admin.crt" \
+    --key "$HARNESS_DIR/pki/admin.key" "https://127.0.0.1:$KUBELET_PORT$1"
+}
 health_metric() { # pvc: the kubelet's kubelet_volume_stats_health_status_abnormal for it
-  kubectl get --raw "/api/v1/nodes/$NODE/proxy/metrics" 2>/dev/null |
+  kubelet_get /metrics 2>/dev/null |
     awk -v p="persistentvolumeclaim=\"$1\"" '/^kubelet_volume_stats_health_status_abnormal/ && index($0, p) {print $2}'
 }
+metric_is() { [[ $(health_metric "$1") == "$2" ]]; }
 
 # ---------------------------------------------------------------- the cluster
 log "scratch: XFS (reflink) for the kubelet dir and containerd, tmpfs for /var/lib/bindery"
@@ -274,6 +281,9 @@ EOF
   echo from-bucket > "$S3/e2e-static/shared/bucket.txt"
   wait_until 20 bash -c "[[ \$(kubectl exec s3-c -- cat /data/bucket.txt 2>/dev/null) == from-bucket ]]" ||
     why "an object written to the bucket is not visible in s3-c" || return 1
+  # the kubelet asks NodeGetVolumeStats (every 10 s here) and exports the VolumeCondition
+  wait_until 40 metric_is s3-shared 0 ||
+    why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)', want 0" || return 1
 }
 
 dynamic() { # reclaim(true|false)
@@ -421,7 +431,7 @@ mounter_killed() {
   if [[ $old_ok == no ]]; then
     grep -q 'abnormal: true' <<<"$stats" ||
       why "s3-b's volume is dead (ENOTCONN in the pod) but NodeGetVolumeStats says: $(grep -o 'volume_condition {[^}]*}' <<<"$stats")" || return 1
-    wait_until 60 bash -c "[[ \$(kubectl get --raw /api/v1/nodes/$NODE/proxy/metrics | awk '/^kubelet_volume_stats_health_status_abnormal/ && /s3-shared/ {print \$2}') == 1 ]]" ||
+    wait_until 60 metric_is s3-shared 1 ||
       why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)', want 1" || return 1
   else
     grep -q 'abnormal: true' <<<"$stats" && { why "s3-b reads its volume but VolumeCondition says abnormal"; return 1; }
@@ -430,7 +440,7 @@ mounter_killed() {
   [[ -n $metric ]] || why "the kubelet exports no kubelet_volume_stats_health_status_abnormal for s3-shared" || return 1
   # restarting the old pods brings everything back to health
   kubectl delete pod s3-a s3-b s3-c nonroot --wait=true --timeout=60s > /dev/null 2>&1
-  wait_until 60 bash -c "[[ \$(kubectl get --raw /api/v1/nodes/$NODE/proxy/metrics | awk '/^kubelet_volume_stats_health_status_abnormal/ && /s3-shared/ {print \$2}') == 0 ]]" ||
+  wait_until 60 metric_is s3-shared 0 ||
     why "health metric stays '$(health_metric s3-shared)' after the stale pods left" || return 1
 }
 
@@ -488,7 +498,7 @@ teardown_clean() {
 
 step "install: CSIDriver, node DaemonSet and controller Running, registered, Probe ready" install_bindery
 (( FAILED == 0 )) || GATE="bindery is not installed"
-step "static PV: 3 pods share one s3fs, writes cross pods and reach the bucket" static_pv
+step "static PV: 3 pods share one s3fs, writes cross pods and reach the bucket, health metric 0" static_pv
 step "dynamic PVC (reclaimData false): new prefix, DeleteVolume keeps the data" dynamic false
 step "dynamic PVC (reclaimData true): new prefix, DeleteVolume removes the data" dynamic true
 step "cache volumes: copy, overlay, reflink, hardlink, auto, placeCacheAtPath" cache_strategies
