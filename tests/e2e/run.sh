@@ -480,7 +480,7 @@ teardown_clean() {
   wait_until 60 bash -c '! pgrep -x s3fs' || why "s3fs still running after every pod left: $(pgrep -ax s3fs | cut -c1-200)" || return 1
   # golden versions (dot-names are the store's own: .meta, .lock, .tmp-*) beyond the current one
   # are collected once no pod uses them
-  local store old
+  local store
   for store in "$golden" /var/lib/bindery/golden; do
     [[ -d $store/tools ]] || continue
     wait_until 30 bash -c "(( \$(find '$store/tools' -mindepth 1 -maxdepth 1 -type d ! -name '.*' | wc -l) <= 1 ))" ||
@@ -488,8 +488,11 @@ teardown_clean() {
   done
   kubectl kustomize "$HERE/overlay" | kubectl delete -f - --wait=true --timeout=90s > /dev/null 2>&1
   wait_until 60 bash -c "! kubectl get pods -n $NS --no-headers 2>/dev/null | grep -q ." || why "bindery pods left after uninstall" || return 1
-  local m; m=$(awk -v k="$KUBELET_DIR/" 'index($5, k) == 1 && ($9 ~ /fuse/ || $9 == "overlay" || $5 ~ /kubernetes.io~csi/)' /proc/self/mountinfo)
-  [[ -z $m ]] || why "mounts left: $(cut -d' ' -f5,9 <<<"$m" | tr '\n' ';')" || return 1
+  # mountinfo: the filesystem type is the field after the "-" that ends the optional fields
+  local m; m=$(awk -v k="$KUBELET_DIR/" '{ t = ""; for (i = 7; i < NF; i++) if ($i == "-") { t = $(i + 1); break } }
+    index($5, k) == 1 && (t ~ /fuse/ || t == "overlay" || $5 ~ /kubernetes.io~csi/) { print $5, t }' /proc/self/mountinfo)
+  [[ -z $m ]] || why "mounts left: $(tr '\n' ';' <<<"$m")" || return 1
+  ! pgrep -x s3fs > /dev/null || why "s3fs running after uninstall: $(pgrep -ax s3fs | cut -c1-200)" || return 1
   local trees; trees=$(find "$KUBELET_DIR/pods" -path '*kubernetes.io~csi*' 2>/dev/null | head -5)
   [[ -z $trees ]] || why "pod volume trees left: $trees" || return 1
   local trash=$KUBELET_DIR/plugins/$DRIVER/trash
