@@ -9,7 +9,9 @@
 #  (c) socket and host paths agree: the registrar's --kubelet-registration-path is
 #      <kubelet-dir>/plugins/<driver-name>/csi.sock, the plugin-dir hostPath holds that
 #      socket, every --csi-address reaches bindery's --endpoint, the kubelet and state dirs
-#      are mounted at their host paths, the driver name matches the CSIDriver and examples.
+#      are mounted at their host paths, the driver name matches the CSIDriver and examples;
+#  (d) lessons from the real kubelet (tests/e2e): the node has a startupProbe in front of
+#      its livenessProbe and a host /tmp; the controller can mount (reclaimData).
 # Usage: deploy/check-manifests.sh            BINDERY=target/release/bindery deploy/check-manifests.sh
 # Prints "N passed, N failed" last; exits non-zero if anything failed.
 set -euo pipefail
@@ -434,6 +436,15 @@ for kdir in driver_sets:
             check(f"{w}: {name} --csi-address={addr} reaches bindery's socket",
                   volume_ref(spec, c, addr) == sock_ref,
                   f"{volume_ref(spec, c, addr)} != {sock_ref} (volume, path in volume)")
+        if f.get("--mode") == "controller":
+            # DeleteVolume with reclaimData mounts the prefix: FUSE, mount(2), a state dir.
+            check(f"{w}: controller can mount for reclaimData (privileged, /dev/fuse)",
+                  (b.get("securityContext") or {}).get("privileged") is True
+                  and host_path(spec, b, "/dev/fuse") == "/dev/fuse",
+                  "needs privileged: true and a hostPath /dev/fuse")
+            sd = f.get("--state-dir") or DEFAULTS["--state-dir"]
+            check(f"{w}: controller state dir {sd} outlives the pod",
+                  host_path(spec, b, sd) is not None, "not on a hostPath volume")
         if f.get("--mode") != "node":
             continue
 
@@ -462,6 +473,16 @@ for kdir in driver_sets:
         if f.get("--cache-config"):
             check(f"{w}: --cache-config {f['--cache-config']} is on a volume",
                   mount_for(b, f["--cache-config"]) is not None, "no volumeMount covers it")
+        # Mounters keep this container's mount namespace after it is gone; s3fs writes
+        # its upload buffers to /tmp, which must not be the deleted container rootfs.
+        check(f"{w}: /tmp is a host directory (mounters outlive the container)",
+              host_path(spec, b, "/tmp/x") is not None, "no hostPath volume at /tmp")
+        # A node recovering many volumes must not be killed by the liveness probe.
+        sp = (b.get("startupProbe") or {})
+        check(f"{w}: startupProbe guards the livenessProbe",
+              sp.get("httpGet") is not None and sp.get("httpGet") == (b.get("livenessProbe") or {}).get("httpGet")
+              and sp.get("failureThreshold", 3) * sp.get("periodSeconds", 10) >= 300,
+              f"startupProbe {sp}: want the liveness endpoint and >= 300 s")
         probe = (b.get("livenessProbe") or {}).get("httpGet")
         ports = [flag(c, "--health-port") for c in cs.values() if "livenessprobe" in c.get("image", "")]
         check(f"{w}: bindery liveness probe hits the livenessprobe sidecar",

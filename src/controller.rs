@@ -8,7 +8,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::info;
+use log::{info, warn};
 use protobuf::Message;
 
 use crate::config::Config;
@@ -219,6 +219,13 @@ impl Controller {
         let id = validate::volume_id(req.get_volume_id())?;
         let _guard = self.table.acquire(id, Op::Long("DeleteVolume"))?;
         let Some(rec) = self.load(id)? else {
+            // Idempotent by the spec; but a volume this controller never recorded (created
+            // by a controller with another state dir, e.g. on another node) keeps its data
+            // even if its StorageClass said reclaimData: say so.
+            warn!(
+                "delete volume {id:?}: no record in {}; its data, if any, is kept",
+                self.dir.display()
+            );
             return Ok(DeleteVolumeResponse::new());
         };
         if rec.get_parameters().get(RECLAIM_KEY).map(String::as_str) == Some("true") {

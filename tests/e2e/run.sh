@@ -1,0 +1,515 @@
+#!/usr/bin/env bash
+# End-to-end suite: bindery on a real one-node Kubernetes cluster (../shared/k8s beside the
+# clone). Run it through .ci/e2e, which builds the images and enters a private mount + PID
+# namespace first; this script expects to be PID 1's child there (it mounts an XFS scratch
+# filesystem and a tmpfs over /var/lib/bindery that vanish with the namespace).
+# env: BINDERY_BIN (host copy of the binary, for `bindery csi`), IMAGES (dir with the image
+#      tars), KIT (../shared/k8s), E2E_KEEP=1 (leave the cluster up at the end, until
+#      /var/tmp/bindery-e2e.keep is removed), E2E_ONLY=REGEX (only the steps whose name
+#      matches, plus install), E2E_LOGS (where logs are kept, default /var/tmp/bindery-e2e-logs).
+# Prints one PASS/FAIL line per step and "N passed, M failed" last; exits 1 if any failed.
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$REPO/tests/e2e
+KIT=${KIT:-$REPO/../shared/k8s}
+: "${BINDERY_BIN:?}" "${IMAGES:?}"
+# The kubelet dir is fixed because the overlay names it (tests/e2e/overlay).
+D=/var/tmp/bindery-e2e
+LOGS=${E2E_LOGS:-/var/tmp/bindery-e2e-logs}   # kept after the run: kubelet, bindery, csi-sanity
+DRIVER=bindery.csi.dev
+NS=bindery
+PASSED=0 FAILED=0
+T0=$SECONDS
+
+log() { echo "[$(date -u +%T)] $*"; }
+quiet() { "$@" >/dev/null 2>&1; }
+
+cleanup() {
+  local rc=$?
+  if [[ -n ${E2E_KEEP:-} ]]; then # try it / debug: the cluster stays up until $D.keep is removed
+    touch "$D.keep"
+    log "E2E_KEEP: the cluster stays up. In another shell:"
+    echo "  nsenter -t \$(cat $D.pid) -m bash     # then: source $D/env.sh; kubectl get pods -A"
+    echo "  rm $D.keep                              # tears it all down"
+    while [[ -e $D.keep ]]; do sleep 1; done
+  fi
+  log "cleanup (logs in $LOGS)"
+  rm -rf "$LOGS"; mkdir -p "$LOGS"
+  if [[ -f $D/env.sh ]]; then
+    kubectl logs -n $NS -l app.kubernetes.io/component=node -c bindery --tail=-1 > "$LOGS/bindery-node.log" 2>&1
+    kubectl logs -n $NS -l app.kubernetes.io/component=controller -c bindery --tail=-1 > "$LOGS/bindery-controller.log" 2>&1
+    cp "$D"/logs/*.log "$LOGS/" 2>/dev/null
+    # pods first, while bindery can still unpublish their volumes (down.sh deletes all at once)
+    kubectl delete pods --all -n default --wait=true --timeout=60s > /dev/null 2>&1
+  fi
+  "$KIT/down.sh" "$D" > "$D.down.log" 2>&1 || true
+  grep -E "leftover|ignored|could not|mounts left" "$D.down.log" | sed 's/^/  down: /'
+  for cg in /sys/fs/cgroup/*/bindery-mounters /sys/fs/cgroup/bindery-mounters; do
+    [[ -d $cg ]] && rmdir "$cg" 2>/dev/null
+  done
+  umount -l /var/lib/bindery 2>/dev/null
+  [[ -n ${made_state_dir:-} ]] && rmdir /var/lib/bindery 2>/dev/null
+  if mountpoint -q "$D"; then umount "$D" 2>/dev/null || umount -l "$D"; fi
+  rm -rf "$D" "$D.img" "$D.down.log" "$D.pid"
+  return $rc
+}
+trap cleanup EXIT
+# PID 1 of a namespace ignores signals it has no handler for: give TERM/INT one, so the EXIT
+# trap tears the cluster down when CI cancels the run.
+trap 'exit 143' TERM; trap 'exit 130' INT
+
+# ---------------------------------------------------------------- reporting
+CUR=""
+why() { WHY="$*"; return 1; }
+distinct() { # N: the last N lines of stdin whose text differs beyond timestamps and ids
+  awk '{ k = $0; sub(/^\[[^ ]* /, "", k); gsub(/volume="[^"]*"|path="[^"]*"|in [0-9.]+[mµ]?s/, "", k)
+         if (!(k in seen)) { seen[k] = 1; out[n++] = $0 } }
+       END { for (i = (n > N ? n - N : 0); i < n; i++) print out[i] }' N="$1" | cut -c1-400 | sed 's/^/  | /'
+}
+failure_logs() {
+  # last distinct lines (the timestamp and the volume id/path aside), the kubelet retries a lot
+  echo "  --- bindery (node) log:"
+  kubectl logs -n $NS -l app.kubernetes.io/component=node -c bindery --tail=200 2>&1 | distinct 10
+  echo "  --- bindery (controller) log:"
+  kubectl logs -n $NS -l app.kubernetes.io/component=controller -c bindery --tail=100 2>&1 | distinct 5
+  echo "  --- kubelet log (errors about volumes, last 6 distinct):"
+  grep -E '^E' "$D/logs/kubelet.log" 2>/dev/null | grep -iE 'csi|volume|mount|bindery' |
+    sed -E 's/^.*(Error: |err=)/\1/' | cut -c1-300 | awk '!seen[$0]++' | tail -6 | sed 's/^/  | /'
+}
+GATE=""  # set when a step the others need failed: they are reported as FAIL, not run
+step() { # name function
+  local name=$1 t=$SECONDS; shift
+  WHY=""
+  if [[ -n ${E2E_ONLY:-} && $name != install:* && ! $name =~ $E2E_ONLY ]]; then return; fi
+  if [[ -n $GATE ]]; then
+    echo "FAIL $name: not run, $GATE"; FAILED=$((FAILED + 1)); return
+  fi
+  if "$@"; then
+    echo "PASS $name ($((SECONDS - t))s)"; PASSED=$((PASSED + 1))
+  else
+    echo "FAIL $name ($((SECONDS - t))s): ${WHY:-exit status}"; FAILED=$((FAILED + 1))
+    failure_logs
+  fi
+}
+wait_until() { # timeout-seconds cmd... : true once cmd succeeds
+  local end=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do (( SECONDS < end )) || return 1; sleep 1; done
+}
+# ---------------------------------------------------------------- helpers
+SOCK=$D/kubelet/plugins/$DRIVER/csi.sock
+csi() { "$BINDERY_BIN" csi "$@" --endpoint "unix://$SOCK" --timeout 20; }
+mounters() { pgrep -x s3fs | wc -l; }
+node_pod() { kubectl get pod -n $NS -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}'; }
+in_pod() { kubectl exec "$1" -- sh -c "$2"; }
+pod_running() { [[ $(kubectl get pod "$1" -o jsonpath='{.status.phase}' 2>/dev/null) == Running ]]; }
+pod_gone() { ! kubectl get pod "$1" >/dev/null 2>&1; }
+pods_running() { local p; for p; do pod_running "$p" || return 1; done; }
+pod_events() { kubectl get events --field-selector "involvedObject.name=$1" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>/dev/null | tail -3 | cut -c1-400; }
+pod_warning() { kubectl get events --field-selector "involvedObject.name=$1,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>/dev/null | tail -1 | cut -c1-400; }
+stuck() { local p w; for p; do pod_running "$p" || { w=$(pod_warning "$p"); echo "$p: $(kubectl get pod "$p" -o jsonpath='{.status.phase}') ${w:-$(pod_events "$p")}"; return; }; done; }
+# A busybox pod on the host network with some volumes.
+# pod NAME VOLUMES_YAML MOUNTS_YAML [SECURITY_YAML]
+pod() {
+  kubectl apply -f - > /dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: default}
+spec:
+  hostNetwork: true
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  ${4:-}
+  containers:
+  - name: c
+    image: localhost/busybox:local
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    volumeMounts:
+$3
+  volumes:
+$2
+EOF
+}
+pvc_vol() { printf '  - name: %s\n    persistentVolumeClaim: {claimName: %s}\n' "$1" "$2"; }
+mnt() { printf '    - {name: %s, mountPath: %s}\n' "$1" "$2"; }
+cache_vol() { # name attrs-json
+  printf '  - name: %s\n    csi:\n      driver: %s\n      volumeAttributes: %s\n' "$1" "$DRIVER" "$2"
+}
+# The kubelet's own endpoints, with the admin client certificate (the apiserver's node proxy
+# answers "address not allowed" for a node that resolves to loopback).
+kubelet_get() {
+  curl -fsS --cacert "$HARNESS_DIR/pki/ca.crt" --cert "$HARNESS_DIR/pki/admin.crt" \
+    --key "$HARNESS_DIR/pki/admin.key" "https://127.0.0.1:$KUBELET_PORT$1"
+}
+health_metric() { # pvc: the kubelet's kubelet_volume_stats_health_status_abnormal for it
+  kubelet_get /metrics 2>/dev/null |
+    awk -v p="persistentvolumeclaim=\"$1\"" '/^kubelet_volume_stats_health_status_abnormal/ && index($0, p) {print $2}'
+}
+metric_is() { [[ $(health_metric "$1") == "$2" ]]; }
+
+# ---------------------------------------------------------------- the cluster
+log "scratch: XFS (reflink) for the kubelet dir and containerd, tmpfs for /var/lib/bindery"
+[[ -d $D ]] && { "$KIT/down.sh" "$D" --purge > /dev/null 2>&1; mountpoint -q "$D" && umount -l "$D"; rm -rf "$D"; }
+[[ -d /var/lib/bindery ]] || made_state_dir=1
+mkdir -p "$D" /var/lib/bindery
+rm -f "$D.img"; truncate -s 8G "$D.img"
+mkfs.xfs -q -m reflink=1 "$D.img" && mount -o loop "$D.img" "$D" || { echo "FAIL setup: no XFS scratch"; exit 1; }
+mount -t tmpfs -o mode=0700 bindery-state /var/lib/bindery
+# Bidirectional mount propagation needs shared source mounts (as on systemd hosts).
+mount --make-rshared "$D"; mount --make-shared /var/lib/bindery
+
+log "cluster up"
+if ! KUBELET_FEATURE_GATES=CSIVolumeHealth=true SKIP_SMOKE=1 "$KIT/up.sh" "$D" > "$D/up.log" 2>&1; then
+  tail -20 "$D/up.log"; echo "FAIL cluster: up.sh failed"; echo "0 passed, 1 failed"; exit 1
+fi
+# shellcheck source=/dev/null
+source "$D/env.sh"
+log "cluster ready after $((SECONDS - T0))s; kubelet dir $KUBELET_DIR"
+[[ $KUBELET_DIR == "$D/kubelet" ]] || { echo "FAIL setup: kubelet dir $KUBELET_DIR"; exit 1; }
+# The kit's apiserver runs without --allow-privileged (the default is false), and a CSI node
+# plugin must be privileged (mount(2), /dev/fuse, Bidirectional propagation): restart it with
+# the same flags plus --allow-privileged=true, as every real cluster that runs CSI drivers has.
+if ! tr '\0' '\n' < "/proc/$(cat "$D/pids/kube-apiserver.pid")/cmdline" | grep -qx -- '--allow-privileged=true'; then
+  mapfile -d '' api_cmd < "/proc/$(cat "$D/pids/kube-apiserver.pid")/cmdline"
+  kill "$(cat "$D/pids/kube-apiserver.pid")"
+  wait_until 5 bash -c "! kill -0 $(cat "$D/pids/kube-apiserver.pid")" || kill -9 "$(cat "$D/pids/kube-apiserver.pid")"
+  wait_until 10 bash -c "! kill -0 $(cat "$D/pids/kube-apiserver.pid")"
+  setsid "${api_cmd[@]}" --allow-privileged=true >> "$D/logs/kube-apiserver.log" 2>&1 < /dev/null &
+  echo $! > "$D/pids/kube-apiserver.pid"
+  wait_until 90 kubectl get --raw /readyz || { echo "FAIL setup: kube-apiserver did not come back"; exit 1; }
+  log "kube-apiserver restarted with --allow-privileged=true"
+fi
+
+log "S3 server (rclone serve s3) on 127.0.0.1"
+S3=$D/s3; mkdir -p "$S3"/{e2e-static,e2e-dyn,e2e-sanity}
+S3_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+AKID=e2e-akid SECRET=e2e-secret-key
+RCLONE_CONFIG=/dev/null RCLONE_AUTH_KEY="\"$AKID,$SECRET\"" setsid rclone serve s3 --addr "127.0.0.1:$S3_PORT" \
+  --dir-cache-time 0 --etag-hash '' "$S3" > "$D/logs/s3.log" 2>&1 < /dev/null &
+echo $! > "$D/pids/s3.pid"
+ENDPOINT=http://127.0.0.1:$S3_PORT
+
+log "import images"
+for t in "$IMAGES"/*.tar; do $CTR images import "$t" > /dev/null || { echo "FAIL setup: import $t"; exit 1; }; done
+
+# ---------------------------------------------------------------- steps
+CACHE_SRC=/var/lib/bindery/sources/tools
+install_bindery() {
+  mkdir -p "$CACHE_SRC/sub"
+  echo hello > "$CACHE_SRC/hello.txt"; echo deep > "$CACHE_SRC/sub/deep.txt"
+  ln -sf hello.txt "$CACHE_SRC/link"
+  # The declaration: tenancy (namespaces) and every strategy allowed where the binary knows
+  # those keys (probed with `bindery cache build` on a scratch store), else the older format.
+  local conf probe=$D/conf-probe
+  conf=$(printf '[cache tools]\nsource = dir:%s\nnamespaces = default\nstrategies = auto, reflink, overlay, copy, hardlink\n' "$CACHE_SRC")
+  mkdir -p "$probe/kubelet"; printf '%s\n' "$conf" > "$probe/caches.conf"
+  if ! "$BINDERY_BIN" cache build tools --cache-config="$probe/caches.conf" --state-dir="$probe/state" \
+      --kubelet-dir="$probe/kubelet" > "$probe/out" 2>&1; then
+    log "cache declaration: $(head -c 200 "$probe/out"); using the format without tenancy keys"
+    conf=$(printf '[cache tools]\nsource = dir:%s\nstrategy = auto\n' "$CACHE_SRC")
+  fi
+  rm -rf "$probe"
+  # Caches and the S3 secret exist before the node plugin starts (it reads caches.conf once).
+  kubectl apply -f - > /dev/null <<EOF || return 1
+apiVersion: v1
+kind: Namespace
+metadata: {name: $NS, labels: {pod-security.kubernetes.io/enforce: privileged}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: bindery-caches, namespace: $NS}
+data:
+  caches.conf: |
+$(sed 's/^/    /' <<<"$conf")
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bindery-s3, namespace: $NS}
+type: Opaque
+stringData: {accessKeyID: $AKID, secretAccessKey: $SECRET, endpoint: "$ENDPOINT", region: us-east-1}
+EOF
+  local overlay=$HERE/overlay
+  [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] || overlay=$HERE/overlay-cgroup1
+  kubectl kustomize "$overlay" | sed "s/@API_PORT@/$API_PORT/" | kubectl apply -f - > "$D/apply.log" 2>&1 ||
+    why "kubectl apply: $(grep -iE 'error|invalid' "$D/apply.log" | head -3)" || return 1
+  kubectl get csidriver $DRIVER > /dev/null 2>&1 || why "no CSIDriver $DRIVER" || return 1
+  kubectl rollout status -n $NS ds/bindery-node --timeout=150s > /dev/null 2>&1 ||
+    why "DaemonSet not ready: $(kubectl get pods -n $NS -o wide --no-headers 2>&1 | tr '\n' ';')" || return 1
+  kubectl rollout status -n $NS deploy/bindery-controller --timeout=90s > /dev/null 2>&1 ||
+    why "controller not ready: $(kubectl get pods -n $NS --no-headers 2>&1 | tr '\n' ';')" || return 1
+  wait_until 60 bash -c "kubectl get csinode $NODE -o jsonpath='{.spec.drivers[*].name}' | grep -qw $DRIVER" ||
+    why "kubelet did not register $DRIVER in CSINode $NODE" || return 1
+  local probe; probe=$(csi probe 2>&1)
+  grep -q 'value: true' <<<"$probe" || grep -q '"value": true' <<<"$probe" || grep -qi 'ready.*true' <<<"$probe" ||
+    why "Probe not ready: $probe" || return 1
+}
+
+static_pv() {
+  kubectl apply -f - > /dev/null <<EOF || return 1
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: e2e-static}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  csi:
+    driver: $DRIVER
+    volumeHandle: e2e-static/shared
+    volumeAttributes: {mounter: s3fs, bucket: e2e-static, prefix: shared}
+    nodeStageSecretRef: {name: bindery-s3, namespace: $NS}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: s3-shared, namespace: default}
+spec:
+  storageClassName: ""
+  volumeName: e2e-static
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
+EOF
+  local p
+  for p in s3-a s3-b s3-c; do pod $p "$(pvc_vol data s3-shared)" "$(mnt data /data)"; done
+  wait_until 90 pods_running s3-a s3-b s3-c || why "pods not Running: $(stuck s3-a s3-b s3-c)" || return 1
+  for p in s3-a s3-b s3-c; do in_pod $p "echo from-$p > /data/$p.txt" || why "write in $p failed" || return 1; done
+  (( $(mounters) == 1 )) || why "$(mounters) s3fs processes for one volume, want 1" || return 1
+  for p in s3-a s3-b s3-c; do
+    [[ $(in_pod s3-a "cat /data/$p.txt") == "from-$p" ]] || why "s3-a does not see $p.txt" || return 1
+    [[ $(cat "$S3/e2e-static/shared/$p.txt" 2>/dev/null) == "from-$p" ]] || why "$p.txt not in the bucket" || return 1
+  done
+  echo from-bucket > "$S3/e2e-static/shared/bucket.txt"
+  wait_until 20 bash -c "[[ \$(kubectl exec s3-c -- cat /data/bucket.txt 2>/dev/null) == from-bucket ]]" ||
+    why "an object written to the bucket is not visible in s3-c" || return 1
+  # the kubelet asks NodeGetVolumeStats (every 10 s here) and exports the VolumeCondition
+  wait_until 40 metric_is s3-shared 0 ||
+    why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)', want 0" || return 1
+}
+
+dynamic() { # reclaim(true|false)
+  local sc=bindery-reclaim-$1 pvc=dyn-$1 p=dyn-$1-pod
+  kubectl apply -f - > /dev/null <<EOF || return 1
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $sc}
+provisioner: $DRIVER
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+parameters:
+  mounter: s3fs
+  bucket: e2e-dyn
+  reclaimData: "$1"
+  csi.storage.k8s.io/provisioner-secret-name: bindery-s3
+  csi.storage.k8s.io/provisioner-secret-namespace: $NS
+  csi.storage.k8s.io/node-stage-secret-name: bindery-s3
+  csi.storage.k8s.io/node-stage-secret-namespace: $NS
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $pvc, namespace: default}
+spec:
+  storageClassName: $sc
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
+EOF
+  wait_until 60 bash -c "[[ \$(kubectl get pvc $pvc -o jsonpath='{.status.phase}') == Bound ]]" ||
+    why "PVC not Bound: $(pod_events $pvc)" || return 1
+  local pv handle prefix
+  pv=$(kubectl get pvc $pvc -o jsonpath='{.spec.volumeName}')
+  handle=$(kubectl get pv "$pv" -o jsonpath='{.spec.csi.volumeHandle}')
+  prefix=${handle#e2e-dyn/}
+  [[ $handle == e2e-dyn/* && $prefix == "$pv" ]] || why "volume handle $handle, want e2e-dyn/$pv" || return 1
+  pod $p "$(pvc_vol data $pvc)" "$(mnt data /data)"
+  wait_until 90 pod_running $p || why "pod not Running: $(stuck $p)" || return 1
+  in_pod $p "echo dyn > /data/f.txt" || why "write failed" || return 1
+  [[ $(cat "$S3/e2e-dyn/$prefix/f.txt" 2>/dev/null) == dyn ]] || why "f.txt not under the new prefix $prefix" || return 1
+  kubectl delete pod $p --wait=true --timeout=60s > /dev/null
+  kubectl delete pvc $pvc --wait=true --timeout=60s > /dev/null
+  wait_until 60 bash -c "! kubectl get pv $pv" ||
+    why "PV $pv not deleted (DeleteVolume): $(kubectl get pv "$pv" -o jsonpath='{.status.phase} {.status.message}')" || return 1
+  if [[ $1 == true ]]; then
+    [[ ! -e $S3/e2e-dyn/$prefix/f.txt ]] || why "reclaimData true but $prefix/f.txt is still in the bucket" || return 1
+  else
+    [[ -e $S3/e2e-dyn/$prefix/f.txt ]] || why "reclaimData false but $prefix/f.txt was deleted" || return 1
+  fi
+  kubectl delete sc $sc > /dev/null
+}
+
+cache_strategies() {
+  local s failed="" ro
+  for s in copy overlay reflink auto; do
+    pod cache-$s "$(cache_vol c "{cache: tools, strategy: $s}")" "$(mnt c /cache)"
+  done
+  # hardlink shares the golden inodes: only a read-only publication is safe (DESIGN.md 9)
+  ro=$(printf '  - name: c\n    csi:\n      driver: %s\n      readOnly: true\n      volumeAttributes: {cache: tools, strategy: hardlink}\n' "$DRIVER")
+  pod cache-hardlink "$ro" "$(mnt c /cache)"
+  pod cache-place "$(cache_vol c '{cache: tools, placeCacheAtPath: deps/tools}')" "$(mnt c /app)"
+  wait_until 90 pods_running cache-copy cache-overlay cache-reflink cache-hardlink cache-auto cache-place
+  for s in copy overlay reflink hardlink auto; do
+    if ! pod_running cache-$s; then failed+=" $s: $(stuck cache-$s);"; continue; fi
+    [[ $(in_pod cache-$s 'cat /cache/hello.txt /cache/sub/deep.txt /cache/link' | tr '\n' ' ') == "hello deep hello " ]] ||
+      { failed+=" $s: content differs;"; continue; }
+    if [[ $s == hardlink ]]; then
+      in_pod cache-$s 'echo changed > /cache/hello.txt' 2>/dev/null && failed+=" hardlink: a read-only publication accepted a write;"
+      continue
+    fi
+    in_pod cache-$s 'echo mine > /cache/new.txt && echo changed > /cache/hello.txt && cat /cache/hello.txt' | grep -qx changed ||
+      failed+=" $s: pod cannot write its own copy;"
+  done
+  # the writes stayed in each pod: the source and every other pod still have the original
+  [[ $(cat "$CACHE_SRC/hello.txt") == hello ]] || failed+=" a pod's write reached the cache source;"
+  if pod_running cache-place; then
+    [[ $(in_pod cache-place 'cat /app/deps/tools/hello.txt') == hello ]] ||
+      failed+=" placeCacheAtPath: /app/deps/tools/hello.txt missing or changed by another pod;"
+  else
+    failed+=" placeCacheAtPath: $(stuck cache-place);"
+  fi
+  [[ -z $failed ]] || why "$failed" || return 1
+}
+
+non_root() {
+  local sec="securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}" out bad=""
+  pod nonroot "$(cache_vol c '{cache: tools}'; pvc_vol data s3-shared)" "$(mnt c /cache; mnt data /data)" "$sec"
+  wait_until 90 pod_running nonroot || why "pod not Running: $(stuck nonroot)" || return 1
+  out=$(in_pod nonroot 'echo mine > /cache/nonroot.txt && cat /cache/nonroot.txt' 2>&1)
+  [[ $out == mine ]] ||
+    bad+=" uid 1000 (fsGroup 2000) cannot write its cache volume: ${out//$'\n'/ } ($(in_pod nonroot 'ls -ld /cache' 2>&1));"
+  out=$(in_pod nonroot 'echo nonroot > /data/nonroot.txt && cat /data/nonroot.txt' 2>&1)
+  if [[ $out != nonroot ]]; then
+    bad+=" uid 1000 (fsGroup 2000) cannot write the S3 volume: ${out//$'\n'/ } ($(in_pod nonroot 'ls -ld /data' 2>&1));"
+  elif [[ $(cat "$S3/e2e-static/shared/nonroot.txt" 2>/dev/null) != nonroot ]]; then
+    bad+=" nonroot.txt not in the bucket;"
+  fi
+  [[ -z $bad ]] || why "$bad" || return 1
+}
+
+plugin_restart() {
+  local old new s3pid
+  old=$(node_pod); s3pid=$(pgrep -x s3fs | head -1)
+  [[ -n $s3pid ]] || why "no s3fs running before the restart" || return 1
+  kubectl delete pod -n $NS "$old" --wait=true --timeout=60s > /dev/null 2>&1
+  # while no plugin runs, pods keep using their volume
+  in_pod s3-a 'echo during > /data/during.txt && cat /data/s3-b.txt' > /dev/null 2>&1 ||
+    why "s3-a cannot use /data while the plugin is down" || return 1
+  kill -0 "$s3pid" 2>/dev/null || why "s3fs (pid $s3pid) died with the node plugin container" || return 1
+  kubectl rollout status -n $NS ds/bindery-node --timeout=120s > /dev/null 2>&1 || why "new plugin pod not ready" || return 1
+  new=$(node_pod); [[ $new != "$old" ]] || why "plugin pod was not replaced" || return 1
+  kill -0 "$s3pid" 2>/dev/null && (( $(mounters) == 1 )) ||
+    why "new plugin did not adopt the mounter: pids $(pgrep -x s3fs | tr '\n' ' ')" || return 1
+  kubectl logs -n $NS "$new" -c bindery 2>/dev/null | grep -qiE 'adopt|recover' ||
+    why "new plugin logged no adoption" || return 1
+  in_pod s3-c 'cat /data/during.txt' > /dev/null 2>&1 || why "s3-c cannot read during.txt" || return 1
+  # publish/unpublish still work: a new pod comes and goes
+  pod s3-d "$(pvc_vol data s3-shared)" "$(mnt data /data)"
+  wait_until 60 pod_running s3-d || why "new pod after restart not Running: $(stuck s3-d)" || return 1
+  [[ $(in_pod s3-d 'cat /data/during.txt') == during ]] || why "s3-d does not see during.txt" || return 1
+  kubectl delete pod s3-d --wait=true --timeout=60s > /dev/null
+  local left; left=$(grep -c " $KUBELET_DIR/pods/[^ ]*/volumes/kubernetes.io~csi/e2e-static/mount " /proc/self/mountinfo)
+  (( left == 4 )) || why "after s3-d left, $left bind mounts of e2e-static, want 4 (s3-a/b/c, nonroot)" || return 1
+}
+
+mounter_killed() {
+  local pid uid vpath stats old_ok metric
+  pid=$(pgrep -x s3fs | head -1)
+  [[ -n $pid ]] || why "no s3fs running" || return 1
+  uid=$(kubectl get pod s3-b -o jsonpath='{.metadata.uid}')
+  vpath=$KUBELET_DIR/pods/$uid/volumes/kubernetes.io~csi/e2e-static/mount
+  kill -9 "$pid"
+  wait_until 60 bash -c "p=\$(pgrep -x s3fs | head -1); [[ -n \$p && \$p != $pid ]]" ||
+    why "no new s3fs within 60s of kill -9 $pid" || return 1
+  # a pod started now gets a healthy volume with the old data
+  pod s3-e "$(pvc_vol data s3-shared)" "$(mnt data /data)"
+  wait_until 60 pod_running s3-e || why "pod after heal not Running: $(stuck s3-e)" || return 1
+  [[ $(in_pod s3-e 'echo healed > /data/healed.txt; cat /data/s3-a.txt') == from-s3-a ]] || why "healed volume does not serve old data" || return 1
+  [[ $(cat "$S3/e2e-static/shared/healed.txt" 2>/dev/null) == healed ]] || why "write after heal not in the bucket" || return 1
+  # A pod from before the kill holds its own copy of the old bind: either it works again, or
+  # VolumeCondition (and the kubelet's health metric) must say it is abnormal.
+  sleep 2
+  old_ok=no; in_pod s3-b 'cat /data/healed.txt' > /dev/null 2>&1 && old_ok=yes
+  stats=$(csi node-stats --volume-id e2e-static/shared --target-path "$vpath" 2>&1 | tr '\n' ' ')
+  log "after heal: old pod s3-b reads its volume: $old_ok; NodeGetVolumeStats: $(grep -o 'volume_condition {[^}]*}' <<<"$stats")"
+  if [[ $old_ok == no ]]; then
+    grep -q 'abnormal: true' <<<"$stats" ||
+      why "s3-b's volume is dead (ENOTCONN in the pod) but NodeGetVolumeStats says: $(grep -o 'volume_condition {[^}]*}' <<<"$stats")" || return 1
+    wait_until 60 metric_is s3-shared 1 ||
+      why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)', want 1" || return 1
+  else
+    grep -q 'abnormal: true' <<<"$stats" && { why "s3-b reads its volume but VolumeCondition says abnormal"; return 1; }
+  fi
+  metric=$(health_metric s3-shared)
+  [[ -n $metric ]] || why "the kubelet exports no kubelet_volume_stats_health_status_abnormal for s3-shared" || return 1
+  # restarting the old pods brings everything back to health
+  kubectl delete pod s3-a s3-b s3-c nonroot --wait=true --timeout=60s > /dev/null 2>&1
+  wait_until 60 metric_is s3-shared 0 ||
+    why "health metric stays '$(health_metric s3-shared)' after the stale pods left" || return 1
+}
+
+sanity() {
+  local ctl cdir params secrets out
+  cdir=$(kubectl get pod -n $NS -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.uid}')
+  # The socket's own path is longer than a unix socket address may be (108 bytes): go
+  # through a short symlink to its directory.
+  ln -sfn "$KUBELET_DIR/pods/$cdir/volumes/kubernetes.io~empty-dir/socket-dir" "$D/ctl"
+  ctl=$D/ctl/csi.sock
+  [[ -S $ctl ]] || why "controller socket $ctl not found" || return 1
+  params=$D/sanity-params.yaml secrets=$D/sanity-secrets.yaml
+  printf 'mounter: s3fs\nbucket: e2e-sanity\n' > "$params"
+  local s="{accessKeyID: $AKID, secretAccessKey: $SECRET, endpoint: \"$ENDPOINT\", region: us-east-1}"
+  printf 'CreateVolumeSecret: %s\nDeleteVolumeSecret: %s\nNodeStageVolumeSecret: %s\nNodePublishVolumeSecret: %s\n' "$s" "$s" "$s" "$s" > "$secrets"
+  mkdir -p "$KUBELET_DIR/plugins/sanity"
+  out=$(timeout 240 "$K8S_BIN/csi-sanity" --ginkgo.v --csi.endpoint="unix://$SOCK" --csi.controllerendpoint="unix://$ctl" \
+    --csi.stagingdir="$KUBELET_DIR/plugins/sanity/staging" --csi.mountdir="$KUBELET_DIR/plugins/sanity/target" \
+    --csi.testvolumeparameters="$params" --csi.secrets="$secrets" --csi.testvolumeaccesstype=mount \
+    --ginkgo.no-color 2>&1)
+  local rc=$?
+  echo "$out" > "$D/logs/csi-sanity.log"
+  local summary; summary=$(grep -E '^(Ran |FAIL!|SUCCESS!)' <<<"$out" | tr '\n' ' ')
+  summary+="(node specs run: $(grep -cE '^Node Service' <<<"$out"))"
+  log "csi-sanity: $summary"
+  (( rc == 0 )) || {
+    grep -E '^\s*\[FAIL\]' <<<"$out" | sort -u | head -20 | sed 's/^/  sanity: /'
+    why "csi-sanity exit $rc: $summary"; return 1; }
+}
+
+teardown_clean() {
+  kubectl delete pod --all -n default --wait=true --timeout=90s > /dev/null 2>&1
+  kubectl delete pvc --all -n default --wait=true --timeout=60s > /dev/null 2>&1
+  kubectl delete pv --all --wait=true --timeout=60s > /dev/null 2>&1
+  local golden=$KUBELET_DIR/plugins/$DRIVER/golden versions
+  # while bindery still runs: no mounter, no publication, only the current golden version
+  wait_until 60 bash -c '! pgrep -x s3fs' || why "s3fs still running after every pod left: $(pgrep -ax s3fs | cut -c1-200)" || return 1
+  # golden versions (dot-names are the store's own: .meta, .lock, .tmp-*) beyond the current one
+  # are collected once no pod uses them
+  local store
+  for store in "$golden" /var/lib/bindery/golden; do
+    [[ -d $store/tools ]] || continue
+    wait_until 30 bash -c "(( \$(find '$store/tools' -mindepth 1 -maxdepth 1 -type d ! -name '.*' | wc -l) <= 1 ))" ||
+      why "golden versions of tools that no pod uses are kept: $(ls "$store/tools" | tr '\n' ' ')" || return 1
+  done
+  kubectl kustomize "$HERE/overlay" | kubectl delete -f - --wait=true --timeout=90s > /dev/null 2>&1
+  wait_until 60 bash -c "! kubectl get pods -n $NS --no-headers 2>/dev/null | grep -q ." || why "bindery pods left after uninstall" || return 1
+  # mountinfo: the filesystem type is the field after the "-" that ends the optional fields
+  local m; m=$(awk -v k="$KUBELET_DIR/" '{ t = ""; for (i = 7; i < NF; i++) if ($i == "-") { t = $(i + 1); break } }
+    index($5, k) == 1 && (t ~ /fuse/ || t == "overlay" || $5 ~ /kubernetes.io~csi/) { print $5, t }' /proc/self/mountinfo)
+  [[ -z $m ]] || why "mounts left: $(tr '\n' ';' <<<"$m")" || return 1
+  ! pgrep -x s3fs > /dev/null || why "s3fs running after uninstall: $(pgrep -ax s3fs | cut -c1-200)" || return 1
+  local trees; trees=$(find "$KUBELET_DIR/pods" -path '*kubernetes.io~csi*' 2>/dev/null | head -5)
+  [[ -z $trees ]] || why "pod volume trees left: $trees" || return 1
+  local trash=$KUBELET_DIR/plugins/$DRIVER/trash
+  [[ -z $(ls -A "$trash" 2>/dev/null) ]] || why "trash not emptied: $(ls -A "$trash" | head -3 | tr '\n' ' ')" || return 1
+}
+
+step "install: CSIDriver, node DaemonSet and controller Running, registered, Probe ready" install_bindery
+(( FAILED == 0 )) || GATE="bindery is not installed"
+step "static PV: 3 pods share one s3fs, writes cross pods and reach the bucket, health metric 0" static_pv
+step "dynamic PVC (reclaimData false): new prefix, DeleteVolume keeps the data" dynamic false
+step "dynamic PVC (reclaimData true): new prefix, DeleteVolume removes the data" dynamic true
+step "cache volumes: copy, overlay, reflink, hardlink, auto, placeCacheAtPath" cache_strategies
+step "non-root pod (uid 1000, fsGroup 2000) writes its cache and S3 volumes" non_root
+step "node plugin pod deleted: volumes keep working, new plugin adopts the mounter" plugin_restart
+step "s3fs killed: volume heals, VolumeCondition and kubelet health metric report it" mounter_killed
+step "csi-sanity against the node and controller sockets" sanity
+step "all pods deleted and bindery uninstalled: no mount, mounter, pod tree or stale golden version" teardown_clean
+
+echo "$PASSED passed, $FAILED failed ($((SECONDS - T0))s)"
+(( FAILED == 0 ))
