@@ -79,6 +79,22 @@ pub fn spawn_session(mut cmd: Command, log: &Path) -> Result<(i32, u64)> {
 /// or one hierarchy of v1): lets a mounter leave the daemon's container
 /// cgroup, which the container runtime empties when the container stops.
 pub fn move_to_cgroup(pid: i32, dir: &Path) -> Result<()> {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+    // Only a directory of a cgroup filesystem moves anything: elsewhere
+    // writing "cgroup.procs" just makes a file, and the mounter would
+    // silently stay in the daemon's cgroup (and die with its container).
+    let fs_of = |p: &Path| statfs(p).map(|s| s.filesystem_type());
+    let parent = dir.parent().unwrap_or(dir);
+    match fs_of(parent) {
+        Ok(t) if t == CGROUP2_SUPER_MAGIC || t == CGROUP_SUPER_MAGIC => {}
+        Ok(_) => {
+            return Err(Error::invalid(
+                "--mounter-cgroup",
+                format!("{} is not on a cgroup filesystem", dir.display()),
+            ))
+        }
+        Err(e) => return Err(Error::sys("statfs", parent, e)),
+    }
     fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
     let procs = dir.join("cgroup.procs");
     fs::write(&procs, pid.to_string()).map_err(|e| Error::io("write", &procs, e))
@@ -168,6 +184,14 @@ pub fn cap_output(pid: i32, max: u64, keep: u64) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_off_cgroupfs_is_no_cgroup() {
+        let dir = std::env::temp_dir().join(format!("bindery-not-a-cgroup-{}", std::process::id()));
+        let e = move_to_cgroup(std::process::id() as i32, &dir).unwrap_err();
+        assert!(e.to_string().contains("not on a cgroup filesystem"), "{e}");
+        assert!(!dir.exists(), "nothing was created");
+    }
 
     #[test]
     fn parses_stat_with_odd_names() {
