@@ -345,6 +345,27 @@ fn memory_is_flat_over_many_ephemeral_volumes() {
     );
 }
 
+/// Metadata files of rclone VFS caches below `dir` that say "Dirty": true.
+fn dirty_entries(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if p.components().any(|c| c.as_os_str() == "vfsMeta")
+                && fs::read_to_string(&p)
+                    .map(|t| t.replace([' ', '\n', '\t'], "").contains("\"Dirty\":true"))
+                    .unwrap_or(false)
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// Heal never loses data: a file written through an rclone volume while S3
 /// is down stays in rclone's VFS cache through a killed mounter and failed
 /// heals for 40 s, and reaches the bucket once S3 is back.
@@ -385,9 +406,25 @@ fn rclone_writes_survive_an_s3_outage_with_heal() {
     s3.pause();
     let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
     fs::write(format!("{t}/precious.bin"), &data).unwrap();
-    // The mounter dies while the upload is pending; heals fail while S3 is down.
+    // The health loop leaves a live rclone alone while S3 is down (it used
+    // to remount it, and lose its cache); it has accepted the write, as its
+    // VFS cache metadata shows.
     let rclone = || pids_matching(|c| c.starts_with("rclone mount") && c.contains(&st));
-    kill9(&rclone());
+    let first = rclone();
+    wait_until(
+        "the write is recorded as pending in rclone's cache",
+        20,
+        || dirty_entries(&d.state) > 0,
+    );
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        rclone(),
+        first,
+        "a live mounter was replaced during the outage"
+    );
+    // Then the mounter dies with the upload pending; heals fail while S3 is
+    // down, and none of them may drop the cache.
+    kill9(&first);
     thread::sleep(Duration::from_secs(40));
     let object = s3.dir.join(BUCKET).join("outage/precious.bin");
     assert!(!object.exists(), "uploaded while S3 was down?");

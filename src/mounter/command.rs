@@ -85,8 +85,6 @@ pub fn command(spec: &MountSpec, mnt: &Path, files: &VolumeFiles) -> Result<Comm
             cmd.arg("-o").arg(format!("url={}", s.endpoint));
             cmd.arg("-o")
                 .arg(format!("passwd_file={}", files.passwd.display()));
-            private_dir(&files.tmp)?;
-            cmd.arg("-o").arg(format!("tmpdir={}", files.tmp.display()));
             if !s.region.is_empty() {
                 cmd.arg("-o").arg(format!("endpoint={}", s.region));
             }

@@ -27,10 +27,6 @@ pub struct VolumeFiles {
     pub passwd: PathBuf,
     pub log: PathBuf,
     pub cache: PathBuf,
-    /// s3fs's staging area for uploads (its tmpdir): on the node, not in
-    /// the daemon container's root filesystem, which a restart discards
-    /// under a running mounter.
-    pub tmp: PathBuf,
 }
 
 fn remove_file(p: &Path) -> Result<()> {
@@ -47,7 +43,6 @@ impl VolumeFiles {
             passwd: dir.join("passwd"),
             log: dir.join("mounter.log"),
             cache: dir.join("cache"),
-            tmp: dir.join("tmp"),
             dir,
         }
     }

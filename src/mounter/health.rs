@@ -38,7 +38,7 @@ pub enum Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     Healthy,
-    /// Alive, but its S3 server does not answer (in time): reported, not healed.
+    /// Alive, but its S3 endpoint does not answer (in time): reported, not healed.
     Degraded(String),
     /// Dead (same as Health::Abnormal).
     Dead(String),
@@ -286,13 +286,101 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
 }
 
 /// What VolumeCondition should say: dead (as `check`), degraded when the
-/// bucket cannot be listed within `timeout`, else healthy.
-pub fn condition(mnt: &Path, run: Running, timeout: Duration) -> Condition {
+/// S3 endpoint does not accept a connection within `timeout`, else healthy.
+///
+/// Reachability is asked of the endpoint, never through the mount: every
+/// lookup or listing in the mount's root waits behind any pod's listing of
+/// it (FUSE serialises directory operations on the inode), which for a big
+/// prefix takes minutes, in uninterruptible sleep that not even SIGKILL ends.
+pub fn condition(mnt: &Path, run: Running, endpoint: &str, timeout: Duration) -> Condition {
     if let Health::Abnormal(why) = check(mnt, run, timeout) {
         return Condition::Dead(why);
     }
-    match list(mnt, run, timeout) {
+    match endpoint_reachable(endpoint, timeout) {
         Ok(()) => Condition::Healthy,
         Err(why) => Condition::Degraded(why),
+    }
+}
+
+/// host:port of an `http(s)://host[:port][/path]` endpoint (already
+/// validated), with the scheme's default port.
+fn endpoint_addr(endpoint: &str) -> Option<String> {
+    let (rest, port) = if let Some(r) = endpoint.strip_prefix("https://") {
+        (r, 443)
+    } else {
+        (endpoint.strip_prefix("http://")?, 80)
+    };
+    let authority = rest.split('/').next()?;
+    let has_port = match authority.rfind(']') {
+        Some(close) => authority[close..].contains(':'),
+        None => authority.contains(':'),
+    };
+    Some(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{port}")
+    })
+}
+
+/// A TCP connection to the volume's S3 endpoint within `timeout`: the
+/// mounter's server is reachable. No endpoint (a `fuse` mounter without
+/// one): nothing to ask.
+pub fn endpoint_reachable(endpoint: &str, timeout: Duration) -> std::result::Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    if endpoint.is_empty() {
+        return Ok(());
+    }
+    let Some(addr) = endpoint_addr(endpoint) else {
+        return Ok(());
+    };
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("S3 endpoint {addr}: {e}"))?
+        .collect();
+    let mut last = String::from("no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("S3 endpoint {addr} is not reachable: {last}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_addresses() {
+        assert_eq!(
+            endpoint_addr("http://127.0.0.1:9000").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(
+            endpoint_addr("https://s3.example.com/x").as_deref(),
+            Some("s3.example.com:443")
+        );
+        assert_eq!(
+            endpoint_addr("http://[::1]:9000/p").as_deref(),
+            Some("[::1]:9000")
+        );
+        assert_eq!(endpoint_addr("http://[::1]").as_deref(), Some("[::1]:80"));
+        assert_eq!(endpoint_addr("ftp://x"), None);
+    }
+
+    #[test]
+    fn reachability_is_a_connection_to_the_endpoint() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            endpoint_reachable(&format!("http://127.0.0.1:{port}"), t),
+            Ok(())
+        );
+        drop(l);
+        let e = endpoint_reachable(&format!("http://127.0.0.1:{port}"), t).unwrap_err();
+        assert!(e.contains("not reachable"), "{e}");
+        assert_eq!(endpoint_reachable("", t), Ok(()));
     }
 }

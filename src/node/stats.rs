@@ -70,9 +70,15 @@ impl Node {
             Health::Abnormal("the volume is being staged or unstaged".into())
         } else {
             // Answered inline on a gRPC thread: wait less than the health loop does.
+            let endpoint = st
+                .get_secrets()
+                .get("endpoint")
+                .map(String::as_str)
+                .unwrap_or("");
             match mounter::condition(
                 Path::new(st.get_staging_path()),
                 running(st),
+                endpoint,
                 Duration::from_secs(2),
             ) {
                 Condition::Healthy => match publication {
