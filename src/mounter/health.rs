@@ -1,16 +1,16 @@
 //! Is a staged FUSE mount alive? Health is not reachability: a mount is
 //! DEAD when its process is gone, a zombie or stopped, its mountinfo entry
-//! is gone, or statfs fails (ENOTCONN) or does not answer in time. A slow
-//! or failing S3 round trip (a lookup the mounter must ask its server
-//! about) only makes it DEGRADED, which is reported in VolumeCondition and
-//! never a reason to remount: a prefix of 30,000 keys takes seconds to list
-//! and is perfectly healthy.
+//! is gone, or statfs fails (ENOTCONN) or does not answer in time. An S3
+//! endpoint that does not accept connections only makes it DEGRADED, which
+//! is reported in VolumeCondition and never a reason to remount; a slow
+//! bucket (a prefix of 30,000 keys takes seconds to list) is healthy.
 //!
 //! Calls that may hang on a FUSE server run on prober threads: one statfs
-//! prober and one reachability prober per mount, created on first use and kept
-//! until `forget` (stop does it). A probe still running when the next check
-//! comes is waited for, not duplicated, so a hung server costs one blocked
-//! thread per mount, which the abort of its connection releases.
+//! prober per mount, and one listing prober that only `start` uses, created
+//! on first use and kept until `forget` (stop does it). A probe still
+//! running when the next check comes is waited for, not duplicated, so a
+//! hung server costs one blocked thread per mount, which the abort of its
+//! connection releases.
 
 use std::collections::HashMap;
 use std::fs;
@@ -148,21 +148,16 @@ fn statfs_work(path: &Path) -> std::result::Result<(), String> {
     }
 }
 
-/// A name no bucket is expected to hold: looking it up makes the mounter
-/// ask its S3 server (s3fs: HEAD requests), which is what reachability means.
-const PROBE_NAME: &str = ".bindery-reachability-probe";
-
-/// Reachability by a lookup, not a listing: a readdir of the mount root
-/// waits behind any pod's readdir of it (FUSE serialises directory reads on
-/// the inode), which for a big prefix takes minutes and would leave the
-/// prober stuck in uninterruptible sleep, so that even a SIGKILLed daemon
-/// could not exit.
+/// A listing of the mount's root: what readiness at start asks (the
+/// mounter must serve its bucket, not just a mount point). Only asked
+/// before any pod has the mount: a listing waits behind any pod's listing
+/// of the root (FUSE serialises directory operations on the inode), so
+/// ongoing checks never list (see `condition`).
 fn list_work(path: &Path) -> std::result::Result<(), String> {
-    match fs::symlink_metadata(path.join(PROBE_NAME)) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("looking up a name in {}: {e}", path.display())),
-    }
+    fs::read_dir(path)
+        .and_then(|mut d| d.next().transpose())
+        .map(|_| ())
+        .map_err(|e| format!("listing {}: {e}", path.display()))
 }
 
 fn probers(mnt: &Path, run: Running) -> std::result::Result<Arc<Mutex<Probers>>, String> {
@@ -259,7 +254,7 @@ pub fn check(mnt: &Path, run: Running, timeout: Duration) -> Health {
     liveness(mnt, run, timeout)
 }
 
-/// A reachability lookup in `mnt` on its prober, waiting at most `timeout`.
+/// A listing of `mnt` on its prober, waiting at most `timeout` (start only).
 pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::Result<(), String> {
     let list = {
         let p = probers(mnt, run)?;
@@ -268,7 +263,7 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
             Some(l) => l.clone(),
             None => {
                 let l = Arc::new(
-                    Prober::spawn(mnt.to_path_buf(), "fuse-reach", list_work)
+                    Prober::spawn(mnt.to_path_buf(), "fuse-list", list_work)
                         .map_err(|e| format!("cannot start a probe thread: {e}"))?,
                 );
                 p.list = Some(l.clone());
@@ -279,7 +274,7 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
     match list.ask(timeout) {
         Answer::Done(r) => r,
         Answer::Pending(after) => Err(format!(
-            "{} did not answer a lookup within {after:?}",
+            "{} did not answer a listing within {after:?}",
             mnt.display()
         )),
     }

@@ -328,8 +328,6 @@ class Slow(Operations):
     def getattr(self, path, fh=None):
         if path == "/":
             return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
-        if path == "/.bindery-reachability-probe":
-            time.sleep(3600)  # its "S3 server" does not answer
         raise FuseOSError(errno.ENOENT)
     def statfs(self, path):
         return {{"f_bsize": 4096, "f_blocks": 1, "f_bavail": 1}}
@@ -377,7 +375,7 @@ fn slow_listing_is_degraded_not_dead() {
     fs::create_dir_all(&mnt).unwrap();
     let prog = slow_lister(&root, false);
     let files = VolumeFiles::new(root.join("files"));
-    // Mount it by hand: start() wants a lookup answered, which this server never gives.
+    // Mount it by hand: start() wants a listing, which this server never gives.
     let mut cmd = command(&fuse_spec(&prog), &mnt, &files).unwrap();
     let child = cmd
         .stdout(Stdio::null())
