@@ -47,12 +47,7 @@ impl Node {
         readonly: bool,
     ) -> Result<NodePublishVolumeResponse> {
         let id = guard.id().to_string();
-        let existing = guard
-            .data()
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == target)
-            .cloned();
+        let existing = Self::publication(&guard, &target);
         if let Some(p) = existing {
             if p.get_fingerprint() != creq.fingerprint {
                 return Err(Error::exists(
@@ -134,13 +129,7 @@ impl Node {
 
     /// Record Removing, remove the pod's tree (never the golden copy), forget.
     pub(super) fn cache_unpublish(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
-        let Some(p) = guard
-            .data()
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == target)
-            .cloned()
-        else {
+        let Some(p) = Self::publication(guard, target) else {
             return Ok(());
         };
         if publish_phase(&p) != PublishPhase::REMOVING {

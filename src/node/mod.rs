@@ -18,20 +18,25 @@ mod recovery;
 mod stage;
 mod stats;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+use nix::mount::MsFlags;
 
 use crate::cache::volume::Caches;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lifecycle::Journal;
 use crate::mounter::{Running, VolumeFiles};
-use crate::proto::bindery::{Stage, VolumeRecord};
+use crate::proto::bindery::{Publication, Stage, VolumeRecord};
 use crate::proto::csi::*;
 use crate::state::StateStore;
+use crate::sys::mount;
 use crate::sys::mountinfo::{self, MountInfo};
 use crate::sys::nodepath::{KubeletDir, NodePath};
-use crate::volumes::VolumeTable;
+use crate::validate;
+use crate::volumes::{Guard, VolumeTable};
 
 pub struct Node {
     pub cfg: Arc<Config>,
@@ -116,6 +121,36 @@ impl Node {
         };
         let table = mountinfo::read_self()?;
         Ok(here.mount_here(&parent, &table)?.map(|m| (here, m)))
+    }
+
+    /// The volume's publication at `target`, if it has one.
+    fn publication(guard: &Guard<VolumeRecord>, target: &Path) -> Option<Publication> {
+        guard
+            .data()
+            .get_publications()
+            .iter()
+            .find(|p| Path::new(p.get_target_path()) == target)
+            .cloned()
+    }
+
+    /// The head every stage and publish request shares, validated in the
+    /// fixed order: volume_id, the path field and volume_capability present,
+    /// then the capability (access type, mode, mount_flags), then the path
+    /// (absolute, below the kubelet dir, no `.`/`..`, bounded).
+    fn request_head<'r>(
+        &self,
+        id: &'r str,
+        path_field: &'static str,
+        path: &str,
+        (has_cap, cap): (bool, &'r VolumeCapability),
+    ) -> Result<(&'r str, &'r VolumeCapability, PathBuf, MsFlags)> {
+        let id = validate::volume_id(id)?;
+        validate::required(path_field, path)?;
+        let cap = validate::required_msg("volume_capability", has_cap, cap)?;
+        validate::capability("volume_capability", cap)?;
+        let flags = mount::csi_mount_flags(cap.get_mount().get_mount_flags())?;
+        let path = validate::node_path(path_field, path, &self.cfg.kubelet_dir)?;
+        Ok((id, cap, path, flags))
     }
 
     /// Lifecycle errors name the volume; a missing record is this error.

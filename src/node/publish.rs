@@ -57,17 +57,12 @@ impl Node {
         &self,
         req: &'r NodePublishVolumeRequest,
     ) -> Result<(&'r str, &'r VolumeCapability, PathBuf, MsFlags)> {
-        let id = validate::volume_id(req.get_volume_id())?;
-        validate::required("target_path", req.get_target_path())?;
-        let cap = validate::required_msg(
-            "volume_capability",
-            req.has_volume_capability(),
-            req.get_volume_capability(),
+        let (id, cap, target, flags) = self.request_head(
+            req.get_volume_id(),
+            "target_path",
+            req.get_target_path(),
+            (req.has_volume_capability(), req.get_volume_capability()),
         )?;
-        validate::capability("volume_capability", cap)?;
-        let target =
-            validate::node_path("target_path", req.get_target_path(), &self.cfg.kubelet_dir)?;
-        let flags = mount::csi_mount_flags(cap.get_mount().get_mount_flags())?;
         let group = cap.get_mount().get_volume_mount_group();
         if !group.is_empty() && group.parse::<u32>().is_err() {
             return Err(Error::invalid(
@@ -167,12 +162,7 @@ impl Node {
                 self.unbind(&guard, &target)?;
             }
         }
-        let existing = guard
-            .data()
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == target)
-            .cloned();
+        let existing = Self::publication(&guard, &target);
         // What is mounted at the target now: our current bind, our stale
         // one, or something that is not ours.
         let here = self.mount_at("target_path", &target)?;
@@ -346,12 +336,7 @@ impl Node {
         // A symlink in the path is refused even when there is nothing to do.
         self.kubelet.resolve("target_path", &target, false)?;
         let guard = self.table.acquire(id, Op::Short("NodeUnpublishVolume"))?;
-        let found = guard
-            .data()
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == target)
-            .cloned();
+        let found = Self::publication(&guard, &target);
         match found {
             None => {
                 debug!(

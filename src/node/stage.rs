@@ -51,20 +51,13 @@ impl Node {
         &self,
         req: &NodeStageVolumeRequest,
     ) -> Result<(Guard<VolumeRecord>, StageArgs)> {
-        let id = validate::volume_id(req.get_volume_id())?;
-        validate::required("staging_target_path", req.get_staging_target_path())?;
-        let cap = validate::required_msg(
-            "volume_capability",
-            req.has_volume_capability(),
-            req.get_volume_capability(),
-        )?;
-        validate::capability("volume_capability", cap)?;
-        // Applied to each pod's bind at publish; refused here if unknown.
-        crate::sys::mount::csi_mount_flags(cap.get_mount().get_mount_flags())?;
-        let staging = validate::node_path(
+        // mount_flags are applied to each pod's bind at publish; refused here
+        // if unknown.
+        let (id, cap, staging, _flags) = self.request_head(
+            req.get_volume_id(),
             "staging_target_path",
             req.get_staging_target_path(),
-            &self.cfg.kubelet_dir,
+            (req.has_volume_capability(), req.get_volume_capability()),
         )?;
         let mut spec =
             mounter::parse_spec_for(id, req.get_volume_context(), req.get_secrets(), &self.cfg)?;
