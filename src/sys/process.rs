@@ -84,16 +84,23 @@ pub fn move_to_cgroup(pid: i32, dir: &Path) -> Result<()> {
     // writing "cgroup.procs" just makes a file, and the mounter would
     // silently stay in the daemon's cgroup (and die with its container).
     let fs_of = |p: &Path| statfs(p).map(|s| s.filesystem_type());
-    let parent = dir.parent().unwrap_or(dir);
-    match fs_of(parent) {
+    // An existing dir must be a cgroup itself (a v1 hierarchy's root is one,
+    // on a tmpfs parent); a new one is made inside a cgroup.
+    let checked = if dir.exists() {
+        dir
+    } else {
+        dir.parent().unwrap_or(dir)
+    };
+    match fs_of(checked) {
         Ok(t) if t == CGROUP2_SUPER_MAGIC || t == CGROUP_SUPER_MAGIC => {}
         Ok(_) => {
-            return Err(Error::invalid(
-                "--mounter-cgroup",
-                format!("{} is not on a cgroup filesystem", dir.display()),
+            return Err(Error::sys(
+                "move into cgroup (not on a cgroup filesystem)",
+                checked,
+                Errno::ENOTDIR,
             ))
         }
-        Err(e) => return Err(Error::sys("statfs", parent, e)),
+        Err(e) => return Err(Error::sys("statfs", checked, e)),
     }
     fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
     let procs = dir.join("cgroup.procs");
@@ -190,7 +197,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bindery-not-a-cgroup-{}", std::process::id()));
         let e = move_to_cgroup(std::process::id() as i32, &dir).unwrap_err();
         assert!(e.to_string().contains("not on a cgroup filesystem"), "{e}");
+        assert!(
+            !e.to_string().contains("--mounter-cgroup: --mounter-cgroup"),
+            "{e}"
+        );
         assert!(!dir.exists(), "nothing was created");
+        // An existing directory elsewhere is refused too.
+        let tmp = std::env::temp_dir();
+        assert!(move_to_cgroup(std::process::id() as i32, &tmp).is_err());
+        assert!(!tmp.join("cgroup.procs").exists());
     }
 
     #[test]
