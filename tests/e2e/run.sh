@@ -369,17 +369,56 @@ cache_strategies() {
 
 non_root() {
   local sec="securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}" out bad=""
-  pod nonroot "$(cache_vol c '{cache: tools}'; pvc_vol data s3-shared)" "$(mnt c /cache; mnt data /data)" "$sec"
+  # fsGroup belongs to the staged volume (one FUSE mount): this pod gets a
+  # volume of its own, staged with its group.
+  kubectl apply -f - > /dev/null <<EOF || return 1
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: e2e-nonroot}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  csi:
+    driver: $DRIVER
+    volumeHandle: e2e-static/nonroot
+    volumeAttributes: {mounter: s3fs, bucket: e2e-static, prefix: nonroot}
+    nodeStageSecretRef: {name: bindery-s3, namespace: $NS}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: s3-nonroot, namespace: default}
+spec:
+  storageClassName: ""
+  volumeName: e2e-nonroot
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
+EOF
+  pod nonroot "$(cache_vol c '{cache: tools}'; pvc_vol data s3-nonroot)" "$(mnt c /cache; mnt data /data)" "$sec"
+  # A pod with another fsGroup on the volume staged without one is refused
+  # by name rather than given files it cannot write.
+  pod grp-mix "$(pvc_vol data s3-shared)" "$(mnt data /data)" \
+    "securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 3000}"
   wait_until 90 pod_running nonroot || why "pod not Running: $(stuck nonroot)" || return 1
-  out=$(in_pod nonroot 'echo mine > /cache/nonroot.txt && cat /cache/nonroot.txt' 2>&1)
+  out=$(in_pod nonroot 'echo mine > /cache/nonroot.txt && cat /cache/nonroot.txt && rm /cache/nonroot.txt' 2>&1)
   [[ $out == mine ]] ||
     bad+=" uid 1000 (fsGroup 2000) cannot write its cache volume: ${out//$'\n'/ } ($(in_pod nonroot 'ls -ld /cache' 2>&1));"
-  out=$(in_pod nonroot 'echo nonroot > /data/nonroot.txt && cat /data/nonroot.txt' 2>&1)
+  out=$(in_pod nonroot 'echo nonroot > /data/nonroot.txt && cat /data/nonroot.txt && echo x > /data/gone.txt && rm /data/gone.txt' 2>&1)
   if [[ $out != nonroot ]]; then
     bad+=" uid 1000 (fsGroup 2000) cannot write the S3 volume: ${out//$'\n'/ } ($(in_pod nonroot 'ls -ld /data' 2>&1));"
-  elif [[ $(cat "$S3/e2e-static/shared/nonroot.txt" 2>/dev/null) != nonroot ]]; then
+  elif [[ $(cat "$S3/e2e-static/nonroot/nonroot.txt" 2>/dev/null) != nonroot ]]; then
     bad+=" nonroot.txt not in the bucket;"
   fi
+  wait_until 60 bash -c "kubectl get events --field-selector involvedObject.name=grp-mix -o jsonpath='{.items[*].message}' | grep -q volume_mount_group" ||
+    bad+=" a pod with another fsGroup on a staged volume was not refused by name: $(stuck grp-mix);"
+  pod_running grp-mix && bad+=" grp-mix runs with another fsGroup than its staged volume;"
+  kubectl delete pod nonroot grp-mix --wait=true --timeout=60s > /dev/null 2>&1
+  kubectl delete pvc s3-nonroot --wait=true --timeout=60s > /dev/null 2>&1
+  kubectl delete pv e2e-nonroot --wait=true --timeout=60s > /dev/null 2>&1
+  # Its volume is unstaged again: one mounter left, the shared volume's.
+  wait_until 60 bash -c '(( $(pgrep -x s3fs | wc -l) == 1 ))' ||
+    bad+=" the non-root pod's volume was not unstaged: $(mounters) s3fs running;"
   [[ -z $bad ]] || why "$bad" || return 1
 }
 
@@ -405,7 +444,7 @@ plugin_restart() {
   [[ $(in_pod s3-d 'cat /data/during.txt') == during ]] || why "s3-d does not see during.txt" || return 1
   kubectl delete pod s3-d --wait=true --timeout=60s > /dev/null
   local left; left=$(grep -c " $KUBELET_DIR/pods/[^ ]*/volumes/kubernetes.io~csi/e2e-static/mount " /proc/self/mountinfo)
-  (( left == 4 )) || why "after s3-d left, $left bind mounts of e2e-static, want 4 (s3-a/b/c, nonroot)" || return 1
+  (( left == 3 )) || why "after s3-d left, $left bind mounts of e2e-static, want 3 (s3-a/b/c)" || return 1
 }
 
 mounter_killed() {
@@ -439,7 +478,7 @@ mounter_killed() {
   metric=$(health_metric s3-shared)
   [[ -n $metric ]] || why "the kubelet exports no kubelet_volume_stats_health_status_abnormal for s3-shared" || return 1
   # restarting the old pods brings everything back to health
-  kubectl delete pod s3-a s3-b s3-c nonroot --wait=true --timeout=60s > /dev/null 2>&1
+  kubectl delete pod s3-a s3-b s3-c --wait=true --timeout=60s > /dev/null 2>&1
   wait_until 60 metric_is s3-shared 0 ||
     why "health metric stays '$(health_metric s3-shared)' after the stale pods left" || return 1
 }
