@@ -112,16 +112,27 @@ impl Node {
                     self.teardown_stage(guard)
                 }
             },
+            StagePhase::READY | StagePhase::STAGE_UNKNOWN if st.get_mounter_pid() != 0 => {
+                info!(
+                    "volume {id:?}: staged at {}, mounter pid {} adopted (the health loop checks it)",
+                    staging.display(),
+                    st.get_mounter_pid()
+                );
+                Ok(())
+            }
             StagePhase::READY | StagePhase::STAGE_UNKNOWN => {
                 // A heal interrupted after recording "no mounter": adopt the
                 // one it started if it serves; the health loop does the rest.
-                if st.get_mounter_pid() == 0 {
-                    if let Some(run) = self.adoptable(&staging, running(st)) {
-                        let mut rec = rec.clone();
-                        rec.mut_stage().set_mounter_pid(run.pid);
-                        rec.mut_stage().set_mounter_start_ticks(run.start_ticks);
-                        self.journal.commit(guard, rec)?;
-                    }
+                if let Some(run) = self.adoptable(&staging, running(st)) {
+                    info!(
+                        "volume {id:?}: adopting mounter pid {} at {}",
+                        run.pid,
+                        staging.display()
+                    );
+                    let mut rec = rec.clone();
+                    rec.mut_stage().set_mounter_pid(run.pid);
+                    rec.mut_stage().set_mounter_start_ticks(run.start_ticks);
+                    self.journal.commit(guard, rec)?;
                 }
                 Ok(())
             }

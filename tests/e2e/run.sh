@@ -435,7 +435,10 @@ plugin_restart() {
   new=$(node_pod); [[ $new != "$old" ]] || why "plugin pod was not replaced" || return 1
   kill -0 "$s3pid" 2>/dev/null && (( $(mounters) == 1 )) ||
     why "new plugin did not adopt the mounter: pids $(pgrep -x s3fs | tr '\n' ' ')" || return 1
-  kubectl logs -n $NS "$new" -c bindery 2>/dev/null | grep -qiE 'adopt|recover' ||
+  # (the log is read whole first: with pipefail, grep -q closing the pipe
+  # early would fail the pipeline with kubectl's SIGPIPE)
+  local newlog; newlog=$(kubectl logs -n $NS "$new" -c bindery 2>/dev/null)
+  grep -qiE 'adopt|recover' <<<"$newlog" ||
     why "new plugin logged no adoption" || return 1
   in_pod s3-c 'cat /data/during.txt' > /dev/null 2>&1 || why "s3-c cannot read during.txt" || return 1
   # publish/unpublish still work: a new pod comes and goes
