@@ -361,7 +361,10 @@ start_daemon() {
     --kubelet-dir "$KUB" --state-dir "$STATE" --cache-config "$conf" \
     --workers "$WORKERS" --watchdog-interval 0 </dev/null >>"$LOG" 2>&1 &
   DAEMON=$!
-  until [ -S "$SOCK" ] && csi probe 2>/dev/null | grep -q 'value: true'; do
+  # Probe is ready once state is recovered; the golden copy is built in the
+  # background, and its log line says when it is there.
+  until [ -S "$SOCK" ] && csi probe 2>/dev/null | grep -q 'value: true' &&
+    grep -qF 'built version' "$LOG"; do
     kill -0 "$DAEMON" 2>/dev/null || { DAEMON=""; echo "the daemon exited" >&2; return 1; }
     [ $(($(now_us) - t0)) -lt 1800000000 ] || { echo "daemon not ready within 1800 s" >&2; return 1; }
     sleep 0.2
