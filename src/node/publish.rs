@@ -147,21 +147,18 @@ impl Node {
             })?;
         let stage_dev = dev_string(&stage_mount);
         let generation = rec.get_stage().get_generation();
-        let existing = rec
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == target);
-        if let Some(p) = existing {
+        if let Some(p) = Self::publication(&guard, &target) {
             if p.get_fingerprint() != fingerprint {
                 return Err(Error::exists(
                     id,
                     format!("{} is already published with other flags", target.display()),
                 ));
             }
-            if publish_phase(p) == PublishPhase::UNBINDING {
+            if publish_phase(&p) == PublishPhase::UNBINDING {
                 self.unbind(&guard, &target)?;
             }
         }
+        // Again: a finished unbind has just forgotten it.
         let existing = Self::publication(&guard, &target);
         // What is mounted at the target now: our current bind, our stale
         // one, or something that is not ours.
@@ -203,9 +200,9 @@ impl Node {
         p.set_generation(generation);
         p.set_mount_dev(stage_dev.clone());
         p.set_mount_flags(flags.bits());
-        if existing.is_some() {
+        if let Some(e) = &existing {
             // Same target again: keep its phase history legal (Bound → Bound).
-            p.set_phase(publish_phase(existing.as_ref().unwrap_or(&p)));
+            p.set_phase(publish_phase(e));
         }
         rec.mut_publications().push(p);
         self.journal.commit(&guard, rec)?;
