@@ -113,10 +113,10 @@ impl Node {
         field: &'static str,
         path: &std::path::Path,
     ) -> Result<Option<(NodePath, MountInfo)>> {
-        let Some((parent, _)) = self.kubelet.resolve_parent(field, path, false)? else {
+        let Some((parent, name)) = self.kubelet.resolve_parent(field, path, false)? else {
             return Ok(None);
         };
-        let Some(here) = self.kubelet.resolve(field, path, false)? else {
+        let Some(here) = parent.child(field, &name, false)? else {
             return Ok(None);
         };
         let table = mountinfo::read_self()?;

@@ -18,7 +18,7 @@ use crate::lifecycle::stage_phase;
 use crate::mounter::{self, Health, MountSpec, Running};
 use crate::proto::bindery::{Stage, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
-use crate::sys::{nodepath, process, procscan};
+use crate::sys::{mountinfo, nodepath, process, procscan};
 use crate::validate;
 use crate::volumes::{Guard, Op};
 
@@ -115,12 +115,17 @@ impl Node {
                 }
             }
         }
-        // Nothing recorded: the staging dir must be ours to mount on.
-        let np = self
+        // Nothing recorded: the staging dir (created if missing) must be ours
+        // to mount on.
+        let vanished = || Error::invalid("staging_target_path", "vanished while being created");
+        let (parent, name) = self
             .kubelet
-            .resolve("staging_target_path", &staging, true)?
-            .ok_or_else(|| Error::invalid("staging_target_path", "vanished while being created"))?;
-        if let Some((_, m)) = self.mount_at("staging_target_path", &staging)? {
+            .resolve_parent("staging_target_path", &staging, true)?
+            .ok_or_else(vanished)?;
+        let dir = parent
+            .child("staging_target_path", &name, true)?
+            .ok_or_else(vanished)?;
+        if let Some(m) = dir.mount_here(&parent, &mountinfo::read_self()?)? {
             return Err(Error::precondition(
                 &id,
                 format!(
@@ -130,7 +135,7 @@ impl Node {
                 ),
             ));
         }
-        drop(np);
+        drop((parent, dir));
         let mut stage = Stage::new();
         stage.set_phase(StagePhase::STARTING);
         stage.set_staging_path(staging.display().to_string());

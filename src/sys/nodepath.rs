@@ -78,6 +78,38 @@ fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
     }
 }
 
+/// One checked step of a walk: `name` opened beneath `dir` (created first when
+/// `create`); a missing entry is None, a symlink, an escape or a
+/// non-directory INVALID_ARGUMENT naming `field` and `path` (the entry).
+fn open_entry(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    field: &'static str,
+    path: &Path,
+    create: bool,
+) -> Result<Option<OwnedFd>> {
+    let opened = match open_beneath(dir, name) {
+        Err(Errno::ENOENT) if create => {
+            mkdir_at(dir, name).map_err(|e| Error::sys("mkdir", path, e))?;
+            open_beneath(dir, name)
+        }
+        other => other,
+    };
+    match opened {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN) => Err(Error::invalid(
+            field,
+            format!("{} is a symlink or leaves the kubelet dir", path.display()),
+        )),
+        Err(Errno::ENOTDIR) => Err(Error::invalid(
+            field,
+            format!("{} is not a directory", path.display()),
+        )),
+        Err(e) => Err(Error::sys("open", path, e)),
+    }
+}
+
 impl KubeletDir {
     pub fn open(path: &Path) -> Result<KubeletDir> {
         let fd = fcntl::open(
@@ -125,32 +157,8 @@ impl KubeletDir {
                 ));
             };
             walked.push(name);
-            let next = match open_beneath(cur.as_fd(), name) {
-                Err(Errno::ENOENT) if create => {
-                    mkdir_at(cur.as_fd(), name).map_err(|e| Error::sys("mkdir", &walked, e))?;
-                    open_beneath(cur.as_fd(), name)
-                }
-                other => other,
-            };
-            let next = match next {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => return Ok(None),
-                Err(Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN) => {
-                    return Err(Error::invalid(
-                        field,
-                        format!(
-                            "{} is a symlink or leaves the kubelet dir",
-                            walked.display()
-                        ),
-                    ))
-                }
-                Err(Errno::ENOTDIR) => {
-                    return Err(Error::invalid(
-                        field,
-                        format!("{} is not a directory", walked.display()),
-                    ))
-                }
-                Err(e) => return Err(Error::sys("open", &walked, e)),
+            let Some(next) = open_entry(cur.as_fd(), name, field, &walked, create)? else {
+                return Ok(None);
             };
             // A node path never runs THROUGH a FUSE mount (another volume's
             // data, under its tenant's control): only its last component
@@ -214,26 +222,7 @@ impl NodePath {
     ) -> Result<Option<NodePath>> {
         let os = OsStr::from_bytes(name.to_bytes());
         let path = self.path.join(os);
-        let opened = match open_beneath(self.fd.as_fd(), os) {
-            Err(Errno::ENOENT) if create => {
-                mkdir_at(self.fd.as_fd(), os).map_err(|e| Error::sys("mkdir", &path, e))?;
-                open_beneath(self.fd.as_fd(), os)
-            }
-            other => other,
-        };
-        match opened {
-            Ok(fd) => Ok(Some(NodePath { path, fd })),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN) => Err(Error::invalid(
-                field,
-                format!("{} is a symlink or leaves the kubelet dir", path.display()),
-            )),
-            Err(Errno::ENOTDIR) => Err(Error::invalid(
-                field,
-                format!("{} is not a directory", path.display()),
-            )),
-            Err(e) => Err(Error::sys("open", &path, e)),
-        }
+        Ok(open_entry(self.fd.as_fd(), os, field, &path, create)?.map(|fd| NodePath { path, fd }))
     }
 
     /// The id of the mount this fd was reached through (`mnt_id` of
