@@ -208,8 +208,16 @@ impl Node {
         self.journal.commit(&guard, rec)?;
         crash::point("publish.recorded");
         if let Err(e) = self.bind_into(&stage_np, &target, flags, &stage_dev) {
-            if let Err(undo) = self.forget(&guard, &target) {
-                warn!("volume {id:?}: recording the failed publish: {undo}");
+            // A first bind that failed leaves nothing to remember. A target
+            // the CO was already told is published stays Bound: the health
+            // loop binds it again, an unpublish tears it down.
+            let first = existing
+                .as_ref()
+                .map_or(true, |p| publish_phase(p) == PublishPhase::BINDING);
+            if first {
+                if let Err(undo) = self.forget(&guard, &target) {
+                    warn!("volume {id:?}: recording the failed publish: {undo}");
+                }
             }
             return Err(e);
         }
