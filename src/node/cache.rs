@@ -143,4 +143,39 @@ impl Node {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
+
+    /// Cache upkeep (tamper checks of shared golden versions, collection of
+    /// unused ones): after a cache volume went away, or when `force`d.
+    pub fn cache_upkeep(&self, force: bool) {
+        use std::collections::{HashMap, HashSet};
+        use std::sync::atomic::Ordering;
+        if !self.cache_upkeep_due.swap(false, Ordering::SeqCst) && !force {
+            return;
+        }
+        let mut in_use: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut hardlinked = HashSet::new();
+        for id in self.table.ids() {
+            // Populations in flight hold the guard: their versions are in use.
+            let Ok(guard) = self.table.acquire(&id, Op::Short("upkeep")) else {
+                self.cache_upkeep_due.store(true, Ordering::SeqCst);
+                return;
+            };
+            for p in guard
+                .data()
+                .get_publications()
+                .iter()
+                .filter(|p| !p.get_cache_name().is_empty())
+            {
+                let (name, version) = (
+                    p.get_cache_name().to_string(),
+                    p.get_cache_version().to_string(),
+                );
+                if p.get_strategy() == "hardlink" {
+                    hardlinked.insert((name.clone(), version.clone()));
+                }
+                in_use.entry(name).or_default().insert(version);
+            }
+        }
+        self.caches.maintain(&in_use, &hardlinked);
+    }
 }
