@@ -11,21 +11,12 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const BUCKET: &str = "crash-bucket";
 const VOLUME: &str = "crash-bucket/vol";
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Node {
     d: Daemon,
@@ -88,23 +79,11 @@ impl Node {
     }
 
     fn unpublish(&self) -> Out {
-        self.d.csi(&[
-            "node-unpublish",
-            "--volume-id",
-            VOLUME,
-            "--target-path",
-            &self.target,
-        ])
+        self.d.unpublish(VOLUME, &self.target)
     }
 
     fn unstage(&self) -> Out {
-        self.d.csi(&[
-            "node-unstage",
-            "--volume-id",
-            VOLUME,
-            "--staging-path",
-            &self.staging,
-        ])
+        self.d.unstage(VOLUME, &self.staging)
     }
 
     /// Restart the daemon so that it dies at `point`, run `call` (which must
@@ -372,13 +351,7 @@ fn cache_publish(d: &Daemon, target: &str) -> Out {
 }
 
 fn cache_unpublish(d: &Daemon, target: &str) -> Out {
-    d.csi(&[
-        "node-unpublish",
-        "--volume-id",
-        "csi-crash-cache",
-        "--target-path",
-        target,
-    ])
+    d.unpublish("csi-crash-cache", target)
 }
 
 fn crash_cache_call(d: &mut Daemon, point: &str, call: impl FnOnce(&Daemon) -> Out) {

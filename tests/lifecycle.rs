@@ -8,19 +8,11 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const BUCKET: &str = "life-bucket";
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn staging(d: &Daemon, name: &str) -> String {
     d.kpath(&format!(
@@ -65,26 +57,6 @@ fn publish(d: &Daemon, volume: &str, staging: &str, target: &str) -> Out {
     ])
 }
 
-fn unpublish(d: &Daemon, volume: &str, target: &str) -> Out {
-    d.csi(&[
-        "node-unpublish",
-        "--volume-id",
-        volume,
-        "--target-path",
-        target,
-    ])
-}
-
-fn unstage(d: &Daemon, volume: &str, staging: &str) -> Out {
-    d.csi(&[
-        "node-unstage",
-        "--volume-id",
-        volume,
-        "--staging-path",
-        staging,
-    ])
-}
-
 fn is_mount(path: &str) -> bool {
     mounts_below(Path::new(path))
         .iter()
@@ -126,12 +98,12 @@ fn unpublish_right_after_restart_is_never_undone() {
     // Give recovery and the health loop work: the mounter is dead too.
     kill9(&mounters(&st));
     d.restart();
-    ok(unpublish(&d, vol, &t), &d);
+    ok(d.unpublish(vol, &t), &d);
     assert!(!is_mount(&t));
     // Several health passes later, the target is still not bound.
     thread::sleep(Duration::from_secs(3));
     assert!(!is_mount(&t), "the unpublish was undone\n{}", d.log_text());
-    ok(unstage(&d, vol, &st), &d);
+    ok(d.unstage(vol, &st), &d);
     wait_until("mounter gone", 20, || mounters(&st).is_empty());
     assert!(!is_mount(&st));
 }
@@ -181,8 +153,8 @@ fn rotated_secrets_reach_the_heal() {
         !log.contains(new.1) && !log.contains(old.1),
         "a secret reached the log"
     );
-    ok(unpublish(&d, vol, &t), &d);
-    ok(unstage(&d, vol, &st), &d);
+    ok(d.unpublish(vol, &t), &d);
+    ok(d.unstage(vol, &st), &d);
 }
 
 /// Unpublish and unstage only ever remove what the record says bindery
@@ -198,7 +170,7 @@ fn other_mounts_are_never_torn_down() {
     ok(stage(&d, a, &sa, &s3.secret_args()), &d);
     ok(publish(&d, a, &sa, &ta), &d);
     // Unpublish of ANOTHER volume id at volume a's target: OK, nothing touched.
-    ok(unpublish(&d, "life-bucket/vb", &ta), &d);
+    ok(d.unpublish("life-bucket/vb", &ta), &d);
     assert!(
         is_mount(&ta),
         "volume a's bind was removed by a call for volume b"
@@ -211,7 +183,7 @@ fn other_mounts_are_never_torn_down() {
         .status()
         .unwrap()
         .success());
-    ok(unpublish(&d, a, &foreign), &d);
+    ok(d.unpublish(a, &foreign), &d);
     assert!(is_mount(&foreign), "a foreign mount was removed");
     // A publish onto the foreign mount is refused and leaves it alone.
     let out = publish(&d, a, &sa, &foreign);
@@ -224,8 +196,8 @@ fn other_mounts_are_never_torn_down() {
     let out = stage(&d, "life-bucket/vb", &sa, &s3.secret_args());
     assert!(!out.ok(), "{out:?}");
     assert!(is_mount(&sa) && fs::read_dir(&ta).is_ok());
-    ok(unpublish(&d, a, &ta), &d);
-    ok(unstage(&d, a, &sa), &d);
+    ok(d.unpublish(a, &ta), &d);
+    ok(d.unstage(a, &sa), &d);
     assert!(is_mount(&foreign), "a foreign mount was removed");
     let _ = std::process::Command::new("umount").arg(&foreign).status();
 }
@@ -256,7 +228,7 @@ fn symlinked_node_paths_are_refused() {
         let out = publish(&d, vol, &st, &bad_target);
         assert!(!out.ok() && out.stderr.contains("target_path"), "{out:?}");
         // Even with nothing to undo, a symlinked path is refused by name.
-        let out = unpublish(&d, vol, &bad_target);
+        let out = d.unpublish(vol, &bad_target);
         assert!(
             out.code == 3 && out.stderr.contains("target_path"),
             "{out:?}"
@@ -272,7 +244,7 @@ fn symlinked_node_paths_are_refused() {
         "something was mounted outside"
     );
     assert_eq!(mounters(&st).len(), 1);
-    ok(unstage(&d, vol, &st), &d);
+    ok(d.unstage(vol, &st), &d);
     assert!(mounters(&bad_staging).is_empty());
 }
 
@@ -433,8 +405,8 @@ fn rclone_writes_survive_an_s3_outage_with_heal() {
     wait_until("the pending write reaches the bucket", 90, || {
         fs::read(&object).map(|b| b == data).unwrap_or(false)
     });
-    ok(unpublish(&d, vol, &t), &d);
-    ok(unstage(&d, vol, &st), &d);
+    ok(d.unpublish(vol, &t), &d);
+    ok(d.unstage(vol, &st), &d);
     assert_eq!(fs::read(&object).unwrap(), data);
     wait_until("mounter gone", 20, || rclone().is_empty());
 }
@@ -465,21 +437,21 @@ fn full_disk_unpublish_fails_cleanly_and_is_not_undone() {
         .arg(format!("of={}", filler.display()))
         .stderr(std::process::Stdio::null())
         .status();
-    let out = unpublish(&d, vol, &t);
+    let out = d.unpublish(vol, &t);
     assert_eq!(
         out.code, 13,
         "INTERNAL when the record cannot be written: {out:?}"
     );
     assert!(is_mount(&t), "a failed unpublish changed nothing");
     fs::remove_file(&filler).unwrap();
-    ok(unpublish(&d, vol, &t), &d);
+    ok(d.unpublish(vol, &t), &d);
     thread::sleep(Duration::from_secs(3));
     assert!(
         !is_mount(&t),
         "the health loop undid the unpublish\n{}",
         d.log_text()
     );
-    ok(unstage(&d, vol, &st), &d);
+    ok(d.unstage(vol, &st), &d);
     drop(d);
     let _ = std::process::Command::new("umount")
         .arg("-l")
@@ -548,7 +520,7 @@ fn symlink_swap_races_never_escape() {
     }
     eprintln!("{} of 150 publishes won the race", published.len());
     for t in &published {
-        ok(unpublish(&d, vol, t), &d);
+        ok(d.unpublish(vol, t), &d);
     }
     assert!(
         mounts_below(&outside.path).is_empty(),
@@ -561,7 +533,7 @@ fn symlink_swap_races_never_escape() {
     );
     let stray: Vec<_> = mounts_below(&pods).into_iter().collect();
     assert!(stray.is_empty(), "binds left behind: {stray:?}");
-    ok(unstage(&d, vol, &st), &d);
+    ok(d.unstage(vol, &st), &d);
 }
 
 /// fsGroup belongs to the staged volume: a publish with another group is
@@ -642,6 +614,6 @@ fn publish_flags_and_groups_are_honoured_or_refused() {
             "{want} missing from {opts}"
         );
     }
-    ok(unpublish(&d, vol, &t1), &d);
-    ok(unstage(&d, vol, &st), &d);
+    ok(d.unpublish(vol, &t1), &d);
+    ok(d.unstage(vol, &st), &d);
 }

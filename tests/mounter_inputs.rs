@@ -14,20 +14,6 @@ use common::*;
 
 const BUCKET: &str = "inputs-bucket";
 
-fn mounter_pids(staging: &str) -> Vec<i32> {
-    pids_matching(|c| {
-        (c.starts_with("s3fs ") || c.starts_with("rclone mount")) && c.contains(staging)
-    })
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn stage(d: &Daemon, volume: &str, staging: &str, extra: &[String]) -> Out {
     let mut a: Vec<String> = vec![
         "node-stage".into(),
@@ -40,16 +26,6 @@ fn stage(d: &Daemon, volume: &str, staging: &str, extra: &[String]) -> Out {
     ];
     a.extend(extra.iter().cloned());
     d.csi(&args(&a))
-}
-
-fn unstage(d: &Daemon, volume: &str, staging: &str) -> Out {
-    d.csi(&[
-        "node-unstage",
-        "--volume-id",
-        volume,
-        "--staging-path",
-        staging,
-    ])
 }
 
 fn secrets_file(d: &Daemon, name: &str, endpoint: &str, key: &str, secret: &str) -> String {
@@ -314,7 +290,7 @@ fn prompt_unstage(mounter: &str) {
     });
     assert_eq!(mounter_pids(&staging).len(), 1);
     let t0 = Instant::now();
-    let out = unstage(&d, &volume, &staging);
+    let out = d.unstage(&volume, &staging);
     let took = t0.elapsed();
     let _ = holder.kill();
     let _ = holder.wait();
@@ -423,7 +399,7 @@ fn slow_listing_causes_no_remount() {
         &target,
     ]);
     assert!(out.ok(), "{out:?}");
-    assert!(unstage(&d, &volume, &staging).ok());
+    assert!(d.unstage(&volume, &staging).ok());
     assert!(mounter_pids(&staging).is_empty());
     // The pod's listing ends with the mount at the latest.
     let (listed, took) = lister.join().unwrap();

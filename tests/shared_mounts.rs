@@ -7,7 +7,6 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -46,40 +45,6 @@ fn publish(d: &Daemon, volume: &str, staging: &str, target: &str, readonly: bool
         a.push("--readonly");
     }
     d.csi(&a)
-}
-
-fn unpublish(d: &Daemon, volume: &str, target: &str) -> Out {
-    d.csi(&[
-        "node-unpublish",
-        "--volume-id",
-        volume,
-        "--target-path",
-        target,
-    ])
-}
-
-fn unstage(d: &Daemon, volume: &str, staging: &str) -> Out {
-    d.csi(&[
-        "node-unstage",
-        "--volume-id",
-        volume,
-        "--staging-path",
-        staging,
-    ])
-}
-
-fn mounter_pids(staging: &str) -> Vec<i32> {
-    pids_matching(|c| {
-        (c.starts_with("s3fs ") || c.starts_with("rclone mount")) && c.contains(staging)
-    })
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn one_volume_many_pods(mounter: &str) {
@@ -146,11 +111,11 @@ fn one_volume_many_pods(mounter: &str) {
     );
 
     // Unstage refuses while published.
-    let out = unstage(&d, &volume, &staging);
+    let out = d.unstage(&volume, &staging);
     assert_eq!(out.code, 9, "{out:?}");
     // Unpublish removes only that bind and its dir.
     for t in &targets[1..] {
-        let out = unpublish(&d, &volume, t);
+        let out = d.unpublish(&volume, t);
         assert!(out.ok(), "{out:?}");
         assert!(!Path::new(t).exists(), "{t} left behind");
     }
@@ -161,8 +126,8 @@ fn one_volume_many_pods(mounter: &str) {
     // Write, then unpublish and unstage at once: no acknowledged write is lost
     // (rclone uploads asynchronously; unstage lets it finish).
     fs::write(Path::new(&targets[0]).join("last.txt"), "last words").unwrap();
-    assert!(unpublish(&d, &volume, &targets[0]).ok());
-    let out = unstage(&d, &volume, &staging);
+    assert!(d.unpublish(&volume, &targets[0]).ok());
+    let out = d.unstage(&volume, &staging);
     assert!(out.ok(), "{out:?}");
     let last = s3
         .dir
@@ -188,7 +153,7 @@ fn one_volume_many_pods(mounter: &str) {
         .collect();
     assert!(leftovers.is_empty(), "state left: {leftovers:?}");
     // Idempotent.
-    assert!(unstage(&d, &volume, &staging).ok());
+    assert!(d.unstage(&volume, &staging).ok());
 }
 
 fn libc_erofs() -> i32 {
@@ -304,15 +269,15 @@ fn killed_mounter_is_reported_and_healed() {
     );
     // Read-only survives healing.
     assert!(fs::write(Path::new(&tb).join("x"), "no").is_err());
-    assert!(unpublish(&d, &volume, &tb).ok());
+    assert!(d.unpublish(&volume, &tb).ok());
     assert!(publish(&d, &volume, &staging, &tb, true).ok());
     let stats = d.csi(&["node-stats", "--volume-id", &volume, "--target-path", &tb]);
     assert!(!stats.stdout.contains("abnormal: true"), "{}", stats.stdout);
     assert!(fs::write(Path::new(&tb).join("x"), "no").is_err());
     for t in [&ta, &tb] {
-        assert!(unpublish(&d, &volume, t).ok());
+        assert!(d.unpublish(&volume, t).ok());
     }
-    assert!(unstage(&d, &volume, &staging).ok());
+    assert!(d.unstage(&volume, &staging).ok());
     assert!(mounter_pids(&staging).is_empty());
 }
 
@@ -357,8 +322,8 @@ fn daemon_crash_keeps_mounts_and_restart_adopts_them() {
         .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
         .ok());
     assert!(publish(&d, &volume, &staging, &t, false).ok());
-    assert!(unpublish(&d, &volume, &t).ok());
-    assert!(unstage(&d, &volume, &staging).ok());
+    assert!(d.unpublish(&volume, &t).ok());
+    assert!(d.unstage(&volume, &staging).ok());
     assert!(
         mounter_pids(&staging).is_empty(),
         "unstage after restart stops the adopted mounter"
@@ -473,8 +438,8 @@ fn controller_creates_prefix_volumes() {
     let st = d.csi(&["node-stats", "--volume-id", &id, "--target-path", &t]);
     assert!(st.ok() && st.stdout.contains("BYTES"), "{st:?}");
     fs::write(Path::new(&t).join("data.bin"), "payload").unwrap();
-    assert!(unpublish(&d, &id, &t).ok());
-    assert!(unstage(&d, &id, &staging).ok());
+    assert!(d.unpublish(&id, &t).ok());
+    assert!(d.unstage(&id, &staging).ok());
     let stored = s3.dir.join(BUCKET).join(&prefix).join("data.bin");
     assert!(stored.exists(), "{}", stored.display());
     // reclaimData=true: DeleteVolume removes the prefix's data; twice is OK.
@@ -519,7 +484,7 @@ fn mounter_moves_to_its_own_cgroup() {
     assert!(!fs::read_to_string(format!("/proc/{}/cgroup", d.pid()))
         .unwrap()
         .contains(&name));
-    assert!(unstage(&d, BUCKET, &staging).ok());
+    assert!(d.unstage(BUCKET, &staging).ok());
     wait_until("cgroup empty", 10, || {
         fs::read_to_string(cg.join("cgroup.procs"))
             .map(|p| p.trim().is_empty())
@@ -556,8 +521,8 @@ fn watchdog_never_aborts_publishes() {
         d.log_text().matches("watchdog").count() == 0,
         "no watchdog ABORTED in the log"
     );
-    assert!(unpublish(&d, BUCKET, &t).ok());
-    assert!(unstage(&d, BUCKET, &staging).ok());
+    assert!(d.unpublish(BUCKET, &t).ok());
+    assert!(d.unstage(BUCKET, &staging).ok());
     eprintln!("{calls} publishes during 4 watchdog passes, none aborted");
 }
 
@@ -598,8 +563,8 @@ fn stopped_mounter_is_reported_and_healed() {
             .map(|s| s == "data")
             .unwrap_or(false)
     });
-    assert!(unpublish(&d, BUCKET, &t).ok());
-    assert!(unstage(&d, BUCKET, &staging).ok());
+    assert!(d.unpublish(BUCKET, &t).ok());
+    assert!(d.unstage(BUCKET, &staging).ok());
     assert!(mounter_pids(&staging).is_empty());
 }
 
@@ -633,7 +598,7 @@ fn ownership_parameters_and_fs_group() {
         assert!(out.ok(), "{mounter}: {out:?}");
         let m = fs::metadata(Path::new(&staging).join("f.txt")).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), want, "{mounter}");
-        assert!(unstage(&d, &volume, &staging).ok());
+        assert!(d.unstage(&volume, &staging).ok());
     }
 }
 

@@ -197,6 +197,28 @@ impl Daemon {
         }
     }
 
+    /// NodeUnpublishVolume of `volume` at `target`.
+    pub fn unpublish(&self, volume: &str, target: &str) -> Out {
+        self.csi(&[
+            "node-unpublish",
+            "--volume-id",
+            volume,
+            "--target-path",
+            target,
+        ])
+    }
+
+    /// NodeUnstageVolume of `volume` at `staging`.
+    pub fn unstage(&self, volume: &str, staging: &str) -> Out {
+        self.csi(&[
+            "node-unstage",
+            "--volume-id",
+            volume,
+            "--staging-path",
+            staging,
+        ])
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
@@ -292,6 +314,22 @@ pub fn kill_processes_mentioning(dir: &Path) {
 }
 
 /// PIDs whose NUL-separated command line satisfies `f`.
+/// Poll `f` every 50 ms until it holds; fail the test after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The s3fs / rclone processes serving `staging`.
+pub fn mounter_pids(staging: &str) -> Vec<i32> {
+    pids_matching(|c| {
+        (c.starts_with("s3fs ") || c.starts_with("rclone mount")) && c.contains(staging)
+    })
+}
+
 pub fn pids_matching(f: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {

@@ -244,11 +244,13 @@ EOF
     why "Probe not ready: $probe" || return 1
 }
 
-static_pv() {
-  kubectl apply -f - > /dev/null <<EOF || return 1
+# static_pvc PV PREFIX PVC: a pre-provisioned s3fs volume (PREFIX of the
+# e2e-static bucket) and the claim bound to it.
+static_pvc() {
+  kubectl apply -f - > /dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolume
-metadata: {name: e2e-static}
+metadata: {name: $1}
 spec:
   capacity: {storage: 1Gi}
   accessModes: [ReadWriteMany]
@@ -256,19 +258,23 @@ spec:
   storageClassName: ""
   csi:
     driver: $DRIVER
-    volumeHandle: e2e-static/shared
-    volumeAttributes: {mounter: s3fs, bucket: e2e-static, prefix: shared}
+    volumeHandle: e2e-static/$2
+    volumeAttributes: {mounter: s3fs, bucket: e2e-static, prefix: $2}
     nodeStageSecretRef: {name: bindery-s3, namespace: $NS}
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
-metadata: {name: s3-shared, namespace: default}
+metadata: {name: $3, namespace: default}
 spec:
   storageClassName: ""
-  volumeName: e2e-static
+  volumeName: $1
   accessModes: [ReadWriteMany]
   resources: {requests: {storage: 1Gi}}
 EOF
+}
+
+static_pv() {
+  static_pvc e2e-static shared s3-shared || return 1
   local p
   for p in s3-a s3-b s3-c; do pod $p "$(pvc_vol data s3-shared)" "$(mnt data /data)"; done
   wait_until 90 pods_running s3-a s3-b s3-c || why "pods not Running: $(stuck s3-a s3-b s3-c)" || return 1
@@ -371,30 +377,7 @@ non_root() {
   local sec="securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}" out bad=""
   # fsGroup belongs to the staged volume (one FUSE mount): this pod gets a
   # volume of its own, staged with its group.
-  kubectl apply -f - > /dev/null <<EOF || return 1
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: e2e-nonroot}
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: ""
-  csi:
-    driver: $DRIVER
-    volumeHandle: e2e-static/nonroot
-    volumeAttributes: {mounter: s3fs, bucket: e2e-static, prefix: nonroot}
-    nodeStageSecretRef: {name: bindery-s3, namespace: $NS}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: s3-nonroot, namespace: default}
-spec:
-  storageClassName: ""
-  volumeName: e2e-nonroot
-  accessModes: [ReadWriteMany]
-  resources: {requests: {storage: 1Gi}}
-EOF
+  static_pvc e2e-nonroot nonroot s3-nonroot || return 1
   pod nonroot "$(cache_vol c '{cache: tools}'; pvc_vol data s3-nonroot)" "$(mnt c /cache; mnt data /data)" "$sec"
   # A pod with another fsGroup on the volume staged without one is refused
   # by name rather than given files it cannot write.
