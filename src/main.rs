@@ -1,6 +1,7 @@
 //! bindery: a Kubernetes CSI node driver for shared FUSE (S3) mounts and
 //! warm cache volumes. One small static daemon per node.
 
+mod alloc;
 mod cache;
 mod client;
 mod config;
@@ -45,7 +46,11 @@ fn build_cache(cfg: Config, name: &str) -> ExitCode {
     }
 }
 
+#[global_allocator]
+static HEAP: alloc::Mimalloc = alloc::Mimalloc;
+
 fn main() -> ExitCode {
+    alloc::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("csi") {
         return ExitCode::from(client::main(&args[1..]).clamp(0, 255) as u8);

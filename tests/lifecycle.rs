@@ -258,9 +258,11 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap()
 }
 
-/// Memory does not grow with every ephemeral volume ever published: RSS
-/// after 1,500 publish/unpublish cycles stays within 2 MiB of RSS after 300.
-/// (benches/memory_flat.sh runs the 15,000-cycle version by hand.)
+/// Memory does not grow with every ephemeral volume ever published. The goal
+/// is RSS within 2 MiB over 15,000 publish/unpublish cycles
+/// (benches/ephemeral.sh, by hand); here, after 1,000 cycles of warm-up, the
+/// next 2,000 may add at most their share of it (about 280 KiB). With the C
+/// library's malloc (before src/alloc.rs) they added 680-800 KiB.
 #[test]
 fn memory_is_flat_over_many_ephemeral_volumes() {
     if !can_mount("memory_is_flat_over_many_ephemeral_volumes") {
@@ -297,23 +299,27 @@ fn memory_is_flat_over_many_ephemeral_volumes() {
             "csi.storage.k8s.io/ephemeral=true",
         ]);
         assert!(out.ok(), "{out:?}");
-        assert!(d
-            .csi(&["node-unpublish", "--volume-id", &id, "--target-path", &t])
-            .ok());
+        assert!(d.unpublish(&id, &t).ok());
         let _ = fs::remove_dir_all(d.kubelet.join(format!("pods/m{i}")));
     };
-    for i in 0..300 {
+    const WARM: usize = 1_000;
+    const END: usize = 3_000;
+    for i in 0..WARM {
         cycle(i);
     }
     let warm = rss_kib(d.pid());
-    for i in 300..1500 {
+    for i in WARM..END {
         cycle(i);
     }
     let after = rss_kib(d.pid());
-    eprintln!("RSS after 300 cycles: {warm} KiB, after 1500: {after} KiB");
+    let budget = 2048 * (END - WARM) as u64 / 14_700;
+    eprintln!(
+        "RSS after {WARM} cycles: {warm} KiB, after {END}: {after} KiB (budget {budget} KiB)"
+    );
     assert!(
-        after <= warm + 2048,
-        "RSS grew from {warm} KiB to {after} KiB"
+        after <= warm + budget,
+        "RSS grew from {warm} KiB to {after} KiB over {} cycles",
+        END - WARM
     );
 }
 
