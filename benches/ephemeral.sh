@@ -4,6 +4,9 @@
 #   bash benches/ephemeral.sh                      # this build only
 #   BASELINE_BIN=/path/to/older/bindery bash benches/ephemeral.sh
 #
+# Builds from before cache `namespaces` existed get a declaration without
+# it; set BASELINE_NAMESPACES=1 for a baseline that requires it.
+#
 # Two figures per binary, side by side in one run:
 #   1. memory: RSS of the daemon after WARM (default 300) publish+unpublish
 #      cycles of an inline cache volume, and after CYCLES (default 15000);
@@ -122,6 +125,7 @@ read -r w e r < <(measure "$B" this)
 printf '%-10s %11d kB %13d kB %7d kB %20s\n' this "$w" "$e" $((e - w)) "$r"
 if [ -n "$BASE" ]; then
   CONF=caches-baseline.conf
+  [ "${BASELINE_NAMESPACES:-0}" = 1 ] && CONF=caches.conf
   read -r bw be br < <(measure "$BASE" baseline)
   printf '%-10s %11d kB %13d kB %7d kB %20s\n' baseline "$bw" "$be" $((be - bw)) "$br"
   awk -v a="$r" -v b="$br" 'BEGIN {printf "throughput this/baseline: %.2fx\n", a / b}'

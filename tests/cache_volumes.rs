@@ -97,13 +97,7 @@ impl CacheNode {
     }
 
     fn unpublish(&self, pod: &str) -> Out {
-        self.d.csi(&[
-            "node-unpublish",
-            "--volume-id",
-            pod,
-            "--target-path",
-            &self.target(pod),
-        ])
+        self.d.unpublish(pod, &self.target(pod))
     }
 
     fn versions(&self) -> Vec<PathBuf> {
@@ -651,15 +645,7 @@ fn s3_source_is_fetched_through_a_mounter() {
         pids_matching(|c| c.starts_with("s3fs ")).is_empty(),
         "the fetch mount is gone"
     );
-    assert!(d
-        .csi(&[
-            "node-unpublish",
-            "--volume-id",
-            "csi-m",
-            "--target-path",
-            &target
-        ])
-        .ok());
+    assert!(d.unpublish("csi-m", &target).ok());
     assert!(mounts_below(&d.scratch.path).is_empty());
 }
 
