@@ -136,6 +136,19 @@ impl KubeletDir {
         path: &Path,
         create: bool,
     ) -> Result<Option<NodePath>> {
+        self.walk(field, path, create, true)
+    }
+
+    /// The walk behind `resolve`: `last_may_be_fuse` is false when the path
+    /// is the parent of the entry the caller will open or create, so that
+    /// it too is run through.
+    fn walk(
+        &self,
+        field: &'static str,
+        path: &Path,
+        create: bool,
+        last_may_be_fuse: bool,
+    ) -> Result<Option<NodePath>> {
         let rel = path.strip_prefix(&self.path).map_err(|_| {
             Error::invalid(
                 field,
@@ -163,7 +176,7 @@ impl KubeletDir {
             // A node path never runs THROUGH a FUSE mount (another volume's
             // data, under its tenant's control): only its last component
             // may be one (a staging mount, a pod's bind).
-            if i + 1 < comps.len() {
+            if i + 1 < comps.len() || !last_may_be_fuse {
                 let id = mount_id_of(next.as_fd())?;
                 if id != cur_mount {
                     let table = mountinfo::read_self()?;
@@ -198,7 +211,7 @@ impl KubeletDir {
         };
         let name = CString::new(name.as_bytes())
             .map_err(|_| Error::invalid(field, "contains a NUL byte"))?;
-        Ok(self.resolve(field, parent, create)?.map(|p| (p, name)))
+        Ok(self.walk(field, parent, create, false)?.map(|p| (p, name)))
     }
 }
 
