@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TARGETS=${TARGETS:-"x86_64-unknown-linux-musl aarch64-unknown-linux-musl"}
 # Versions seen building grpcio-sys 0.13 here; override to try others.
 ZIGLANG_VERSION=${ZIGLANG_VERSION:-0.17.1}
-CARGO_ZIGBUILD_VERSION=${CARGO_ZIGBUILD_VERSION:-0.24.0}
+CARGO_ZIGBUILD_VERSION=${CARGO_ZIGBUILD_VERSION:-0.24.1}
 PYTHON=${PYTHON:-python3}
 
 die() { echo "release: $*" >&2; exit 1; }
