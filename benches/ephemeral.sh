@@ -66,7 +66,7 @@ start() {
   SOCK="unix://$W/$name/csi.sock"
   RUST_LOG=warn "$bin" --endpoint "$SOCK" --node-id bench --kubelet-dir "$W/$name/kubelet" \
     --state-dir "$W/$name/state" --cache-config "$W/$CONF" --watchdog-interval 0 \
-    2>"$W/$name/daemon.log" &
+    >/dev/null 2>"$W/$name/daemon.log" &
   DAEMON=$!
   for _ in $(seq 200); do
     "$bin" csi probe --endpoint "$SOCK" 2>/dev/null | grep -q "value: true" && return 0
