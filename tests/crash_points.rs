@@ -46,36 +46,13 @@ impl Node {
     }
 
     fn stage(&self) -> Out {
-        let mut a: Vec<String> = [
-            "node-stage",
-            "--volume-id",
-            VOLUME,
-            "--staging-path",
-            &self.staging,
-            "--access-mode",
-            "multi-node-multi-writer",
-            "--param",
-            "mounter=s3fs",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut a = vec!["--param".to_string(), "mounter=s3fs".to_string()];
         a.extend(self.s3.secret_args());
-        self.d.csi(&args(&a))
+        self.d.stage(VOLUME, &self.staging, &a)
     }
 
     fn publish(&self) -> Out {
-        self.d.csi(&[
-            "node-publish",
-            "--volume-id",
-            VOLUME,
-            "--staging-path",
-            &self.staging,
-            "--target-path",
-            &self.target,
-            "--access-mode",
-            "multi-node-multi-writer",
-        ])
+        self.d.publish(VOLUME, &self.staging, &self.target, &[])
     }
 
     fn unpublish(&self) -> Out {

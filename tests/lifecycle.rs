@@ -25,36 +25,9 @@ fn target(d: &Daemon, pod: &str) -> String {
 }
 
 fn stage(d: &Daemon, volume: &str, staging: &str, secrets: &[String]) -> Out {
-    let mut a: Vec<String> = [
-        "node-stage",
-        "--volume-id",
-        volume,
-        "--staging-path",
-        staging,
-        "--access-mode",
-        "multi-node-multi-writer",
-        "--param",
-        "mounter=s3fs",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a = vec!["--param".to_string(), "mounter=s3fs".to_string()];
     a.extend_from_slice(secrets);
-    d.csi(&args(&a))
-}
-
-fn publish(d: &Daemon, volume: &str, staging: &str, target: &str) -> Out {
-    d.csi(&[
-        "node-publish",
-        "--volume-id",
-        volume,
-        "--staging-path",
-        staging,
-        "--target-path",
-        target,
-        "--access-mode",
-        "multi-node-multi-writer",
-    ])
+    d.stage(volume, staging, &a)
 }
 
 fn is_mount(path: &str) -> bool {
@@ -93,7 +66,7 @@ fn unpublish_right_after_restart_is_never_undone() {
     let mut d = Daemon::start(&["--watchdog-interval=1"]);
     let (vol, st, t) = ("life-bucket/a", staging(&d, "a"), target(&d, "p1"));
     ok(stage(&d, vol, &st, &s3.secret_args()), &d);
-    ok(publish(&d, vol, &st, &t), &d);
+    ok(d.publish(vol, &st, &t, &[]), &d);
     d.kill9();
     // Give recovery and the health loop work: the mounter is dead too.
     kill9(&mounters(&st));
@@ -127,7 +100,7 @@ fn rotated_secrets_reach_the_heal() {
         1,
         "a re-stage starts no second mounter"
     );
-    ok(publish(&d, vol, &st, &t), &d);
+    ok(d.publish(vol, &st, &t, &[]), &d);
     // Revoke the old key, then kill the mounter: the heal must use the new one.
     s3.pause();
     s3.resume(&[new]);
@@ -168,7 +141,7 @@ fn other_mounts_are_never_torn_down() {
     let d = Daemon::start(&[]);
     let (a, sa, ta) = ("life-bucket/va", staging(&d, "va"), target(&d, "pa"));
     ok(stage(&d, a, &sa, &s3.secret_args()), &d);
-    ok(publish(&d, a, &sa, &ta), &d);
+    ok(d.publish(a, &sa, &ta, &[]), &d);
     // Unpublish of ANOTHER volume id at volume a's target: OK, nothing touched.
     ok(d.unpublish("life-bucket/vb", &ta), &d);
     assert!(
@@ -186,7 +159,7 @@ fn other_mounts_are_never_torn_down() {
     ok(d.unpublish(a, &foreign), &d);
     assert!(is_mount(&foreign), "a foreign mount was removed");
     // A publish onto the foreign mount is refused and leaves it alone.
-    let out = publish(&d, a, &sa, &foreign);
+    let out = d.publish(a, &sa, &foreign, &[]);
     assert!(
         !out.ok() && out.stderr.contains("ALREADY_EXISTS"),
         "{out:?}"
@@ -225,7 +198,7 @@ fn symlinked_node_paths_are_refused() {
     let (vol, st) = ("life-bucket/s", staging(&d, "s"));
     ok(stage(&d, vol, &st, &s3.secret_args()), &d);
     for bad_target in [d.kpath("pods/evil/volumes/x/mount"), d.kpath("pods/evil")] {
-        let out = publish(&d, vol, &st, &bad_target);
+        let out = d.publish(vol, &st, &bad_target, &[]);
         assert!(!out.ok() && out.stderr.contains("target_path"), "{out:?}");
         // Even with nothing to undo, a symlinked path is refused by name.
         let out = d.unpublish(vol, &bad_target);
@@ -363,23 +336,10 @@ fn rclone_writes_survive_an_s3_outage_with_heal() {
         staging(&d, "outage"),
         target(&d, "p1"),
     );
-    let mut a: Vec<String> = [
-        "node-stage",
-        "--volume-id",
-        vol,
-        "--staging-path",
-        &st,
-        "--access-mode",
-        "multi-node-multi-writer",
-        "--param",
-        "mounter=rclone",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a = vec!["--param".to_string(), "mounter=rclone".to_string()];
     a.extend(s3.secret_args());
-    ok(d.csi(&args(&a)), &d);
-    ok(publish(&d, vol, &st, &t), &d);
+    ok(d.stage(vol, &st, &a), &d);
+    ok(d.publish(vol, &st, &t, &[]), &d);
     // S3 goes away; the pod writes 1 MiB, which rclone acknowledges.
     s3.pause();
     let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
@@ -435,7 +395,7 @@ fn full_disk_unpublish_fails_cleanly_and_is_not_undone() {
     let d = Daemon::start_in(&small.path, &["--watchdog-interval=1"]);
     let (vol, st, t) = ("life-bucket/full", staging(&d, "full"), target(&d, "p1"));
     ok(stage(&d, vol, &st, &s3.secret_args()), &d);
-    ok(publish(&d, vol, &st, &t), &d);
+    ok(d.publish(vol, &st, &t, &[]), &d);
     // Fill the filesystem that holds the state records.
     let filler = small.path.join("filler");
     let _ = std::process::Command::new("dd")
@@ -514,7 +474,7 @@ fn symlink_swap_races_never_escape() {
         });
         for i in 0..150 {
             let t = d.kpath(&format!("pods/race/volumes/v{i}/mount"));
-            if publish(&d, vol, &st, &t).ok() {
+            if d.publish(vol, &st, &t, &[]).ok() {
                 published.push(t);
             }
         }
@@ -553,39 +513,13 @@ fn publish_flags_and_groups_are_honoured_or_refused() {
     let s3 = S3Server::start(&[BUCKET]);
     let d = Daemon::start(&[]);
     let (vol, st) = ("life-bucket/grp", staging(&d, "grp"));
-    let mut a: Vec<String> = [
-        "node-stage",
-        "--volume-id",
-        vol,
-        "--staging-path",
-        &st,
-        "--access-mode",
-        "multi-node-multi-writer",
-        "--mount-group",
-        "2000",
-        "--param",
-        "mounter=s3fs",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = ["--mount-group", "2000", "--param", "mounter=s3fs"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     a.extend(s3.secret_args());
-    ok(d.csi(&args(&a)), &d);
-    let pub_with = |t: &str, extra: &[&str]| {
-        let mut a = vec![
-            "node-publish",
-            "--volume-id",
-            vol,
-            "--staging-path",
-            &st,
-            "--target-path",
-            t,
-            "--access-mode",
-            "multi-node-multi-writer",
-        ];
-        a.extend_from_slice(extra);
-        d.csi(&a)
-    };
+    ok(d.stage(vol, &st, &a), &d);
+    let pub_with = |t: &str, extra: &[&str]| d.publish(vol, &st, t, extra);
     let t1 = target(&d, "g1");
     let out = pub_with(&t1, &["--mount-group", "3000"]);
     assert_eq!(out.code, 9, "{out:?}");

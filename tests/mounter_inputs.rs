@@ -14,20 +14,6 @@ use common::*;
 
 const BUCKET: &str = "inputs-bucket";
 
-fn stage(d: &Daemon, volume: &str, staging: &str, extra: &[String]) -> Out {
-    let mut a: Vec<String> = vec![
-        "node-stage".into(),
-        "--volume-id".into(),
-        volume.into(),
-        "--staging-path".into(),
-        staging.into(),
-        "--access-mode".into(),
-        "multi-node-multi-writer".into(),
-    ];
-    a.extend(extra.iter().cloned());
-    d.csi(&args(&a))
-}
-
 fn secrets_file(d: &Daemon, name: &str, endpoint: &str, key: &str, secret: &str) -> String {
     let f = d.scratch.path.join(name);
     fs::write(
@@ -198,7 +184,7 @@ fn hostile_inputs_are_refused_by_field() {
     for (i, (extra, field)) in cases.drain(..).enumerate() {
         let mut a = extra.clone();
         a.push(format!("--param=bucket={BUCKET}"));
-        let out = stage(&d, &format!("vol-{i}"), &staging, &a);
+        let out = d.stage(&format!("vol-{i}"), &staging, &a);
         assert_eq!(out.code, 3, "case {i} ({field}): {out:?}");
         assert!(
             out.stderr.contains(field),
@@ -215,11 +201,11 @@ fn hostile_inputs_are_refused_by_field() {
     }
     // Over-long ids and paths are refused before any syscall.
     let long_id = "v".repeat(2000);
-    let out = stage(&d, &long_id, &staging, std::slice::from_ref(&ok_secrets));
+    let out = d.stage(&long_id, &staging, std::slice::from_ref(&ok_secrets));
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.len() < 1400);
     let long_component = d.kpath(&format!("plugins/{}/globalmount", "c".repeat(300)));
-    let out = stage(&d, "v", &long_component, std::slice::from_ref(&ok_secrets));
+    let out = d.stage("v", &long_component, std::slice::from_ref(&ok_secrets));
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("staging_target_path"), "{}", out.stderr);
     assert!(!Path::new(&long_component).parent().unwrap().exists());
@@ -240,7 +226,7 @@ fn failed_start_says_how_the_mounter_exited() {
     let wrong = "Wrong-Secret-Pq9";
     let sf = secrets_file(&d, "wrong", &s3.endpoint, ACCESS_KEY, wrong);
     let t0 = Instant::now();
-    let out = stage(&d, BUCKET, &staging, &[sf]);
+    let out = d.stage(BUCKET, &staging, &[sf]);
     let took = t0.elapsed();
     assert_eq!(out.code, 13, "{out:?}");
     assert!(
@@ -268,7 +254,7 @@ fn prompt_unstage(mounter: &str) {
     let volume = format!("{BUCKET}/copy-{mounter}");
     let mut a = s3.secret_args();
     a.push(format!("--param=mounter={mounter}"));
-    let out = stage(&d, &volume, &staging, &a);
+    let out = d.stage(&volume, &staging, &a);
     assert!(out.ok(), "{out:?}");
     fs::write(Path::new(&staging).join("kept.txt"), "uploaded").unwrap();
     // A process in another mount namespace, made while the volume is staged,
@@ -334,20 +320,10 @@ fn slow_listing_causes_no_remount() {
     let prefix = s3.dir.join(BUCKET).join("big");
     fs::create_dir_all(&prefix).unwrap();
     fs::write(prefix.join("known.txt"), "known").unwrap();
-    let out = stage(&d, &volume, &staging, &s3.secret_args());
+    let out = d.stage(&volume, &staging, &s3.secret_args());
     assert!(out.ok(), "{out:?}");
     let target = d.kpath("pods/slow/volumes/kubernetes.io~csi/data/mount");
-    let out = d.csi(&[
-        "node-publish",
-        "--volume-id",
-        &volume,
-        "--staging-path",
-        &staging,
-        "--target-path",
-        &target,
-        "--access-mode",
-        "multi-node-multi-writer",
-    ]);
+    let out = d.publish(&volume, &staging, &target, &[]);
     assert!(out.ok(), "{out:?}");
     // Keys appear behind the mounter's back (the server reads its directory).
     for i in 0..20_000 {

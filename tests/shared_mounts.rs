@@ -30,21 +30,12 @@ fn stage_args(s3: &S3Server, volume: &str, staging: &str, mounter: &str) -> Vec<
 }
 
 fn publish(d: &Daemon, volume: &str, staging: &str, target: &str, readonly: bool) -> Out {
-    let mut a = vec![
-        "node-publish",
-        "--volume-id",
+    d.publish(
         volume,
-        "--staging-path",
         staging,
-        "--target-path",
         target,
-        "--access-mode",
-        "multi-node-multi-writer",
-    ];
-    if readonly {
-        a.push("--readonly");
-    }
-    d.csi(&a)
+        if readonly { &["--readonly"] } else { &[] },
+    )
 }
 
 fn one_volume_many_pods(mounter: &str) {

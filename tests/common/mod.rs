@@ -197,6 +197,43 @@ impl Daemon {
         }
     }
 
+    /// NodeStageVolume of `volume` at `staging` (multi-node-multi-writer),
+    /// with `extra` arguments (parameters, secrets, flags).
+    pub fn stage(&self, volume: &str, staging: &str, extra: &[String]) -> Out {
+        let mut a: Vec<String> = [
+            "node-stage",
+            "--volume-id",
+            volume,
+            "--staging-path",
+            staging,
+            "--access-mode",
+            "multi-node-multi-writer",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend_from_slice(extra);
+        self.csi(&args(&a))
+    }
+
+    /// NodePublishVolume of `volume` from `staging` at `target`
+    /// (multi-node-multi-writer), with `extra` arguments.
+    pub fn publish(&self, volume: &str, staging: &str, target: &str, extra: &[&str]) -> Out {
+        let mut a = vec![
+            "node-publish",
+            "--volume-id",
+            volume,
+            "--staging-path",
+            staging,
+            "--target-path",
+            target,
+            "--access-mode",
+            "multi-node-multi-writer",
+        ];
+        a.extend_from_slice(extra);
+        self.csi(&a)
+    }
+
     /// NodeUnpublishVolume of `volume` at `target`.
     pub fn unpublish(&self, volume: &str, target: &str) -> Out {
         self.csi(&[
