@@ -588,34 +588,15 @@ impl GoldenStore {
 /// Seal every regular file below `dir` with fs-verity (reopened read-only: the
 /// kernel refuses to seal a file that is open for writing).
 fn seal_tree(dir: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut stack = vec![(fs::open_dir(dir)?, PathBuf::new())];
-    while let Some((fd, rel)) = stack.pop() {
-        let err = |e| Error::sys("read directory", dir.join(&rel), e);
-        let mut d = fs::read_dir(fd.as_fd()).map_err(err)?;
-        for ent in d.iter() {
-            let ent = ent.map_err(err)?;
-            let name = ent.file_name();
-            if matches!(name.to_bytes(), b"." | b"..") {
-                continue;
-            }
-            let child = rel.join(OsStr::from_bytes(name.to_bytes()));
-            let st = fs::stat_at(fd.as_fd(), name)
-                .map_err(|e| Error::sys("fstatat", dir.join(&child), e))?;
-            let fmt = st.st_mode & nix::libc::S_IFMT;
-            if fmt == nix::libc::S_IFDIR {
-                let sub = fs::open_dir_at(fd.as_fd(), name)
-                    .map_err(|e| Error::sys("open directory", dir.join(&child), e))?;
-                stack.push((sub, child));
-            } else if fmt == nix::libc::S_IFREG {
-                let f = fs::open_file_at(fd.as_fd(), name)
-                    .map_err(|e| Error::sys("open", dir.join(&child), e))?;
-                fs::enable_verity(f.as_fd())
-                    .map_err(|e| Error::sys("FS_IOC_ENABLE_VERITY", dir.join(&child), e))?;
-            }
+    super::manifest::walk_tree(dir, fs::open_dir(dir)?, |fd, name, child, st| {
+        if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG {
+            let f =
+                fs::open_file_at(fd, name).map_err(|e| Error::sys("open", dir.join(child), e))?;
+            fs::enable_verity(f.as_fd())
+                .map_err(|e| Error::sys("FS_IOC_ENABLE_VERITY", dir.join(child), e))?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Whether the filesystem of `store` seals files with fs-verity: enables it on a

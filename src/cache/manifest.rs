@@ -27,10 +27,10 @@
 //! The root directory's path is `.`.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -200,43 +200,33 @@ impl Manifest {
         let root = fs::open_dir(dir)?;
         let st = fs::fstat(root.as_fd()).map_err(|e| Error::sys("fstat", dir, e))?;
         let mut entries = vec![entry_from_stat(PathBuf::from("."), Kind::Dir, &st, None)];
-        let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(root, PathBuf::new())];
-        while let Some((fd, rel)) = stack.pop() {
-            let list_err = |e| Error::sys("read directory", dir.join(&rel), e);
-            let mut d = fs::read_dir(fd.as_fd()).map_err(list_err)?;
-            for ent in d.iter() {
-                let ent = ent.map_err(list_err)?;
-                let name = ent.file_name();
-                if matches!(name.to_bytes(), b"." | b"..") {
-                    continue;
+        walk_tree(dir, root, |fd, name, child, st| {
+            match kind_of(st.st_mode) {
+                Some(Kind::Dir) => {
+                    entries.push(entry_from_stat(child.to_path_buf(), Kind::Dir, st, None))
                 }
-                let child = rel.join(OsStr::from_bytes(name.to_bytes()));
-                let st = fs::stat_at(fd.as_fd(), name)
-                    .map_err(|e| Error::sys("fstatat", dir.join(&child), e))?;
-                match kind_of(st.st_mode) {
-                    Some(Kind::Dir) => {
-                        let sub = fs::open_dir_at(fd.as_fd(), name)
-                            .map_err(|e| Error::sys("open directory", dir.join(&child), e))?;
-                        entries.push(entry_from_stat(child.clone(), Kind::Dir, &st, None));
-                        stack.push((sub, child));
-                    }
-                    Some(Kind::File) => {
-                        let f = fs::open_file_at(fd.as_fd(), name)
-                            .map_err(|e| Error::sys("open", dir.join(&child), e))?;
-                        let hash = hash_fd(f, key, &dir.join(&child))?;
-                        let mut e = entry_from_stat(child, Kind::File, &st, None);
-                        e.hash = Some(hash);
-                        entries.push(e);
-                    }
-                    Some(Kind::Symlink) => {
-                        let t = fs::readlink_at(fd.as_fd(), name)
-                            .map_err(|e| Error::sys("readlinkat", dir.join(&child), e))?;
-                        entries.push(entry_from_stat(child, Kind::Symlink, &st, Some(t)));
-                    }
-                    None => {}
+                Some(Kind::File) => {
+                    let f = fs::open_file_at(fd, name)
+                        .map_err(|e| Error::sys("open", dir.join(child), e))?;
+                    let hash = hash_fd(f, key, &dir.join(child))?;
+                    let mut e = entry_from_stat(child.to_path_buf(), Kind::File, st, None);
+                    e.hash = Some(hash);
+                    entries.push(e);
                 }
+                Some(Kind::Symlink) => {
+                    let t = fs::readlink_at(fd, name)
+                        .map_err(|e| Error::sys("readlinkat", dir.join(child), e))?;
+                    entries.push(entry_from_stat(
+                        child.to_path_buf(),
+                        Kind::Symlink,
+                        st,
+                        Some(t),
+                    ));
+                }
+                None => {}
             }
-        }
+            Ok(())
+        })?;
         entries.sort_by(|a, b| {
             a.path
                 .as_os_str()
@@ -272,18 +262,10 @@ impl Manifest {
             };
             let target = match want.kind {
                 Kind::Symlink if kind_of(st.st_mode) == Some(Kind::Symlink) => {
-                    let (parent, name) = split_rel(&want.path);
-                    let pfd = if parent.as_os_str().is_empty() {
-                        None
-                    } else {
-                        Some(
-                            fs::open_dir_at(root.as_fd(), &cpath(&parent)?)
-                                .map_err(|e| Error::sys("open directory", dir.join(&parent), e))?,
-                        )
-                    };
+                    let (pfd, name) = open_parent(root.as_fd(), dir, &want.path)?;
                     let at = pfd.as_ref().map_or(root.as_fd(), |f| f.as_fd());
                     Some(
-                        fs::readlink_at(at, &cpath(Path::new(&name))?)
+                        fs::readlink_at(at, &name)
                             .map_err(|e| Error::sys("readlinkat", dir.join(&want.path), e))?,
                     )
                 }
@@ -304,17 +286,9 @@ impl Manifest {
                 continue;
             }
             let p = dir.join(&want.path);
-            let (parent, name) = split_rel(&want.path);
-            let pfd = if parent.as_os_str().is_empty() {
-                None
-            } else {
-                Some(
-                    fs::open_dir_at(root.as_fd(), &cpath(&parent)?)
-                        .map_err(|e| Error::sys("open directory", dir.join(&parent), e))?,
-                )
-            };
+            let (pfd, name) = open_parent(root.as_fd(), dir, &want.path)?;
             let at = pfd.as_ref().map_or(root.as_fd(), |f| f.as_fd());
-            let f = match fs::open_file_at(at, &cpath(Path::new(&name))?) {
+            let f = match fs::open_file_at(at, &name) {
                 Ok(f) => f,
                 Err(Errno::ENOENT | Errno::ELOOP) => {
                     bad.push(want.path.clone());
@@ -536,6 +510,55 @@ fn matches(want: &Entry, got: &Entry, got_mode: u32) -> bool {
         Kind::File => meta && (want.size, want.ino, want.mtime) == (got.size, got.ino, got.mtime),
         Kind::Symlink => want.target == got.target,
     }
+}
+
+/// Walk the tree below `root` (the open directory `dir`) fd-relative, never
+/// following a symlink: `visit` sees every entry but `.` and `..` with the fd
+/// of its directory, its name, its path relative to `dir` and its lstat;
+/// directories are then descended into.
+pub(super) fn walk_tree(
+    dir: &Path,
+    root: OwnedFd,
+    mut visit: impl FnMut(BorrowedFd<'_>, &CStr, &Path, &Stat) -> Result<()>,
+) -> Result<()> {
+    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(root, PathBuf::new())];
+    while let Some((fd, rel)) = stack.pop() {
+        let list_err = |e| Error::sys("read directory", dir.join(&rel), e);
+        let mut d = fs::read_dir(fd.as_fd()).map_err(list_err)?;
+        for ent in d.iter() {
+            let ent = ent.map_err(list_err)?;
+            let name = ent.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let child = rel.join(OsStr::from_bytes(name.to_bytes()));
+            let st = fs::stat_at(fd.as_fd(), name)
+                .map_err(|e| Error::sys("fstatat", dir.join(&child), e))?;
+            visit(fd.as_fd(), name, &child, &st)?;
+            if kind_of(st.st_mode) == Some(Kind::Dir) {
+                let sub = fs::open_dir_at(fd.as_fd(), name)
+                    .map_err(|e| Error::sys("open directory", dir.join(&child), e))?;
+                stack.push((sub, child));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The directory holding `rel` below `root` (the open directory `dir`),
+/// opened without following symlinks (None: `root` itself), and `rel`'s last
+/// component.
+fn open_parent(root: BorrowedFd<'_>, dir: &Path, rel: &Path) -> Result<(Option<OwnedFd>, CString)> {
+    let (parent, name) = split_rel(rel);
+    let pfd = if parent.as_os_str().is_empty() {
+        None
+    } else {
+        Some(
+            fs::open_dir_at(root, &cpath(&parent)?)
+                .map_err(|e| Error::sys("open directory", dir.join(&parent), e))?,
+        )
+    };
+    Ok((pfd, cpath(Path::new(&name))?))
 }
 
 fn split_rel(rel: &Path) -> (PathBuf, OsString) {
