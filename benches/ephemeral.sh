@@ -42,8 +42,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   [ -n "$DAEMON" ] && { kill -KILL "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null; }
-  awk -v p="$W/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | tac |
-    while read -r m; do umount -l "$m" 2>/dev/null; done
+  unmount_below "$W"
   remove_workdir "$W"
   exit "$rc"
 }

@@ -46,8 +46,7 @@ cleanup() {
     echo "idle_rss.sh: failed (exit $rc); daemon log:" >&2
     tail -n 20 "$W/daemon.log" >&2
   fi
-  awk -v p="$W/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | tac |
-    while read -r m; do umount -l "$m" 2>/dev/null; done
+  unmount_below "$W"
   remove_workdir "$W"
   exit "$rc"
 }

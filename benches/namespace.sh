@@ -17,6 +17,12 @@ fi
 # Mount points at or below $1 (a path prefix), as a count.
 mounts_under() { awk -v p="$1" 'index($5, p) == 1 {c++} END {print c + 0}' /proc/self/mountinfo; }
 
+# Detach every mount at or below the work dir $1, deepest first.
+unmount_below() {
+  awk -v p="$1/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | tac |
+    while read -r m; do umount -l "$m" 2>/dev/null; done
+}
+
 # Delete the work dir $1, but never while anything is still mounted below it
 # (rm would reach into the mounted filesystem).
 remove_workdir() {

@@ -113,8 +113,7 @@ cleanup() {
   fi
   # Bindery first (it unmounts what it mounted), then whatever is left.
   [ -n "$DAEMON" ] && stop_pid "$DAEMON" 100
-  awk -v p="$W/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | tac |
-    while read -r m; do umount -l "$m" 2>/dev/null; done
+  unmount_below "$W"
   for pid in $(mounter_pids "$W/") "${BASE_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
   [ -n "$SERVER" ] && stop_pid "$SERVER" 20
   wait 2>/dev/null
