@@ -1,6 +1,7 @@
 //! Cache declarations: admins declare caches on the daemon (a config file or
-//! `--cache NAME=SOURCE` flags), never pod authors, so that a pod cannot make
-//! the node read an arbitrary host path.
+//! `--cache 'NAME=SOURCE[;KEY=VALUE]...'` flags), never pod authors, so that a
+//! pod cannot make the node read an arbitrary host path. Both forms build the
+//! same key map and go through the same `build_decl`.
 //!
 //! ```text
 //! # full-line comments and blank lines are ignored
@@ -75,13 +76,16 @@ pub enum Source {
 
 /// Which pod namespaces may use a cache (`csi.storage.k8s.io/pod.namespace`).
 /// A declaration that does not say is usable by no pod: a cache's content
-/// may be private to a team, so sharing it is the admin's explicit choice.
+/// may be private to a team, so sharing it is the admin's explicit choice
+/// (`namespaces = *` for every namespace).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Namespaces {
     /// `namespaces = *`.
     Any,
     List(Vec<String>),
-    /// No `namespaces` key (logged as a warning).
+    /// No `namespaces` key: no pod may use the cache (the daemon logs one
+    /// warning per such cache when it loads the declarations, and a publish
+    /// to it is refused saying what to add).
     Undeclared,
 }
 
@@ -114,6 +118,24 @@ pub struct CacheDecl {
 
 /// The key that allows writable hardlink publishes; its name says what it risks.
 pub const TRUST_KEY: &str = "trust_tenants_with_shared_inodes";
+
+/// Every key a declaration may set, in a `[cache NAME]` section or after the
+/// source of a `--cache` flag; any other key is refused by name. Plain string
+/// literals on purpose: tests/readme_drift.rs reads this list from the source
+/// text and compares it with the README's table of keys.
+pub const KEYS: &[&str] = &[
+    "source",
+    "namespaces",
+    "strategies",
+    "strategy",
+    "trust_tenants_with_shared_inodes",
+    "uid",
+    "gid",
+    "mode",
+    "endpoint",
+    "region",
+    "credentials",
+];
 
 fn parse_list(v: &str) -> Vec<String> {
     v.split(',')
@@ -201,21 +223,16 @@ fn build_decl(name: &str, keys: &HashMap<String, String>) -> Result<CacheDecl> {
             format!("{name:?}: 1-63 of [A-Za-z0-9._-]"),
         ));
     }
-    const KNOWN: &[&str] = &[
-        "source",
-        "strategy",
-        "strategies",
-        "namespaces",
-        TRUST_KEY,
-        "uid",
-        "gid",
-        "mode",
-        "endpoint",
-        "region",
-        "credentials",
-    ];
-    if let Some(k) = keys.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(bad(&format!("cache {name}"), format!("unknown key {k:?}")));
+    let mut unknown: Vec<&String> = keys
+        .keys()
+        .filter(|k| !KEYS.contains(&k.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(bad(
+            &format!("cache {name}"),
+            format!("unknown key {:?} (known: {})", unknown[0], KEYS.join(", ")),
+        ));
     }
     let source = keys
         .get("source")
@@ -384,13 +401,45 @@ pub fn parse_config(text: &str) -> (Vec<(String, Result<CacheDecl>)>, Vec<Error>
     (out, errors)
 }
 
-/// `--cache NAME=SOURCE` (dir: sources; s3 sources need the config file).
+/// `--cache 'NAME=SOURCE[;KEY=VALUE]...'`: a `[cache NAME]` section on one
+/// line. The pairs become the same key map a section does (`source` from
+/// NAME=SOURCE, keys and values trimmed) and go through the same `build_decl`,
+/// so every key of the config file works here, with the same meaning.
+/// `;` separates the pairs, so a SOURCE cannot contain one; `source` cannot
+/// be given again as a KEY, and no KEY twice. Every error names `--cache`.
 pub fn parse_flag(v: &str) -> Result<CacheDecl> {
-    let (name, source) = v
+    let flag_err = |why: String| bad("--cache", why);
+    let (name, rest) = v
         .split_once('=')
-        .ok_or_else(|| bad("--cache", format!("expected NAME=SOURCE, got {v:?}")))?;
-    let keys: HashMap<String, String> = [("source".to_string(), source.to_string())].into();
-    build_decl(name, &keys)
+        .ok_or_else(|| flag_err(format!("expected NAME=SOURCE[;KEY=VALUE]..., got {v:?}")))?;
+    let mut parts = rest.split(';');
+    let source = parts.next().unwrap_or_default().trim();
+    let mut keys: HashMap<String, String> = [("source".to_string(), source.to_string())].into();
+    for part in parts {
+        let (k, val) = match part.split_once('=') {
+            Some((k, val)) if !k.trim().is_empty() => (k.trim(), val.trim()),
+            _ => {
+                return Err(flag_err(format!(
+                    "{part:?} in {v:?} is not KEY=VALUE (';' separates KEY=VALUE pairs, \
+                     so a SOURCE cannot contain one)"
+                )))
+            }
+        };
+        if k == "source" {
+            return Err(flag_err(format!(
+                "{v:?}: the source is the part after NAME=, not a KEY"
+            )));
+        }
+        if keys.insert(k.to_string(), val.to_string()).is_some() {
+            return Err(flag_err(format!("{v:?}: key {k:?} is given twice")));
+        }
+    }
+    build_decl(name, &keys).map_err(|e| match e {
+        Error::InvalidField { field, reason } => {
+            Error::invalid(format!("--cache: {field}"), reason)
+        }
+        other => other,
+    })
 }
 
 /// All declarations from the config file (a missing file declares none) and the flags.
@@ -575,6 +624,98 @@ trust_tenants_with_shared_inodes = false
         assert!(load(Some(Path::new("/nonexistent/caches.conf")), &[])
             .decls
             .is_empty());
+    }
+
+    #[test]
+    fn every_listed_key_is_understood() {
+        assert!(KEYS.contains(&TRUST_KEY));
+        // Each key alone (beside the source, or an s3 source's required keys)
+        // is accepted and changes the declaration: none is listed but ignored.
+        let base = "[cache x]\nsource = dir:/a\n";
+        let plain = parse_ok(base).remove(0);
+        for (key, value) in [
+            ("namespaces", "web"),
+            ("strategies", "copy"),
+            ("strategy", "copy"),
+            (TRUST_KEY, "true"),
+            ("uid", "7"),
+            ("gid", "7"),
+            ("mode", "0700"),
+        ] {
+            let d = parse_ok(&format!("{base}{key} = {value}\n")).remove(0);
+            assert_ne!(d, plain, "{key} = {value} changed nothing");
+        }
+        let s3 = "[cache x]\nsource = s3:bkt/p\nendpoint = https://e\ncredentials = /c\n";
+        let d = parse_ok(&format!("{s3}region = r1\n")).remove(0);
+        assert!(
+            matches!(&d.source, Source::S3 { endpoint, region, credentials, .. }
+                if endpoint == "https://e" && region == "r1" && credentials == Path::new("/c"))
+        );
+    }
+
+    #[test]
+    fn the_cache_flag_declares_what_a_section_does() {
+        let any = parse_flag("nm=dir:/srv/nm;namespaces=*").unwrap();
+        assert_eq!(any.namespaces, Namespaces::Any);
+        assert!(any.namespaces.allows("default") && any.namespaces.allows("team-x"));
+
+        let listed = parse_flag(
+            "nm=dir:/srv/nm; namespaces = a,b ;strategies=copy,overlay;uid=1000;gid=2000;mode=0750",
+        )
+        .unwrap();
+        assert!(listed.namespaces.allows("a") && listed.namespaces.allows("b"));
+        assert!(!listed.namespaces.allows("c"));
+        let section = parse_ok(
+            "[cache nm]\nsource = dir:/srv/nm\nnamespaces = a, b\nstrategies = copy, overlay\n\
+             uid = 1000\ngid = 2000\nmode = 0750\n",
+        );
+        assert_eq!(
+            listed, section[0],
+            "flag and section must declare the same cache"
+        );
+
+        let none = parse_flag("nm=dir:/srv/nm").unwrap();
+        assert_eq!(none.namespaces, Namespaces::Undeclared);
+        assert!(
+            !none.namespaces.allows("default"),
+            "no namespaces key serves no pod"
+        );
+
+        let s3 = parse_flag(
+            "m=s3:bkt/models;endpoint=https://s3.example.com;region=us-east-1;\
+             credentials=/etc/bindery/creds;namespaces=ml;trust_tenants_with_shared_inodes=true",
+        )
+        .unwrap();
+        assert!(
+            matches!(&s3.source, Source::S3 { bucket, prefix, region, .. }
+            if bucket == "bkt" && prefix == "models" && region == "us-east-1")
+        );
+        assert!(s3.trust_shared_inodes && s3.namespaces.allows("ml"));
+    }
+
+    #[test]
+    fn the_cache_flag_refuses_by_name() {
+        for (v, needle) in [
+            ("nm=dir:/srv/nm;colour=red", "unknown key \"colour\""),
+            ("nm=dir:/srv/a;b", "not KEY=VALUE"),
+            ("nm=dir:/srv/nm;", "not KEY=VALUE"),
+            ("nm=dir:/srv/nm;=x", "not KEY=VALUE"),
+            ("nm=dir:/srv/nm;source=dir:/b", "not a KEY"),
+            ("nm=dir:/srv/nm;uid=1;uid=2", "twice"),
+            ("nm=dir:/srv/nm;namespaces=Bad_NS", "namespaces"),
+            (
+                "nm=dir:/srv/nm;strategy=copy;strategies=copy",
+                "strategies only",
+            ),
+            ("nm=dir:rel", "source"),
+            ("nm", "NAME=SOURCE"),
+            ("../x=dir:/a", "cache name"),
+            ("m=s3:bkt/p;endpoint=https://e", "credentials"),
+        ] {
+            let e = parse_flag(v).unwrap_err().to_string();
+            assert!(e.starts_with("--cache"), "{v:?}: {e}");
+            assert!(e.contains(needle), "{v:?}: {e}");
+        }
     }
 
     #[test]
