@@ -71,7 +71,10 @@ FLAGS (environment fallback in brackets):
     --node-id ID            this node's name as Kubernetes knows it [KUBE_NODE_NAME]
                             (required in node and all modes)
     --driver-name NAME      CSI driver name (default bindery.csi.dev)
-    --state-dir DIR         where volume state and golden caches live
+    --state-dir DIR         volume records and each volume's private files
+                            (credentials, mounter log, rclone's cache), 0700;
+                            golden caches live under the kubelet dir instead,
+                            in <kubelet-dir>/plugins/<driver-name>/golden
                             [BINDERY_STATE_DIR] (default /var/lib/bindery)
     --kubelet-dir DIR       kubelet root dir; node paths must lie under it
                             [KUBELET_DIR] (default /var/lib/kubelet; k3s and
@@ -82,8 +85,12 @@ FLAGS (environment fallback in brackets):
                             cache population (default 4)
     --max-volumes-per-node N  reported by NodeGetInfo; 0 = no limit (default 0)
     --mount-timeout SECS    how long a mounter may take to become ready (default 30)
-    --unstage-grace SECS    how long a mounter may take to exit by itself after
-                            its mount is gone before SIGTERM/SIGKILL (default 30)
+    --unstage-grace SECS    how long NodeUnstageVolume waits for rclone to upload
+                            the writes it acknowledged (dirty VFS cache entries);
+                            then the unstage fails and the volume stays staged,
+                            so that no acknowledged write is lost (default 30).
+                            It also caps the stop of the mounts DeleteVolume
+                            (reclaimData) and s3: cache builds make
     --shutdown-grace SECS   how long in-flight calls may run after SIGTERM (default 10)
     --watchdog-interval SECS  how often staged mounts are checked (default 5; 0 = off)
     --fuse-programs LIST    comma-separated programs that volumes with mounter
@@ -96,9 +103,18 @@ FLAGS (environment fallback in brackets):
                             one per cgroup v1 hierarchy), so that stopping the
                             daemon's container does not kill the FUSE mounts
     --cache-config FILE     declared caches, one [cache NAME] section each
-                            (a missing file declares none)
-    --cache NAME=SOURCE     declare a cache (repeatable); SOURCE is dir:/path
-    --no-wait-for-caches    build declared caches on first use, not at start
+                            (a missing file declares none; a bad section
+                            disables only its cache)
+    --cache 'NAME=SOURCE[;KEY=VALUE]...'
+                            declare a cache (repeatable): SOURCE is dir:/path or
+                            s3:bucket/prefix, each KEY=VALUE a key of a [cache
+                            NAME] section other than source (namespaces,
+                            strategies, uid, gid, mode, endpoint, ...), ';'
+                            between them. Without namespaces no pod may use it:
+                            say namespaces=* or namespaces=a,b
+    --no-wait-for-caches    build declared caches on first use, not in the
+                            background from start (Probe is ready as soon as
+                            state is recovered either way)
     -h, --help              print this help
     -V, --version           print the version
 
@@ -247,10 +263,11 @@ impl Config {
                 "--watchdog-interval" => watchdog_interval = parse_secs(&flag, &value()?)?,
                 "--cache-config" => cache_config = Some(abs_dir("--cache-config", &value()?)?),
                 "--cache" => {
+                    // Checked in full here, so that --check-args (and a
+                    // daemon's start) refuses a bad one; caches are loaded
+                    // from the same strings later by cache::decl::load.
                     let v = value()?;
-                    if !v.contains('=') {
-                        return Err(format!("--cache: expected NAME=SOURCE, got {v:?}"));
-                    }
+                    crate::cache::decl::parse_flag(&v).map_err(|e| e.to_string())?;
                     caches.push(v);
                 }
                 "--no-wait-for-caches" => wait_for_caches = false,
@@ -377,6 +394,64 @@ mod tests {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn cache_flags_are_checked_in_full() {
+        let c = parse(&[
+            "--node-id=n",
+            "--cache=nm=dir:/srv/nm;namespaces=web,ci;strategies=copy",
+            "--cache",
+            "m=dir:/srv/m;namespaces=*",
+        ])
+        .unwrap();
+        assert_eq!(c.caches.len(), 2);
+        for bad in [
+            "nm",
+            "nm=dir:/srv/nm;colour=red",
+            "nm=dir:/srv/a;b",
+            "nm=dir:relative",
+        ] {
+            let err = parse(&["--node-id=n", "--cache", bad]).unwrap_err();
+            assert!(err.starts_with("--cache"), "{bad:?}: {err}");
+        }
+    }
+
+    /// Every "(default X)" of --help is what the parser uses: passing X
+    /// changes nothing.
+    #[test]
+    fn help_defaults_are_the_defaults() {
+        let mut entries: Vec<String> = Vec::new();
+        for line in HELP.lines() {
+            let t = line.trim_start();
+            if line.starts_with("    -") {
+                entries.push(t.to_string());
+            } else if line.starts_with("     ") && !entries.is_empty() {
+                let last = entries.last_mut().unwrap();
+                last.push(' ');
+                last.push_str(t);
+            } else if !line.starts_with(' ') {
+                entries.push(String::new()); // a new section ends the entry
+            }
+        }
+        let base = format!("{:?}", parse(&["--node-id=n"]).unwrap());
+        let mut checked = 0;
+        for e in entries.iter().filter(|e| e.starts_with("--")) {
+            let Some((_, rest)) = e.split_once("(default ") else {
+                continue;
+            };
+            let flag = e.split_whitespace().next().unwrap();
+            let value = rest.split([';', ')']).next().unwrap();
+            let with = parse(&["--node-id=n", &format!("{flag}={value}")])
+                .unwrap_or_else(|err| panic!("{flag}={value}: {err}"));
+            assert_eq!(
+                format!("{with:?}"),
+                base,
+                "{flag}: --help says default {value}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} defaults found in --help");
     }
 
     #[test]
