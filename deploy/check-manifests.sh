@@ -47,7 +47,7 @@ from kubernetes_validate.utils import validate, ValidationError, SchemaNotFoundE
 ROOT = sys.argv[1]
 K8S_VERSION = os.environ["K8S_VERSION"]
 BINDERY = os.environ.get("BINDERY", "")
-# Defaults of the binary's flags (DESIGN.md, "The daemon").
+# Defaults of the binary's flags, as `bindery --help` and the README's flag table state them.
 DEFAULTS = {"--kubelet-dir": "/var/lib/kubelet", "--driver-name": "bindery.csi.dev",
             "--state-dir": "/var/lib/bindery"}
 

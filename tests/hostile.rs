@@ -1,4 +1,4 @@
-//! The hostile-input matrix (DESIGN.md §9): crafted requests against every
+//! The hostile-input matrix (README, "What reaches a mounter"): crafted requests against every
 //! RPC of the real binary, as a tenant or a misconfigured client would send
 //! them. Every case asserts the exact gRPC code AND that nothing else
 //! happened: no mount appeared or went away, no process appeared or went
@@ -46,7 +46,7 @@ const UNIMPLEMENTED: i32 = 12;
 const INTERNAL: i32 = 13;
 
 const MIB: usize = 1 << 20;
-/// "At most about 1 KiB" (DESIGN.md §9), with room for a truncation mark.
+/// A refusal says at most 1 KiB (README, "What reaches a mounter"); room for a truncation mark.
 const MAX_MESSAGE: usize = 1100;
 
 /// The key pair of the hostile requests: accepted by the S3 server (a request

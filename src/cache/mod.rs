@@ -1,4 +1,4 @@
-//! Warm cache volumes: the engine below the RPC layer (DESIGN.md §5, issue 4).
+//! Warm cache volumes (README, "Cache volumes"): the engine below the RPC layer.
 //!
 //! Pods get a writable tree filled from a node-local golden copy. This module is
 //! plain library code: no gRPC, no volume table. Every syscall goes through

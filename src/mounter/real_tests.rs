@@ -148,7 +148,7 @@ fn fs_group_as_supplementary_group_can_write() {
         let run = start("v", &spec, &mnt, &files, &cfg).unwrap();
         let m = mnt.display();
         // rclone serve s3 keeps directory markers as files, which breaks
-        // s3fs's directories (DESIGN §6): s3fs gets files only.
+        // s3fs's directories: s3fs gets files only.
         let dirs = if mounter == "rclone" {
             format!("mkdir {m}/dir; echo x > {m}/dir/f; rm {m}/dir/f; rmdir {m}/dir;")
         } else {

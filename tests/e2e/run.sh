@@ -346,7 +346,8 @@ cache_strategies() {
   for s in copy overlay reflink auto; do
     pod cache-$s "$(cache_vol c "{cache: tools, strategy: $s}")" "$(mnt c /cache)"
   done
-  # hardlink shares the golden inodes: only a read-only publication is safe (DESIGN.md 9)
+  # hardlink links the golden inodes into the pod: without fs-verity or the trust key it is
+  # allowed only read-only (a read-only bind: even root gets EROFS), so no pod changes them
   ro=$(printf '  - name: c\n    csi:\n      driver: %s\n      readOnly: true\n      volumeAttributes: {cache: tools, strategy: hardlink}\n' "$DRIVER")
   pod cache-hardlink "$ro" "$(mnt c /cache)"
   pod cache-place "$(cache_vol c '{cache: tools, placeCacheAtPath: deps/tools}')" "$(mnt c /app)"
