@@ -718,6 +718,46 @@ trust_tenants_with_shared_inodes = false
         }
     }
 
+    /// The shipped example declarations parse, and the example pod's
+    /// namespace may use the cache it asks for (a cache without
+    /// `namespaces` would refuse it).
+    #[test]
+    fn the_example_declarations_serve_the_example_pod() {
+        let yaml = include_str!("../../deploy/kubernetes/examples/cache-config.yaml");
+        let pod = include_str!("../../deploy/kubernetes/examples/pod-inline-cache.yaml");
+        let conf: String = yaml
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("caches.conf: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+            .map(|l| format!("{}\n", l.trim()))
+            .collect();
+        let decls = parse_ok(&conf);
+        assert_eq!(decls.len(), 2, "{conf}");
+        let field = |key: &str| {
+            pod.lines()
+                .find_map(|l| l.trim().strip_prefix(key).map(str::trim))
+                .unwrap_or_else(|| panic!("no {key} in the example pod"))
+        };
+        let (ns, cache) = (field("namespace:"), field("cache:"));
+        let decl = decls
+            .iter()
+            .find(|d| d.name == cache)
+            .expect("the pod's cache");
+        assert!(
+            decl.namespaces.allows(ns),
+            "cache {cache} refuses namespace {ns}"
+        );
+        for d in &decls {
+            assert_ne!(
+                d.namespaces,
+                Namespaces::Undeclared,
+                "{} serves no pod",
+                d.name
+            );
+        }
+    }
+
     #[test]
     fn one_bad_declaration_disables_only_that_cache() {
         let dir = std::env::temp_dir().join(format!("bindery-decl-{}", std::process::id()));
