@@ -187,11 +187,14 @@ pub fn forget(mnt: &Path) {
         .remove(mnt);
 }
 
-fn fuse_minor(mnt: &Path) -> Option<u32> {
-    let table = mountinfo::read_self().ok()?;
-    mountinfo::mount_at(&table, mnt)
-        .filter(|m| m.is_fuse())
-        .map(|m| m.dev.1)
+/// Whether the mounter `run` still serves the FUSE mount at `mnt`, from the
+/// process and the mount table only: no call that touches the FUSE server,
+/// so a caller on an RPC thread never waits on a hung mount.
+pub fn serving(mnt: &Path, run: Running) -> Health {
+    if run.pid <= 0 {
+        return Health::Abnormal("its mounter is being restarted".into());
+    }
+    process_and_table(mnt, run)
 }
 
 /// Process and mount table only: no call that touches the FUSE server.
@@ -230,7 +233,7 @@ pub(super) fn liveness(mnt: &Path, run: Running, timeout: Duration) -> Health {
         Answer::Done(Ok(())) => Health::Ok,
         Answer::Done(Err(why)) => Health::Abnormal(why),
         Answer::Pending(after) => {
-            let waiting = fuse_minor(mnt)
+            let waiting = mountinfo::fuse_minor_at(mnt)
                 .and_then(mount::fuse_waiting)
                 .map(|n| format!(", {n} request(s) waiting"))
                 .unwrap_or_default();

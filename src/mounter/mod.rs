@@ -32,9 +32,11 @@ pub use command::{command, RCLONE_CACHE_MAX_SIZE};
 #[allow(unused_imports)]
 pub use files::{last_line, pending_uploads, wait_for_uploads, VolumeFiles, LOG_KEEP, LOG_MAX};
 #[allow(unused_imports)]
-pub use health::{check, condition, forget, Condition, Health, PROBE_TIMEOUT};
+pub use health::{check, condition, forget, serving, Condition, Health, PROBE_TIMEOUT};
 #[allow(unused_imports)]
 pub use options::Policy;
+#[cfg(test)]
+use run::stop_with;
 #[allow(unused_imports)]
 pub use run::{abort, start, stop, Running, SELF_EXIT, TERM_GRACE};
 #[allow(unused_imports)]

@@ -17,14 +17,37 @@ use crate::config::{Config, Parsed};
 const AKID: &str = "real-akid";
 const SECRET: &str = "real-secret-Zx1";
 
-fn can_mount(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root()
-        || std::env::var("BINDERY_MOUNT_TESTS").as_deref() != Ok("1")
-    {
-        eprintln!("SKIP {test}: needs root inside .ci/in-namespace (BINDERY_MOUNT_TESTS=1)");
-        return false;
+/// Whether a test may go on: prints why not and returns false, except under
+/// CI=true, where a missing prerequisite fails the test instead of letting it
+/// pass as a skip.
+fn prerequisite(test: &str, met: bool, why: &str) -> bool {
+    if !met {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: {why} (CI=true: a missing prerequisite is a failure)"
+        );
+        eprintln!("SKIP {test}: {why}");
     }
-    true
+    met
+}
+
+fn can_mount(test: &str) -> bool {
+    prerequisite(
+        test,
+        nix::unistd::geteuid().is_root()
+            && std::env::var("BINDERY_MOUNT_TESTS").as_deref() == Ok("1"),
+        "needs root inside .ci/in-namespace (BINDERY_MOUNT_TESTS=1)",
+    )
+}
+
+/// Root, the private namespace and fusepy (.ci/setup installs it).
+fn can_mount_fusepy(test: &str) -> bool {
+    can_mount(test)
+        && prerequisite(
+            test,
+            has_fusepy(),
+            "needs python3 fusepy (.ci/setup installs it)",
+        )
 }
 
 struct Server {
@@ -365,8 +388,7 @@ fn fuse_spec(prog: &Path) -> MountSpec {
 /// checks reuse the mount's prober threads instead of piling up threads.
 #[test]
 fn slow_listing_is_degraded_not_dead() {
-    if !can_mount("slow_listing_is_degraded_not_dead") || !has_fusepy() {
-        eprintln!("SKIP slow_listing_is_degraded_not_dead: needs python3 fusepy too");
+    if !can_mount_fusepy("slow_listing_is_degraded_not_dead") {
         return;
     }
     let root = std::env::temp_dir().join(format!("bindery-real-slow-{}", std::process::id()));
@@ -417,8 +439,7 @@ fn slow_listing_is_degraded_not_dead() {
 /// nothing behind.
 #[test]
 fn a_program_that_daemonizes_is_refused() {
-    if !can_mount("a_program_that_daemonizes_is_refused") || !has_fusepy() {
-        eprintln!("SKIP a_program_that_daemonizes_is_refused: needs python3 fusepy too");
+    if !can_mount_fusepy("a_program_that_daemonizes_is_refused") {
         return;
     }
     let root = std::env::temp_dir().join(format!("bindery-real-bg-{}", std::process::id()));
@@ -437,4 +458,82 @@ fn a_program_that_daemonizes_is_refused() {
     let _ = fs::remove_dir_all(&root);
     assert!(e.to_string().contains("background"), "{e}");
     assert!(!mounted, "the daemonized mount was left behind");
+}
+
+/// A FUSE server (fusepy) that answers like an empty directory and stays
+/// alive after its mount is gone, as one does that ignores the unmount.
+fn lingering_fs(dir: &Path) -> PathBuf {
+    let prog = dir.join("lingerfs");
+    fs::write(
+        &prog,
+        r#"#!/bin/sh
+exec python3 - "$@" <<'PY'
+import sys, time
+from fuse import FUSE, Operations
+try:
+    FUSE(Operations(), sys.argv[1], foreground=True, allow_other=True)
+finally:
+    time.sleep(3600)
+PY
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    prog
+}
+
+/// Stopping a mounter that outlives its unmount aborts ITS FUSE connection,
+/// never the mount that was given the freed connection number in between:
+/// volume A's mounter is stopped, volume B mounts right after A's unmount
+/// (and gets A's old number), and B must still serve when A's stop is done.
+#[test]
+fn stop_aborts_only_its_own_fuse_connection() {
+    if !can_mount_fusepy("stop_aborts_only_its_own_fuse_connection") {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("bindery-real-reuse-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let (mnt_a, mnt_b) = (root.join("a"), root.join("b"));
+    fs::create_dir_all(&mnt_a).unwrap();
+    fs::create_dir_all(&mnt_b).unwrap();
+    let spec = fuse_spec(&lingering_fs(&root));
+    let (files_a, files_b) = (
+        VolumeFiles::new(root.join("fa")),
+        VolumeFiles::new(root.join("fb")),
+    );
+    let cfg = config(20);
+    // The kernel hands out the lowest free number, so B gets A's unless some
+    // other mount on the machine takes it in that instant: try a few times,
+    // and require that the reuse was seen at least once.
+    let mut reused = 0;
+    for _ in 0..3 {
+        let run_a = start("a", &spec, &mnt_a, &files_a, &cfg).unwrap();
+        let minor_a = mountinfo::fuse_minor_at(&mnt_a).expect("A is a FUSE mount");
+        let mut run_b = None;
+        stop_with(&mnt_a, run_a, Duration::from_secs(2), || {
+            run_b = Some(start("b", &spec, &mnt_b, &files_b, &cfg).unwrap());
+        });
+        let run_b = run_b.unwrap();
+        let a_gone = !crate::sys::process::is_alive(run_a.pid, run_a.start_ticks);
+        let b_minor = mountinfo::fuse_minor_at(&mnt_b);
+        let b_health = check(&mnt_b, run_b, Duration::from_secs(5));
+        let b_lists = fs::read_dir(&mnt_b).map(|d| d.count());
+        stop(&mnt_b, run_b, Duration::from_secs(2));
+        assert!(a_gone, "A's mounter outlived its stop");
+        assert_eq!(
+            b_health,
+            Health::Ok,
+            "B (connection {b_minor:?}, A had {minor_a}) after A's stop"
+        );
+        assert!(b_lists.is_ok(), "listing B after A's stop: {b_lists:?}");
+        if b_minor == Some(minor_a) {
+            reused += 1;
+        }
+    }
+    let _ = fs::remove_dir_all(&root);
+    assert!(
+        reused > 0,
+        "B never got A's connection number: the race was not set up"
+    );
 }

@@ -8,7 +8,8 @@ use nix::sys::wait::WaitStatus;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::sys::{mount, mountinfo, process};
+use crate::sys::mount::{self, FuseConnection};
+use crate::sys::{mountinfo, process};
 
 use super::command::command;
 use super::files::{last_line, VolumeFiles};
@@ -27,13 +28,6 @@ pub struct Running {
 pub const SELF_EXIT: Duration = Duration::from_millis(500);
 /// Longest wait between SIGTERM and SIGKILL when stopping a mounter.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
-
-fn fuse_minor(mnt: &Path) -> Option<u32> {
-    let table = mountinfo::read_self().ok()?;
-    mountinfo::mount_at(&table, mnt)
-        .filter(|m| m.is_fuse())
-        .map(|m| m.dev.1)
-}
 
 /// Start the mounter for `spec` at `mnt` and wait until it serves the mount:
 /// mountinfo shows FUSE there, statfs answers and a listing succeeds within
@@ -111,7 +105,7 @@ pub fn start(
     // process bindery does not track.
     let daemonized = matches!(exit, Some(WaitStatus::Exited(_, 0)))
         && spec.kind == Kind::Fuse
-        && fuse_minor(mnt).is_some();
+        && mountinfo::fuse_minor_at(mnt).is_some();
     abort(mnt);
     stop(mnt, run, Duration::from_millis(200));
     let line = last_line(&files.log, &spec.secrets);
@@ -139,10 +133,9 @@ pub fn start(
 /// Abort the FUSE connection behind `mnt` (fusectl): calls blocked on a
 /// hung or stopped server fail with ENOTCONN instead of hanging the pods.
 pub fn abort(mnt: &Path) {
-    if let Some(minor) = fuse_minor(mnt) {
-        match mount::abort_fuse_connection(minor) {
-            Ok(true) => log::info!("aborted the FUSE connection of {}", mnt.display()),
-            Ok(false) => {}
+    if let Some(conn) = FuseConnection::of_mount(mnt) {
+        match conn.abort() {
+            Ok(()) => log::info!("aborted the FUSE connection of {}", mnt.display()),
             Err(e) => log::warn!("abort FUSE connection of {}: {e}", mnt.display()),
         }
     }
@@ -157,23 +150,33 @@ pub fn abort(mnt: &Path) {
 /// is aborted through fusectl (those copies then read ENOTCONN, as they
 /// would after any unmount on a node), then it gets SIGTERM and, after
 /// `grace` (at most TERM_GRACE), SIGKILL.
+///
+/// The connection is taken hold of BEFORE the unmount: afterwards its
+/// number may already belong to another volume's new mount.
 pub fn stop(mnt: &Path, run: Running, grace: Duration) {
-    let minor = fuse_minor(mnt);
+    stop_with(mnt, run, grace, || {})
+}
+
+/// `stop`, running `after_unmount` right after the unmount (tests use it to
+/// mount something else in the window where the old connection number is
+/// free again).
+pub(super) fn stop_with(mnt: &Path, run: Running, grace: Duration, after_unmount: impl FnOnce()) {
+    let conn = FuseConnection::of_mount(mnt);
     health::forget(mnt);
     if let Err(e) = mount::unmount(mnt) {
         log::warn!("unmount {}: {e}", mnt.display());
     }
+    after_unmount();
     if process::wait_gone(run.pid, run.start_ticks, SELF_EXIT.min(grace)) {
         return;
     }
-    if let Some(minor) = minor {
-        match mount::abort_fuse_connection(minor) {
-            Ok(true) => log::info!(
+    if let Some(conn) = conn {
+        match conn.abort() {
+            Ok(()) => log::info!(
                 "mounter {} outlived its unmount at {}: aborted its FUSE connection",
                 run.pid,
                 mnt.display()
             ),
-            Ok(false) => {}
             Err(e) => log::warn!("abort FUSE connection of {}: {e}", mnt.display()),
         }
     }

@@ -190,29 +190,66 @@ pub fn detach_holding(target: &Path) -> Result<std::os::fd::OwnedFd> {
 
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
-/// Abort the FUSE connection with device minor `minor` through fusectl
-/// (mounted here first if nobody did): a hung server's callers get ENOTCONN.
-/// Returns false when the connection does not exist (any more).
-pub fn abort_fuse_connection(minor: u32) -> Result<bool> {
+/// Mount the fusectl filesystem at its usual place unless someone did.
+fn ensure_fusectl() -> Result<()> {
     let dir = Path::new(FUSECTL);
-    if !dir.join(minor.to_string()).exists() && dir.is_dir() {
-        match mount(
-            Some("fusectl"),
-            dir,
-            Some("fusectl"),
-            MsFlags::empty(),
-            None::<&str>,
-        ) {
-            Ok(()) | Err(Errno::EBUSY) => {}
-            Err(e) => return Err(Error::sys("mount fusectl", dir, e)),
+    if !dir.is_dir() || mountinfo::is_mount_point(dir).unwrap_or(false) {
+        return Ok(());
+    }
+    match mount(
+        Some("fusectl"),
+        dir,
+        Some("fusectl"),
+        MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) | Err(Errno::EBUSY) => Ok(()),
+        Err(e) => Err(Error::sys("mount fusectl", dir, e)),
+    }
+}
+
+/// One FUSE connection, held by its fusectl `abort` file, opened while the
+/// connection was the one mounted at a known path.
+///
+/// Connection numbers (device minors) are handed to the next FUSE mount as
+/// soon as a mount is gone, so a number read before an unmount names
+/// whatever mount came next by the time it is used: writing `abort` by number
+/// after an unmount can kill another volume's mount. An open fusectl file,
+/// though, stays tied to its own connection: when that connection ends the
+/// kernel detaches the file from it (fs/fuse/control.c clears the inode's
+/// connection pointer), and a later write does nothing.
+#[derive(Debug)]
+pub struct FuseConnection {
+    minor: u32,
+    abort: std::fs::File,
+}
+
+impl FuseConnection {
+    /// The connection of the FUSE mount at `mnt`, if one is mounted there.
+    /// Its number is read from mountinfo, its `abort` file opened, then
+    /// mountinfo is read again: the same number still mounted at `mnt` means
+    /// the file opened belongs to that mount (nothing else mounts at a
+    /// volume's path while its guard is held), not to a reused number.
+    pub fn of_mount(mnt: &Path) -> Option<FuseConnection> {
+        let minor = mountinfo::fuse_minor_at(mnt)?;
+        if let Err(e) = ensure_fusectl() {
+            log::warn!("FUSE connection of {}: {e}", mnt.display());
+            return None;
         }
+        let path = Path::new(FUSECTL).join(minor.to_string()).join("abort");
+        let abort = std::fs::OpenOptions::new().write(true).open(&path).ok()?;
+        (mountinfo::fuse_minor_at(mnt) == Some(minor)).then_some(FuseConnection { minor, abort })
     }
-    let abort = dir.join(minor.to_string()).join("abort");
-    if !abort.exists() {
-        return Ok(false);
+
+    /// Abort the connection: calls blocked on a hung server, and every later
+    /// call on any copy of its mount, fail with ENOTCONN. A connection that
+    /// has ended meanwhile is left as it is (the write then does nothing).
+    pub fn abort(&self) -> Result<()> {
+        use std::io::Write;
+        (&self.abort)
+            .write_all(b"1")
+            .map_err(|e| Error::io("write", format!("{FUSECTL}/{}/abort", self.minor), e))
     }
-    std::fs::write(&abort, "1").map_err(|e| Error::io("write", &abort, e))?;
-    Ok(true)
 }
 
 /// Requests waiting for an answer on FUSE connection `minor` (fusectl

@@ -99,6 +99,17 @@ pub fn by_id(table: &[MountInfo], id: u32) -> Option<&MountInfo> {
     table.iter().find(|m| m.id == id)
 }
 
+/// The FUSE connection number (device minor, as in /sys/fs/fuse/connections)
+/// of the FUSE mount at `path` right now. The kernel gives a freed number to
+/// the next mount at once: act on it only while the mount is known to be
+/// there (see `mount::FuseConnection`).
+pub fn fuse_minor_at(path: &Path) -> Option<u32> {
+    let table = read_self().ok()?;
+    mount_at(&table, path)
+        .filter(|m| m.is_fuse())
+        .map(|m| m.dev.1)
+}
+
 /// Whether anything is mounted at `path` right now.
 pub fn is_mount_point(path: &Path) -> Result<bool> {
     Ok(mount_at(&read_self()?, path).is_some())
