@@ -48,6 +48,9 @@ pub enum Error {
     },
     /// A mounter process failed to produce a working mount.
     Mounter { volume: String, reason: String },
+    /// The volume's mount cannot serve right now (its mounter died and is
+    /// being replaced): the CO retries, and the health loop heals meanwhile.
+    NotServing { volume: String, reason: String },
     /// Persisted state could not be read or written.
     State { path: PathBuf, reason: String },
 }
@@ -92,6 +95,13 @@ impl Error {
         }
     }
 
+    pub fn not_serving(volume: &str, reason: impl Into<String>) -> Self {
+        Error::NotServing {
+            volume: volume.to_string(),
+            reason: reason.into(),
+        }
+    }
+
     pub fn mounter(volume: &str, reason: impl Into<String>) -> Self {
         Error::Mounter {
             volume: volume.to_string(),
@@ -119,6 +129,7 @@ impl Error {
             Error::Precondition { .. } => RpcStatusCode::FAILED_PRECONDITION,
             Error::AlreadyExists { .. } => RpcStatusCode::ALREADY_EXISTS,
             Error::Aborted { .. } => RpcStatusCode::ABORTED,
+            Error::NotServing { .. } => RpcStatusCode::UNAVAILABLE,
             Error::Unimplemented(_) => RpcStatusCode::UNIMPLEMENTED,
             Error::Sys { .. } | Error::Io { .. } | Error::Mounter { .. } | Error::State { .. } => {
                 RpcStatusCode::INTERNAL
@@ -195,6 +206,9 @@ impl Error {
             Error::Mounter { volume, reason } => {
                 format!("volume {}: mount failed: {reason}", quoted(volume))
             }
+            Error::NotServing { volume, reason } => {
+                format!("volume {}: not serving: {reason}; retry", quoted(volume))
+            }
             Error::State { path, reason } => format!("state {}: {reason}", path.display()),
         }
     }
@@ -231,6 +245,10 @@ mod tests {
             }
             .code(),
             RpcStatusCode::ABORTED
+        );
+        assert_eq!(
+            Error::not_serving("v", "mounter process 7 is gone").code(),
+            RpcStatusCode::UNAVAILABLE
         );
         assert_eq!(
             Error::sys("mount", "/x", Errno::EPERM).code(),

@@ -272,6 +272,51 @@ fn killed_mounter_is_reported_and_healed() {
     assert!(mounter_pids(&staging).is_empty());
 }
 
+/// A publish never binds a mount whose mounter is dead: the pod would start
+/// with a volume that answers ENOTCONN. It answers UNAVAILABLE (the kubelet
+/// retries) and leaves the target unmounted; once the mounter is back, the
+/// same publish succeeds. (The health loop is off here so that the dead
+/// state lasts until the test restarts the mounter with a re-stage.)
+#[test]
+fn dead_mounter_is_never_bound() {
+    if !can_mount("dead_mounter_is_never_bound") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--watchdog-interval=0"]);
+    let volume = format!("{BUCKET}/dead");
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/dead/globalmount");
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
+        .ok());
+    let pids = mounter_pids(&staging);
+    assert_eq!(pids.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("mounter gone", 10, || mounter_pids(&staging).is_empty());
+    let t = d.kpath("pods/a/volumes/v/mount");
+    let out = publish(&d, &volume, &staging, &t, false);
+    assert_eq!(out.code, 14, "publish onto a dead mounter: {out:?}");
+    assert!(out.stderr.contains("is gone"), "{}", out.stderr);
+    assert!(
+        !mounts_below(&d.kubelet).iter().any(|m| m == Path::new(&t)),
+        "the dead mount was bound: {:?}",
+        mounts_below(&d.kubelet)
+    );
+    // A re-stage replaces the dead mounter; then the publish goes through.
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
+        .ok());
+    assert!(publish(&d, &volume, &staging, &t, false).ok());
+    fs::write(Path::new(&t).join("alive.txt"), "yes").unwrap();
+    assert!(d.unpublish(&volume, &t).ok());
+    assert!(d.unstage(&volume, &staging).ok());
+    assert!(mounter_pids(&staging).is_empty());
+}
+
 #[test]
 fn daemon_crash_keeps_mounts_and_restart_adopts_them() {
     if !can_mount("daemon_crash_keeps_mounts_and_restart_adopts_them") {
@@ -457,7 +502,11 @@ fn mounter_moves_to_its_own_cgroup() {
     } else if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
         PathBuf::from("/sys/fs/cgroup/pids")
     } else {
-        eprintln!("SKIP mounter_moves_to_its_own_cgroup: no writable cgroup hierarchy");
+        prerequisite(
+            "mounter_moves_to_its_own_cgroup",
+            false,
+            "no writable cgroup hierarchy",
+        );
         return;
     };
     let cg = base.join(&name);
@@ -538,12 +587,17 @@ fn stopped_mounter_is_reported_and_healed() {
     assert_eq!(old.len(), 1);
     let pid = nix::unistd::Pid::from_raw(old[0]);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let t0 = Instant::now();
-    let stats = d.csi(&["node-stats", "--volume-id", BUCKET, "--target-path", &t]);
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "stats hung on a stopped mounter"
-    );
+    // With a call deadline: a stats call that hung on the stopped mounter
+    // fails DEADLINE_EXCEEDED instead of answering.
+    let stats = d.csi(&[
+        "node-stats",
+        "--volume-id",
+        BUCKET,
+        "--target-path",
+        &t,
+        "--timeout",
+        "30",
+    ]);
     assert!(stats.ok() && stats.stdout.contains("stopped"), "{stats:?}");
     wait_until("healed after SIGSTOP", 30, || {
         let new = mounter_pids(&staging);
@@ -601,13 +655,15 @@ fn hung_fuse_server_fails_the_stage_cleanly() {
     if !can_mount("hung_fuse_server_fails_the_stage_cleanly") {
         return;
     }
-    if Command::new("python3")
+    let fusepy = Command::new("python3")
         .args(["-c", "import fuse"])
         .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        eprintln!("SKIP hung_fuse_server_fails_the_stage_cleanly: python3 fusepy missing (.ci/setup installs it)");
+        .is_ok_and(|s| s.success());
+    if !prerequisite(
+        "hung_fuse_server_fails_the_stage_cleanly",
+        fusepy,
+        "python3 fusepy missing (.ci/setup installs it)",
+    ) {
         return;
     }
     let scratch = Scratch::new("hung");
@@ -636,7 +692,6 @@ PY"#,
     ]);
     let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/hung/globalmount");
     let server = || pids_matching(|c| c.starts_with("python3") && c.contains("hung/globalmount"));
-    let t0 = Instant::now();
     let out = d.csi(&[
         "node-stage",
         "--volume-id",
@@ -648,12 +703,8 @@ PY"#,
         &format!("--param=command={} {{mountpoint}}", prog.display()),
     ]);
     assert_eq!(out.code, 13, "{out:?}");
+    // The stage gave up on its own (--mount-timeout), it did not hang.
     assert!(out.stderr.contains("did not answer"), "{}", out.stderr);
-    assert!(
-        t0.elapsed() < Duration::from_secs(20),
-        "stage hung: {:?}",
-        t0.elapsed()
-    );
     wait_until("hung server gone", 10, || server().is_empty());
     assert!(
         mounts_below(&d.kubelet).is_empty(),

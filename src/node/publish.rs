@@ -16,6 +16,7 @@ use crate::cache::request as cachevol;
 use crate::crash;
 use crate::error::{Error, Result};
 use crate::lifecycle::{publish_phase, stage_phase};
+use crate::mounter;
 use crate::proto::bindery::{Publication, PublishPhase, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
 use crate::sys::nodepath::{self, NodePath};
@@ -140,11 +141,19 @@ impl Node {
             .mount_at("staging_target_path", &staged_at)?
             .filter(|(_, m)| m.is_fuse())
             .ok_or_else(|| {
-                Error::precondition(
+                Error::not_serving(
                     id,
-                    "the staged mount is not there (the mounter is being healed); retry",
+                    "the staged mount is not there (its mounter is being restarted)",
                 )
             })?;
+        // Never bind a dead mount: the pod would start with a volume that
+        // answers ENOTCONN. The health loop restarts the mounter; the
+        // kubelet retries the publish.
+        if let mounter::Health::Abnormal(why) =
+            mounter::serving(&staged_at, super::running(rec.get_stage()))
+        {
+            return Err(Error::not_serving(id, why));
+        }
         let stage_dev = dev_string(&stage_mount);
         let generation = rec.get_stage().get_generation();
         if let Some(p) = Self::publication(&guard, &target) {

@@ -70,16 +70,27 @@ pub fn is_root() -> bool {
 
 /// Tests that mount need root and a private mount namespace (.ci/test runs
 /// the suite under `unshare`). Returns false, printing why, when missing.
+/// Whether a test may go on: prints why not and returns false, except under
+/// CI=true, where a missing prerequisite fails the test instead of letting it
+/// pass as a skip.
+pub fn prerequisite(test: &str, met: bool, why: &str) -> bool {
+    if !met {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: {why} (CI=true: a missing prerequisite is a failure)"
+        );
+        eprintln!("SKIP {test}: {why}");
+    }
+    met
+}
+
 pub fn can_mount(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("SKIP {test}: needs root");
-        return false;
-    }
-    if std::env::var("BINDERY_MOUNT_TESTS").as_deref() != Ok("1") {
-        eprintln!("SKIP {test}: mount tests run only inside the private namespace of .ci/test (BINDERY_MOUNT_TESTS=1)");
-        return false;
-    }
-    true
+    prerequisite(test, is_root(), "needs root")
+        && prerequisite(
+            test,
+            std::env::var("BINDERY_MOUNT_TESTS").as_deref() == Ok("1"),
+            "mount tests run only inside the private namespace of .ci/test (BINDERY_MOUNT_TESTS=1)",
+        )
 }
 
 #[derive(Debug)]
@@ -305,6 +316,15 @@ impl Daemon {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Wait until the health loop has finished `n` more passes (the daemon
+    /// logs "health pass done" at debug level after each) than it had when
+    /// this was called.
+    pub fn wait_health_passes(&self, n: usize, secs: u64) {
+        let count = || self.log_text().matches("health pass done").count();
+        let start = count();
+        wait_until(&format!("{n} health passes"), secs, || count() >= start + n);
     }
 
     pub fn log_text(&self) -> String {
