@@ -253,7 +253,10 @@ mod tests {
             release_rx.recv().unwrap();
         });
         started_rx.recv().unwrap();
-        let begin = Instant::now();
+        // Each call names the stage it met: it was turned away because of
+        // it, at once (a short call that had queued instead would end its
+        // wait with "queued calls on this volume", and the holder does not
+        // let go until these calls are done).
         for op in [
             Op::Long("NodeUnstageVolume"),
             Op::Short("NodePublishVolume"),
@@ -266,10 +269,6 @@ mod tests {
                 _ => panic!("expected ABORTED"),
             }
         }
-        assert!(
-            begin.elapsed() < Duration::from_secs(1),
-            "aborts must not wait"
-        );
         // Another volume is not affected.
         drop(table.acquire("other", Op::Long("NodeStageVolume")).unwrap());
         release_tx.send(()).unwrap();

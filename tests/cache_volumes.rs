@@ -9,7 +9,6 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -119,25 +118,17 @@ impl CacheNode {
     /// The newest golden version, once the background build made one (the
     /// daemon answers before its caches are built).
     fn golden(&self) -> PathBuf {
-        wait("a built version", 60, || !self.versions().is_empty());
+        wait_until("a built version", 60, || !self.versions().is_empty());
         self.versions().pop().expect("a built version")
     }
 
     fn wait_trash_empty(&self) {
         let trash = self.d.kubelet.join("plugins/bindery.csi.dev/trash");
-        wait("trash emptied", 30, || {
+        wait_until("trash emptied", 30, || {
             fs::read_dir(&trash)
                 .map(|mut r| r.next().is_none())
                 .unwrap_or(true)
         });
-    }
-}
-
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -382,7 +373,7 @@ fn trusted_hardlink_tamper_never_reaches_other_strategies() {
     // The shared copy is checked by content: replaced, and later hardlink pods get
     // the original bytes.
     assert!(n.unpublish("pod-b").ok());
-    wait("shared copy replaced", 30, || {
+    wait_until("shared copy replaced", 30, || {
         n.d.log_text().contains("shared hardlink copy modified")
     });
     assert!(n.publish("pod-c", &["cache=nm"]).ok());
@@ -415,14 +406,14 @@ fn golden_tamper_is_found_by_content_and_the_version_rebuilt() {
     let original = fs::read(n.source.join(f)).unwrap();
     write_in_place_keep_mtime(&v1.join(f), &vec![b'Y'; original.len()]).unwrap();
     assert!(n.unpublish("pod-a").ok());
-    wait("rebuilt version", 30, || n.golden() != v1);
+    wait_until("rebuilt version", 30, || n.golden() != v1);
     let v2 = n.golden();
     assert_eq!(fs::read(v2.join(f)).unwrap(), original);
     assert!(n.publish("pod-b", &["cache=nm"]).ok());
     let got = fs::read(PathBuf::from(n.target("pod-b")).join(f)).unwrap();
     assert_eq!(got, original);
     assert!(n.d.log_text().contains("retiring the version"));
-    wait("tampered version collected", 30, || !v1.exists());
+    wait_until("tampered version collected", 30, || !v1.exists());
     assert!(n.unpublish("pod-b").ok());
 }
 
@@ -470,7 +461,7 @@ fn new_versions_are_picked_up_and_old_ones_collected() {
     );
     assert!(v1.exists(), "v1 is in use by pod-a");
     assert!(n.unpublish("pod-a").ok());
-    wait("v1 collected", 30, || !v1.exists());
+    wait_until("v1 collected", 30, || !v1.exists());
     assert!(v2.exists());
     assert!(n.unpublish("pod-b").ok());
 }
@@ -501,7 +492,7 @@ fn crash_during_population_then_retry_yields_a_complete_volume() {
             .output()
             .unwrap()
     });
-    wait("population started", 30, || target.join("pkg-1").exists());
+    wait_until("population started", 30, || target.join("pkg-1").exists());
     n.d.kill9();
     let _ = publish.join();
     n.d.restart();
@@ -572,7 +563,11 @@ fn reflink_on_xfs() {
     match std::env::var_os("BINDERY_XFS_DIR") {
         Some(dir) => strategies_on(Path::new(&dir), "reflink"),
         None => {
-            eprintln!("SKIP reflink_on_xfs: BINDERY_XFS_DIR not set (.ci/in-namespace sets it)")
+            prerequisite(
+                "reflink_on_xfs",
+                false,
+                "BINDERY_XFS_DIR not set (.ci/in-namespace sets it)",
+            );
         }
     }
 }
@@ -585,7 +580,11 @@ fn overlay_on_tmpfs() {
     match std::env::var_os("BINDERY_TMPFS_DIR") {
         Some(dir) => strategies_on(Path::new(&dir), "overlay"),
         None => {
-            eprintln!("SKIP overlay_on_tmpfs: BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)")
+            prerequisite(
+                "overlay_on_tmpfs",
+                false,
+                "BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)",
+            );
         }
     }
 }
@@ -848,7 +847,13 @@ fn tamper_through_reflink_stays_in_the_pod() {
     }
     match std::env::var_os("BINDERY_XFS_DIR") {
         Some(dir) => tamper_per_strategy_on(Path::new(&dir), &["reflink"]),
-        None => eprintln!("SKIP tamper_through_reflink_stays_in_the_pod: BINDERY_XFS_DIR not set"),
+        None => {
+            prerequisite(
+                "tamper_through_reflink_stays_in_the_pod",
+                false,
+                "BINDERY_XFS_DIR not set",
+            );
+        }
     }
 }
 
@@ -920,7 +925,13 @@ fn fsgroup_non_root_writer_reflink() {
     }
     match std::env::var_os("BINDERY_XFS_DIR") {
         Some(dir) => fsgroup_on(Path::new(&dir), &["reflink", "overlay"]),
-        None => eprintln!("SKIP fsgroup_non_root_writer_reflink: BINDERY_XFS_DIR not set"),
+        None => {
+            prerequisite(
+                "fsgroup_non_root_writer_reflink",
+                false,
+                "BINDERY_XFS_DIR not set",
+            );
+        }
     }
 }
 
