@@ -46,6 +46,18 @@ fn build_cache(cfg: Config, name: &str) -> ExitCode {
     }
 }
 
+/// What this invocation of the binary does.
+enum Cmd {
+    /// The CSI daemon.
+    Run,
+    /// `--check-args`: parse the daemon's flags, then exit.
+    CheckArgs,
+    /// `cache build NAME`.
+    Build(String),
+    /// `cache status`.
+    Status,
+}
+
 #[global_allocator]
 static HEAP: alloc::Mimalloc = alloc::Mimalloc;
 
@@ -55,21 +67,24 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("csi") {
         return ExitCode::from(client::main(&args[1..]).clamp(0, 255) as u8);
     }
-    let (check_only, build, flags) = match (args.first().map(String::as_str), args.get(1)) {
-        (Some("--check-args"), _) => (true, None, &args[1..]),
-        (Some("cache"), Some(name)) if args.len() >= 3 && name == "build" => {
-            (false, Some(args[2].clone()), &args[3..])
+    let (cmd, flags) = match (
+        args.first().map(String::as_str),
+        args.get(1).map(String::as_str),
+    ) {
+        (Some("--check-args"), _) => (Cmd::CheckArgs, &args[1..]),
+        (Some("cache"), Some("build")) if args.len() >= 3 => {
+            (Cmd::Build(args[2].clone()), &args[3..])
         }
+        (Some("cache"), Some("status")) => (Cmd::Status, &args[2..]),
         (Some("cache"), _) => {
-            eprintln!("usage: bindery cache build NAME [--state-dir DIR --kubelet-dir DIR --cache-config FILE | --cache NAME=SOURCE]");
+            eprintln!("usage: bindery cache build NAME [FLAGS]\n       bindery cache status [FLAGS]\n(FLAGS: the daemon's --kubelet-dir, --driver-name, --cache-config, --cache)");
             return ExitCode::from(64);
         }
-        _ => (false, None, &args[..]),
+        _ => (Cmd::Run, &args[..]),
     };
-    // A cache build serves no node: it needs no --node-id of its own.
-    let placeholder = build
-        .as_ref()
-        .map(|_| "--node-id=bindery-cache-build".to_string());
+    // Cache commands serve no node: they need no --node-id of their own.
+    let placeholder = matches!(cmd, Cmd::Build(_) | Cmd::Status)
+        .then(|| "--node-id=bindery-cache-command".to_string());
     let cfg = match Config::parse(
         placeholder.into_iter().chain(flags.iter().cloned()),
         &env_var,
@@ -88,14 +103,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if check_only {
-        println!("ok: {} flag(s) accepted", flags.len());
-        return ExitCode::SUCCESS;
+    match cmd {
+        Cmd::CheckArgs => {
+            println!("ok: {} flag(s) accepted", flags.len());
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Status => {
+            let states = cache::status::states(&cfg);
+            print!("{}", cache::status::render(&states));
+            // 3: declared caches that are not ready yet (scripts poll on it).
+            return if cache::status::all_ready(&states) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            };
+        }
+        Cmd::Build(_) | Cmd::Run => {}
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    if let Some(name) = build {
+    if let Cmd::Build(name) = cmd {
         return build_cache(*cfg, &name);
     }
     match server::run(*cfg) {

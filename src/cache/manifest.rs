@@ -193,6 +193,11 @@ impl Manifest {
         &self.entries
     }
 
+    /// How many entries of `kind` the tree holds.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.entries.iter().filter(|e| e.kind == kind).count()
+    }
+
     /// Record every directory, regular file and symlink under `dir` (fifos, sockets and
     /// devices are left out, as population leaves them out). Walks fd-relative, no symlink followed.
     pub fn scan(dir: &Path) -> Result<Manifest> {

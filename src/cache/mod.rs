@@ -67,6 +67,7 @@ pub mod manifest;
 pub mod populate;
 pub mod remove;
 pub mod request;
+pub mod status;
 mod upkeep;
 pub mod usage;
 pub mod volume;
