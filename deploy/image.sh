@@ -25,8 +25,7 @@ MKIMAGE=${MKIMAGE:-$REPO/../shared/k8s/mkimage.py}
 if [[ -z ${BINDERY_BIN:-} || ! -x ${BINDERY_BIN:-/nonexistent} ]]; then
   # shellcheck source=/dev/null
   source .ci/setup
-  log "building $BINDERY_BIN"
-  nice -n 10 cargo-zigbuild build --release --target "$BINDERY_TARGET" 2>&1 | grep -v '^\s*Compiling' >&2 || true
+  build_release >&2
 fi
 [[ -x $BINDERY_BIN ]] || { log "no binary at $BINDERY_BIN"; exit 1; }
 file -b "$BINDERY_BIN" | grep -Eq "statically linked|static-pie linked" ||
@@ -61,8 +60,13 @@ if [[ ! -s $ROOTFS ]]; then
   }
   mkdir -p "$ROOTFS_CACHE"
   log "mmdebstrap $SUITE with $PKGS -> $ROOTFS (about a minute, once)"
-  mmdebstrap --quiet --variant=apt --include="$PKGS" "$SUITE" "$ROOTFS.tmp" >&2
-  mv "$ROOTFS.tmp" "$ROOTFS"
+  # The output format is given, not guessed from the name: mmdebstrap makes a
+  # directory of a target whose name does not end in .tar.
+  tmp=$ROOTFS_CACHE/.partial-$key.tar
+  rm -rf "$tmp"
+  mmdebstrap --quiet --format=tar --variant=apt --include="$PKGS" "$SUITE" "$tmp" >&2
+  [[ -f $tmp ]] || { log "mmdebstrap made no tar at $tmp"; exit 1; }
+  mv "$tmp" "$ROOTFS"
 fi
 
 # 4. Assemble.

@@ -43,7 +43,8 @@ pub fn states(cfg: &Config) -> Vec<(String, State)> {
                 Ok(m) => State::Ready {
                     version: v.as_str().to_string(),
                     files: m.count(Kind::File),
-                    dirs: m.count(Kind::Dir),
+                    // The tree's root is an entry too; builds count below it.
+                    dirs: m.count(Kind::Dir).saturating_sub(1),
                     symlinks: m.count(Kind::Symlink),
                 },
                 Err(e) => State::Disabled(format!("version {}: {e}", v.as_str())),
@@ -138,7 +139,7 @@ mod tests {
                 State::Ready {
                     version: v.as_str().to_string(),
                     files: 2,
-                    dirs: 2,
+                    dirs: 1,
                     symlinks: 1
                 }
             )]
