@@ -16,6 +16,8 @@ mod rpc;
 mod server;
 mod state;
 mod sys;
+#[cfg(test)]
+mod testkit;
 mod validate;
 mod volumes;
 mod workers;

@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -655,13 +654,9 @@ fn hung_fuse_server_fails_the_stage_cleanly() {
     if !can_mount("hung_fuse_server_fails_the_stage_cleanly") {
         return;
     }
-    let fusepy = Command::new("python3")
-        .args(["-c", "import fuse"])
-        .status()
-        .is_ok_and(|s| s.success());
     if !prerequisite(
         "hung_fuse_server_fails_the_stage_cleanly",
-        fusepy,
+        has_fusepy(),
         "python3 fusepy missing (.ci/setup installs it)",
     ) {
         return;

@@ -13,23 +13,10 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::{Config, Parsed};
+use crate::testkit::{has_fusepy, prerequisite};
 
 const AKID: &str = "real-akid";
 const SECRET: &str = "real-secret-Zx1";
-
-/// Whether a test may go on: prints why not and returns false, except under
-/// CI=true, where a missing prerequisite fails the test instead of letting it
-/// pass as a skip.
-fn prerequisite(test: &str, met: bool, why: &str) -> bool {
-    if !met {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: {why} (CI=true: a missing prerequisite is a failure)"
-        );
-        eprintln!("SKIP {test}: {why}");
-    }
-    met
-}
 
 fn can_mount(test: &str) -> bool {
     prerequisite(
@@ -318,13 +305,6 @@ fn bind_flags_are_kept_and_added() {
 }
 
 use crate::sys::mountinfo;
-
-fn has_fusepy() -> bool {
-    Command::new("python3")
-        .args(["-c", "import fuse"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn threads() -> usize {
     fs::read_to_string("/proc/self/status")

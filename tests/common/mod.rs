@@ -70,19 +70,10 @@ pub fn is_root() -> bool {
 
 /// Tests that mount need root and a private mount namespace (.ci/test runs
 /// the suite under `unshare`). Returns false, printing why, when missing.
-/// Whether a test may go on: prints why not and returns false, except under
-/// CI=true, where a missing prerequisite fails the test instead of letting it
-/// pass as a skip.
-pub fn prerequisite(test: &str, met: bool, why: &str) -> bool {
-    if !met {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: {why} (CI=true: a missing prerequisite is a failure)"
-        );
-        eprintln!("SKIP {test}: {why}");
-    }
-    met
-}
+#[path = "../../src/testkit.rs"]
+mod testkit;
+#[allow(unused_imports)]
+pub use testkit::{has_fusepy, prerequisite};
 
 pub fn can_mount(test: &str) -> bool {
     prerequisite(test, is_root(), "needs root")
