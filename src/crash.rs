@@ -9,6 +9,7 @@
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub const POINTS: &[&str] = &[
     "stage.recorded",
+    "mounter.spawned",
     "stage.started",
     "publish.recorded",
     "publish.bound",

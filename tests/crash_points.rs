@@ -414,3 +414,113 @@ fn every_crash_point_has_a_test() {
         );
     }
 }
+
+/// A stage killed between the mounter's spawn and its mount, with a mounter
+/// that mounts only when it is told to stop (the worst moment: after a
+/// teardown that unmounts first has cleared the staging path). Recovery
+/// rolls the stage back; it must leave no mount behind that no record
+/// explains, and the retried stage must succeed.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
+fn stage_crash_before_the_mount_leaves_nothing_unowned() {
+    let point = "mounter.spawned";
+    if !can_mount(point) {
+        return;
+    }
+    if !prerequisite(
+        point,
+        has_fusepy(),
+        "python3 fusepy missing (.ci/setup installs it)",
+    ) {
+        return;
+    }
+    let scratch = Scratch::new("gated");
+    let gate = scratch.path.join("open");
+    let prog = scratch.path.join("gatedfs");
+    // Mounts at once when the gate exists; otherwise waits, and mounts in
+    // its SIGTERM handler.
+    script(
+        &prog,
+        &format!(
+            r#"mount_now() {{
+exec python3 - "$1" <<'PY'
+import sys
+from fuse import FUSE, Operations
+FUSE(Operations(), sys.argv[1], foreground=True, allow_other=True)
+PY
+}}
+[ -e {gate} ] && mount_now "$1"
+trap 'mount_now "$1"' TERM
+while :; do sleep 0.05; done"#,
+            gate = gate.display()
+        ),
+    );
+    let mut d = Daemon::start(&[
+        &format!("--fuse-programs={}", prog.display()),
+        "--mount-timeout=60",
+        "--watchdog-interval=0",
+    ]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/gated/globalmount");
+    let command = format!("--param=command={} {{mountpoint}}", prog.display());
+    let stage = |d: &Daemon| {
+        d.csi(&[
+            "node-stage",
+            "--volume-id",
+            "gated",
+            "--staging-path",
+            &staging,
+            "--param=mounter=fuse",
+            "--param=bucket=bkt",
+            &command,
+        ])
+    };
+    // The script, and the python3 it becomes (not `bindery csi` clients).
+    let mounters = || {
+        pids_matching(|c| {
+            c.contains(&staging) && (c.starts_with("/bin/sh") || c.starts_with("python3"))
+        })
+    };
+    let mounted = || mounts_below(Path::new(&staging)).len();
+    d.stop();
+    d.env = vec![("BINDERY_CRASH_AT".into(), point.into())];
+    d.restart();
+    assert!(!stage(&d).ok(), "{point}: the daemon should have died");
+    assert!(d.wait_crashed(Duration::from_secs(60)), "{point}: no crash");
+    assert_eq!(
+        mounters().len(),
+        1,
+        "{point}: the spawned mounter outlives the daemon"
+    );
+    assert_eq!(mounted(), 0, "{point}: it has not mounted");
+    d.env.clear();
+    d.restart();
+    // Recovery rolled the start back before the socket served: the
+    // mounter is gone, and the mount it made when told to stop with it.
+    assert!(
+        mounters().is_empty(),
+        "{point}: {:?}\n{}",
+        mounters(),
+        d.log_text()
+    );
+    assert_eq!(
+        mounted(),
+        0,
+        "{point}: a mount was left at the staging path\n{}",
+        d.log_text()
+    );
+    fs::write(&gate, "").unwrap();
+    let out = stage(&d);
+    assert!(
+        out.ok(),
+        "{point}: retried stage: {out:?}\n{}",
+        d.log_text()
+    );
+    assert_eq!(mounters().len(), 1);
+    assert_eq!(mounted(), 1);
+    assert!(d.unstage("gated", &staging).ok());
+    wait_until("mounter gone", 20, || mounters().is_empty());
+    assert_eq!(mounted(), 0);
+}

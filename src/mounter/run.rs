@@ -65,6 +65,8 @@ pub fn start(
         }
     };
     let run = Running { pid, start_ticks };
+    // The mounter runs, unrecorded, and has not mounted yet.
+    crate::crash::point("mounter.spawned");
     if let Some(e) = cfg
         .mounter_cgroups
         .iter()
@@ -155,6 +157,17 @@ pub fn abort(mnt: &Path) {
 /// number may already belong to another volume's new mount.
 pub fn stop(mnt: &Path, run: Running, grace: Duration) {
     stop_with(mnt, run, grace, || {})
+}
+
+/// Stop the mounter `run` of `mnt` without touching the mount: SIGTERM to
+/// its session, SIGKILL after `grace` (at most TERM_GRACE). For a teardown
+/// that clears the mount itself AFTERWARDS, so that no mounter of the volume
+/// is left alive that could still mount there once the path was cleared.
+pub fn terminate(mnt: &Path, run: Running, grace: Duration) {
+    health::forget(mnt);
+    if !process::terminate(run.pid, run.start_ticks, grace.min(TERM_GRACE)) {
+        log::warn!("mounter {} did not exit after SIGKILL", run.pid);
+    }
 }
 
 /// `stop`, running `after_unmount` right after the unmount (tests use it to

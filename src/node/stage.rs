@@ -254,10 +254,29 @@ impl Node {
     }
 
     /// Stop every mounter of this volume: the recorded one and any that a
-    /// crash left unrecorded (found by the staging path in its argv), after
-    /// aborting and detaching the FUSE mount at the staging path if it is
-    /// one. Never touches a mount that is not FUSE.
+    /// crash left unrecorded (found by the staging path in its argv); then
+    /// abort and detach the FUSE mount at the staging path if there is one.
+    /// Never touches a mount that is not FUSE.
+    ///
+    /// Processes first, mount second: a mounter that a crash left starting
+    /// may mount at any moment until it is dead. Cleared the other way
+    /// round, it could mount after the unmount and then die with its stop,
+    /// leaving a dead mount that no record explains (and that refuses every
+    /// later stage of the volume).
     pub(super) fn stop_own_mounters(&self, id: &str, staging: &Path, recorded: Running) {
+        let mut runs = vec![recorded];
+        for pid in procscan::session_leaders_with_arg(staging) {
+            if let Some(s) = process::stat(pid) {
+                runs.push(Running {
+                    pid,
+                    start_ticks: s.start_ticks,
+                });
+            }
+        }
+        runs.dedup();
+        for run in runs.into_iter().filter(|r| r.pid > 0) {
+            mounter::terminate(staging, run, Duration::from_millis(500));
+        }
         if let Ok(Some((np, m))) = self.mount_at("staging_target_path", staging) {
             if m.is_fuse() {
                 mounter::abort(staging);
@@ -271,18 +290,6 @@ impl Node {
                     m.fs_type
                 );
             }
-        }
-        let mut runs = vec![recorded];
-        for pid in procscan::session_leaders_with_arg(staging) {
-            if let Some(s) = process::stat(pid) {
-                runs.push(Running {
-                    pid,
-                    start_ticks: s.start_ticks,
-                });
-            }
-        }
-        for run in runs.into_iter().filter(|r| r.pid > 0) {
-            mounter::stop(staging, run, Duration::from_millis(500));
         }
     }
 
