@@ -985,3 +985,85 @@ fn concurrent_first_publishes_build_once() {
         assert!(n.unpublish(&format!("sf-{i}")).ok());
     }
 }
+
+/// A node reboot takes every mount away and keeps the state dir. A recorded
+/// overlay publication (and a read-only one) must never be handed back as
+/// an empty directory called healthy: the stats say what is missing, a
+/// repeated publish (the kubelet's, for a pod it still runs) mounts it
+/// again over the pod's own upper dir, and a restarted daemon's recovery
+/// does the same before it serves.
+#[test]
+fn lost_cache_mounts_are_restored_never_served_empty() {
+    if !can_mount("lost_cache_mounts_are_restored_never_served_empty") {
+        return;
+    }
+    let Some(dir) = std::env::var_os("BINDERY_TMPFS_DIR") else {
+        prerequisite(
+            "lost_cache_mounts_are_restored_never_served_empty",
+            false,
+            "BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)",
+        );
+        return;
+    };
+    let mut n = cache_node(Path::new(&dir), "auto", 3, 4, &["--watchdog-interval=0"]);
+    n.golden();
+    let out = n.publish("pod-o", &["cache=nm", "strategy=overlay"]);
+    assert!(out.ok(), "{out:?}");
+    let ro = n.publish_with("pod-r", &["cache=nm", "strategy=copy"], &["--readonly"]);
+    assert!(ro.ok(), "{ro:?}");
+    let (overlay, readonly) = (n.target("pod-o"), n.target("pod-r"));
+    let full = tree_listing(Path::new(&overlay));
+    fs::write(Path::new(&overlay).join("pod-wrote.txt"), "mine").unwrap();
+    let stats = |d: &Daemon, pod: &str, t: &str| {
+        d.csi(&["node-stats", "--volume-id", pod, "--target-path", t])
+    };
+    let lose_mounts = || {
+        for t in [&overlay, &readonly] {
+            unmount_below(Path::new(t));
+        }
+        assert!(mounts_below(Path::new(&overlay)).is_empty());
+    };
+    let whole = |d: &Daemon, what: &str| {
+        assert_eq!(
+            fs::read_to_string(Path::new(&overlay).join("pod-wrote.txt"))
+                .ok()
+                .as_deref(),
+            Some("mine"),
+            "{what}: the pod's own write is back"
+        );
+        let mut now = tree_listing(Path::new(&overlay));
+        now.retain(|k, _| !k.to_string_lossy().contains("pod-wrote.txt"));
+        assert_eq!(now, full, "{what}: the golden files are back");
+        assert!(
+            fs::write(Path::new(&readonly).join("x"), "no").is_err(),
+            "{what}: read-only again"
+        );
+        for (pod, t) in [("pod-o", &overlay), ("pod-r", &readonly)] {
+            let s = stats(d, pod, t);
+            assert!(!s.stdout.contains("abnormal: true"), "{what}: {pod}: {s:?}");
+        }
+    };
+    // Unmounted under a running daemon: the stats say so, the kubelet's
+    // repeated publish restores it.
+    lose_mounts();
+    let s = stats(&n.d, "pod-o", &overlay);
+    assert!(
+        s.stdout.contains("abnormal: true") && s.stdout.contains("not mounted"),
+        "{s:?}"
+    );
+    let s = stats(&n.d, "pod-r", &readonly);
+    assert!(s.stdout.contains("abnormal: true"), "{s:?}");
+    assert!(n.publish("pod-o", &["cache=nm", "strategy=overlay"]).ok());
+    let again = n.publish_with("pod-r", &["cache=nm", "strategy=copy"], &["--readonly"]);
+    assert!(again.ok(), "{again:?}");
+    whole(&n.d, "after a repeated publish");
+    // A reboot: the daemon stops, every mount goes, the daemon starts again.
+    n.d.stop();
+    lose_mounts();
+    n.d.restart();
+    whole(&n.d, "after recovery");
+    for pod in ["pod-o", "pod-r"] {
+        assert!(n.unpublish(pod).ok());
+    }
+    n.wait_trash_empty();
+}

@@ -465,9 +465,11 @@ impl Caches {
             ensure_owned_dir(&dest, &req.owner)?;
         }
         let choice = self.resolve(req, &version, &dest, readonly)?;
+        let mut overlay_lower = String::new();
         match choice {
             Choice::Overlay => {
                 let lower = self.overlay_lower(name, &version, &req.owner)?;
+                overlay_lower = lower.display().to_string();
                 let (upper, work) = Self::overlay_dirs(target);
                 ensure_owned_dir(&upper, &req.owner)?;
                 ensure_owned_dir(
@@ -537,8 +539,70 @@ impl Caches {
         p.set_cache_version(version.as_str().to_string());
         p.set_strategy(choice.as_str().to_string());
         p.set_cache_root(dest.display().to_string());
+        p.set_overlay_lower(overlay_lower);
         p.set_complete(true);
         Ok(p)
+    }
+
+    /// What a recorded publication lacks on the node now, or None when it is
+    /// whole: its tree at the cache root, the overlay mounted there, the
+    /// read-only bind over it. A reboot takes every mount away while the
+    /// record stays; a pod must then never be handed an empty directory as
+    /// its cache. Mount table and stat only: nothing is read inside a pod's
+    /// tree.
+    pub fn missing(&self, p: &Publication) -> Option<String> {
+        let root = Path::new(p.get_cache_root());
+        if !fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+            return Some(format!("its tree {} is gone", root.display()));
+        }
+        let table = match mountinfo::read_self() {
+            Ok(t) => t,
+            Err(e) => return Some(e.to_string()),
+        };
+        let here = mountinfo::mount_at(&table, root);
+        if p.get_strategy() == "overlay" && !here.is_some_and(|m| m.fs_type == "overlay") {
+            return Some(format!("its overlay at {} is not mounted", root.display()));
+        }
+        if p.get_readonly() && !here.is_some_and(|m| m.options.split(',').any(|o| o == "ro")) {
+            return Some(format!("its read-only bind at {} is gone", root.display()));
+        }
+        None
+    }
+
+    /// Make a recorded publication whole again from what is still on disk:
+    /// mount its overlay again (over the pod's own upper dir, so its writes
+    /// are kept) and its read-only bind. An error when the data itself is
+    /// gone (the tree, the upper dir or the lower version): the caller then
+    /// fills the volume anew.
+    pub fn restore(&self, p: &Publication) -> Result<()> {
+        let root = Path::new(p.get_cache_root());
+        let target = Path::new(p.get_target_path());
+        let gone = |what: &str| Error::State {
+            path: root.to_path_buf(),
+            reason: format!("cannot restore: {what}"),
+        };
+        if !fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+            return Err(gone("the tree is gone"));
+        }
+        let table = mountinfo::read_self()?;
+        let here = mountinfo::mount_at(&table, root).cloned();
+        if p.get_strategy() == "overlay" && !here.as_ref().is_some_and(|m| m.fs_type == "overlay") {
+            let lower = Path::new(p.get_overlay_lower());
+            let (upper, work) = Self::overlay_dirs(target);
+            if p.get_overlay_lower().is_empty() || !lower.is_dir() {
+                return Err(gone("the overlay's lower dir is not recorded or gone"));
+            }
+            if !upper.is_dir() || !work.is_dir() {
+                return Err(gone("the overlay's upper or work dir is gone"));
+            }
+            mount::overlay(lower, &upper, &work, root)?;
+        }
+        if p.get_readonly() && self.missing(p).is_some() {
+            mount::bind(root, root)?;
+            mount::remount_bind_read_only(root)?;
+        }
+        self.usage.track(root);
+        Ok(())
     }
 
     /// Remove a pod's copy: unmount what bindery mounted inside the target,

@@ -59,12 +59,28 @@ impl Node {
                 ));
             }
             if publish_phase(&p) == PublishPhase::POPULATED {
-                return Ok(NodePublishVolumeResponse::new());
+                // The kubelet publishes again after a restart or a reboot:
+                // what was published must still be there, or be made whole.
+                let Some(why) = self.caches.missing(&p) else {
+                    return Ok(NodePublishVolumeResponse::new());
+                };
+                warn!(
+                    "volume {id:?}: {} lost its cache volume ({why}): restoring it",
+                    target.display()
+                );
+                match self.caches.restore(&p) {
+                    Ok(()) if self.caches.missing(&p).is_none() => {
+                        return Ok(NodePublishVolumeResponse::new())
+                    }
+                    Ok(()) => warn!("volume {id:?}: restore left it incomplete: filling it anew"),
+                    Err(e) => warn!("volume {id:?}: {e}: filling it anew"),
+                }
+            } else {
+                warn!(
+                    "volume {id:?}: population of {} was interrupted, starting over",
+                    target.display()
+                );
             }
-            warn!(
-                "volume {id:?}: population of {} was interrupted, starting over",
-                target.display()
-            );
             self.cache_unpublish(&guard, &target)?;
         } else if let Some((_, m)) = self.mount_at("target_path", &target)? {
             // Never fill (or later clean up) a directory that is some other
@@ -114,6 +130,7 @@ impl Node {
                     p.set_cache_version(done.get_cache_version().to_string());
                     p.set_strategy(done.get_strategy().to_string());
                     p.set_cache_root(done.get_cache_root().to_string());
+                    p.set_overlay_lower(done.get_overlay_lower().to_string());
                     p.set_complete(true);
                 })?;
                 Ok(NodePublishVolumeResponse::new())

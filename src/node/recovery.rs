@@ -73,7 +73,24 @@ impl Node {
                     );
                     self.cache_unpublish(guard, &target)?;
                 }
-                PublishPhase::BOUND | PublishPhase::POPULATED | PublishPhase::PUBLISH_UNKNOWN => {}
+                PublishPhase::POPULATED => {
+                    // After a reboot the record stays and the mounts are gone:
+                    // mount overlays and read-only binds again from disk.
+                    if let Some(why) = self.caches.missing(p) {
+                        match self.caches.restore(p) {
+                            Ok(()) => info!(
+                                "volume {id:?}: {} had lost its cache volume ({why}): restored",
+                                target.display()
+                            ),
+                            Err(e) => warn!(
+                                "volume {id:?}: {} lost its cache volume ({why}) and {e}; \
+                                 its next publish fills it anew, its stats say abnormal",
+                                target.display()
+                            ),
+                        }
+                    }
+                }
+                PublishPhase::BOUND | PublishPhase::PUBLISH_UNKNOWN => {}
             }
         }
         let rec = guard.data().clone();

@@ -126,6 +126,14 @@ impl Node {
 
     fn cache_stats(&self, p: &Publication) -> Result<NodeGetVolumeStatsResponse> {
         let root = Path::new(p.get_cache_root());
+        if let Some(why) = self.caches.missing(p) {
+            // Never "healthy" for an empty directory where a cache was.
+            let mut resp = NodeGetVolumeStatsResponse::new();
+            resp.set_volume_condition(condition(Health::Abnormal(format!(
+                "cache volume {why}; publish it again to restore it"
+            ))));
+            return Ok(resp);
+        }
         let (usage, mut health) = match self.caches.usage(root) {
             Ok(u) => (u, Health::Ok),
             Err(e) => ((0, 0), Health::Abnormal(e.to_string())),
