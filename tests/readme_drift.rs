@@ -438,7 +438,9 @@ fn is_test_fn(src: &str, name: &str) -> bool {
                 .iter()
                 .rev()
                 .map(|l| l.trim())
-                .take_while(|l| l.starts_with("#[") || l.starts_with("//"))
+                // Attributes (some span lines) and doc comments, back to the
+                // end of the item before.
+                .take_while(|l| !l.is_empty() && !l.ends_with('}') && !l.ends_with(';'))
                 .any(|l| l == "#[test]")
     })
 }
