@@ -350,7 +350,8 @@ impl Drop for Daemon {
     }
 }
 
-/// Kill every process whose command line or environment names `dir`.
+/// Kill every process whose command line names `dir` (each test's scratch
+/// dir is its own: no other test's or user's process matches).
 pub fn kill_processes_mentioning(dir: &Path) {
     let needle = dir.display().to_string();
     for pid in pids_matching(|cmdline| cmdline.contains(&needle)) {
@@ -361,7 +362,6 @@ pub fn kill_processes_mentioning(dir: &Path) {
     }
 }
 
-/// PIDs whose NUL-separated command line satisfies `f`.
 /// Poll `f` every 50 ms until it holds; fail the test after `secs` seconds.
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -378,6 +378,7 @@ pub fn mounter_pids(staging: &str) -> Vec<i32> {
     })
 }
 
+/// PIDs whose command line (NULs read as spaces) satisfies `f`.
 pub fn pids_matching(f: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
