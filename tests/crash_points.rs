@@ -477,11 +477,15 @@ while :; do sleep 0.05; done"#,
             &command,
         ])
     };
-    // The script, and the python3 it becomes (not `bindery csi` clients).
+    // The script, and the python3 it becomes: the session leader only (a
+    // child it forks shows the same command line until it execs).
     let mounters = || {
         pids_matching(|c| {
             c.contains(&staging) && (c.starts_with("/bin/sh") || c.starts_with("python3"))
         })
+        .into_iter()
+        .filter(|&pid| session_of(pid) == Some(pid))
+        .collect::<Vec<_>>()
     };
     let mounted = || mounts_below(Path::new(&staging)).len();
     d.stop();

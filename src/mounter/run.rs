@@ -160,9 +160,10 @@ pub fn stop(mnt: &Path, run: Running, grace: Duration) {
 }
 
 /// Stop the mounter `run` of `mnt` without touching the mount: SIGTERM to
-/// its session, SIGKILL after `grace` (at most TERM_GRACE). For a teardown
-/// that clears the mount itself AFTERWARDS, so that no mounter of the volume
-/// is left alive that could still mount there once the path was cleared.
+/// its session, SIGKILL after `grace` (at most TERM_GRACE; zero: at once).
+/// For a teardown that clears the mount itself AFTERWARDS, so that no
+/// mounter of the volume is left alive that could still mount there once
+/// the path was cleared.
 pub fn terminate(mnt: &Path, run: Running, grace: Duration) {
     health::forget(mnt);
     if !process::terminate(run.pid, run.start_ticks, grace.min(TERM_GRACE)) {

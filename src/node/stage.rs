@@ -253,29 +253,31 @@ impl Node {
         Ok(run)
     }
 
-    /// Stop every mounter of this volume: the recorded one and any that a
-    /// crash left unrecorded (found by the staging path in its argv); then
-    /// abort and detach the FUSE mount at the staging path if there is one.
-    /// Never touches a mount that is not FUSE.
+    /// Stop every mounter of this volume: first any that a crash left
+    /// unrecorded (found by the staging path in its argv), killed at once;
+    /// then the FUSE mount at the staging path, if there is one, is aborted
+    /// and detached, and the recorded mounter stopped (it exits by itself
+    /// once its mount is gone, else SIGTERM, then SIGKILL). Never touches a
+    /// mount that is not FUSE.
     ///
-    /// Processes first, mount second: a mounter that a crash left starting
-    /// may mount at any moment until it is dead. Cleared the other way
-    /// round, it could mount after the unmount and then die with its stop,
-    /// leaving a dead mount that no record explains (and that refuses every
-    /// later stage of the volume).
+    /// Unrecorded mounters go first: one that a crash left starting may
+    /// mount at any moment until it is dead. Stopped after the unmount, it
+    /// could still mount in between and then die, leaving a dead mount that
+    /// no record explains (and that refuses every later stage of the
+    /// volume). Such a mounter never served an acknowledged write (it was
+    /// never recorded as serving), so it gets no grace.
     pub(super) fn stop_own_mounters(&self, id: &str, staging: &Path, recorded: Running) {
-        let mut runs = vec![recorded];
         for pid in procscan::session_leaders_with_arg(staging) {
             if let Some(s) = process::stat(pid) {
-                runs.push(Running {
+                let stray = Running {
                     pid,
                     start_ticks: s.start_ticks,
-                });
+                };
+                if stray != recorded {
+                    warn!("volume {id:?}: stopping mounter pid {pid}, which no record names");
+                    mounter::terminate(staging, stray, Duration::ZERO);
+                }
             }
-        }
-        runs.dedup();
-        for run in runs.into_iter().filter(|r| r.pid > 0) {
-            mounter::terminate(staging, run, Duration::from_millis(500));
         }
         if let Ok(Some((np, m))) = self.mount_at("staging_target_path", staging) {
             if m.is_fuse() {
@@ -290,6 +292,9 @@ impl Node {
                     m.fs_type
                 );
             }
+        }
+        if recorded.pid > 0 {
+            mounter::stop(staging, recorded, Duration::from_millis(500));
         }
     }
 

@@ -378,6 +378,14 @@ pub fn mounter_pids(staging: &str) -> Vec<i32> {
     })
 }
 
+/// The session id of process `pid` (field 6 of /proc/PID/stat).
+pub fn session_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces, in parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// PIDs whose command line (NULs read as spaces) satisfies `f`.
 pub fn pids_matching(f: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut out = Vec::new();
