@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark for issue 4 (warm cache volumes), run by hand as root:
+# Benchmark of warm cache volumes, run by hand as root:
 #
 #   bash benches/cache_volumes.sh                          # 100k files, 10k dirs (~1.4 GiB)
 #   FILES=20000 DIRS=2000 bash benches/cache_volumes.sh    # a quick run (~0.3 GiB)
@@ -28,7 +28,7 @@
 #     with FLOOR_THREADS threads), `cp -al`, `cp -a --reflink=always` (where
 #     reflink works), `cp -a`, and `rm -rf` of each of those copies.
 # It prints, per filesystem, a table of medians (bindery | baseline | ratio,
-# and the ratio of the fastest runs) with the goals of issue 4 and PASS/MISS
+# and the ratio of the fastest runs) with the goals of the cache volumes and PASS/MISS
 # for each, then the raw values. The daemon runs with RUST_LOG=info,bindery=debug.
 # A publish is checked against the golden tree once per strategy (same
 # entries, same file sizes and link targets), untimed.
@@ -611,7 +611,7 @@ bindery: the daemon's own duration, median of the repetitions ("NodePublishVolum
 wall: the `bindery csi` client call, including its process start and connection.
 baseline: wall time of the command (floor = benches/floor.rs); ratio: bindery / baseline (medians);
   of mins: the same with the fastest repetition of each, less sensitive to other load.
-goal: issue 4; PASS/MISS judges the median.""")
+goal: the figure each row names; PASS/MISS judges the median.""")
 print("raw values per repetition (ms):")
 for fs, _, _ in order:
     for k in sorted({k for (f, k) in vals if f == fs}):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark for issue 2: idle memory of the bindery daemon, run by hand as root:
+# Benchmark of the idle memory of the bindery daemon, run by hand as root:
 #
 #   bash benches/idle_rss.sh
 #   BINDERY_BIN=/path/to/bindery CALLS=200 bash benches/idle_rss.sh

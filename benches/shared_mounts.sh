@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark for issue 3 (shared FUSE mounts), run by hand as root:
+# Benchmark of shared FUSE mounts, run by hand as root:
 #
 #   bash benches/shared_mounts.sh [N]                 # N pods, default 50 (or $N)
 #   MOUNTER=rclone bash benches/shared_mounts.sh 20   # rclone instead of s3fs

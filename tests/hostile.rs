@@ -1780,7 +1780,7 @@ fn stage_cases(t: &mut Table, w: &World) {
             "over 4096 bytes",
             format!("{k}/{DRIVER_DIR}/{deep}/globalmount"),
         ),
-        // Beyond issue 9's list: a node path must not lead into another
+        // A node path must not lead into another
         // volume's FUSE mount (it would create objects in its bucket).
         (
             "inside another volume's mount",
