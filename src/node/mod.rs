@@ -32,9 +32,9 @@ use crate::mounter::{Running, VolumeFiles};
 use crate::proto::bindery::{Publication, Stage, VolumeRecord};
 use crate::proto::csi::*;
 use crate::state::StateStore;
-use crate::sys::mount;
 use crate::sys::mountinfo::{self, MountInfo};
 use crate::sys::nodepath::{KubeletDir, NodePath};
+use crate::sys::{mount, process, procscan};
 use crate::validate;
 use crate::volumes::{Guard, VolumeTable};
 
@@ -53,6 +53,20 @@ fn running(stage: &Stage) -> Running {
         pid: stage.get_mounter_pid(),
         start_ticks: stage.get_mounter_start_ticks(),
     }
+}
+
+/// Mounter processes found by the staging path in their argv (session
+/// leaders, with their start time): what a crash may have left unrecorded.
+fn mounters_by_argv(staging: &Path) -> Vec<Running> {
+    procscan::session_leaders_with_arg(staging)
+        .into_iter()
+        .filter_map(|pid| {
+            process::stat(pid).map(|s| Running {
+                pid,
+                start_ticks: s.start_ticks,
+            })
+        })
+        .collect()
 }
 
 /// "major:minor" of a mount: what identifies the filesystem a bind shows.

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{running, Node};
+use super::{mounters_by_argv, running, Node};
 use crate::error::Result;
 use crate::lifecycle::{publish_phase, stage_phase};
 use crate::mounter::{self, Health, Running};
 use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
-use crate::sys::{process, procscan};
+use crate::sys::process;
 use crate::volumes::{Guard, Op};
 
 impl Node {
@@ -161,16 +161,7 @@ impl Node {
     /// and answering on a FUSE mount there.
     fn adoptable(&self, staging: &Path, recorded: Running) -> Option<Running> {
         let mut candidates = vec![recorded];
-        candidates.extend(
-            procscan::session_leaders_with_arg(staging)
-                .into_iter()
-                .filter_map(|pid| {
-                    process::stat(pid).map(|s| Running {
-                        pid,
-                        start_ticks: s.start_ticks,
-                    })
-                }),
-        );
+        candidates.extend(mounters_by_argv(staging));
         candidates.dedup();
         let alive: Vec<Running> = candidates
             .into_iter()

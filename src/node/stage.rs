@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{running, Node};
+use super::{mounters_by_argv, running, Node};
 use crate::crash;
 use crate::error::{Error, Result};
 use crate::lifecycle::stage_phase;
 use crate::mounter::{self, Health, MountSpec, Running};
 use crate::proto::bindery::{Stage, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
-use crate::sys::{mountinfo, nodepath, process, procscan};
+use crate::sys::{mountinfo, nodepath};
 use crate::validate;
 use crate::volumes::{Guard, Op};
 
@@ -267,16 +267,13 @@ impl Node {
     /// volume). Such a mounter never served an acknowledged write (it was
     /// never recorded as serving), so it gets no grace.
     pub(super) fn stop_own_mounters(&self, id: &str, staging: &Path, recorded: Running) {
-        for pid in procscan::session_leaders_with_arg(staging) {
-            if let Some(s) = process::stat(pid) {
-                let stray = Running {
-                    pid,
-                    start_ticks: s.start_ticks,
-                };
-                if stray != recorded {
-                    warn!("volume {id:?}: stopping mounter pid {pid}, which no record names");
-                    mounter::terminate(staging, stray, Duration::ZERO);
-                }
+        for stray in mounters_by_argv(staging) {
+            if stray != recorded {
+                warn!(
+                    "volume {id:?}: stopping mounter pid {}, which no record names",
+                    stray.pid
+                );
+                mounter::terminate(staging, stray, Duration::ZERO);
             }
         }
         if let Ok(Some((np, m))) = self.mount_at("staging_target_path", staging) {
