@@ -94,6 +94,24 @@ fn ensure_owned_dir(path: &Path, owner: &Owner) -> Result<()> {
     Ok(())
 }
 
+/// What a recorded cache publication can lack on the node (see `Caches::missing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lack {
+    Tree,
+    Overlay,
+    ReadOnlyBind,
+}
+
+impl Lack {
+    fn describe(self, root: &Path) -> String {
+        match self {
+            Lack::Tree => format!("its tree {} is gone", root.display()),
+            Lack::Overlay => format!("its overlay at {} is not mounted", root.display()),
+            Lack::ReadOnlyBind => format!("its read-only bind at {} is gone", root.display()),
+        }
+    }
+}
+
 impl Caches {
     /// The daemon's view: declarations, golden store and the trash (whose
     /// leftovers from a crash are deleted in the background from now on).
@@ -544,65 +562,76 @@ impl Caches {
         Ok(p)
     }
 
-    /// What a recorded publication lacks on the node now, or None when it is
-    /// whole: its tree at the cache root, the overlay mounted there, the
-    /// read-only bind over it. A reboot takes every mount away while the
-    /// record stays; a pod must then never be handed an empty directory as
-    /// its cache. Mount table and stat only: nothing is read inside a pod's
-    /// tree.
-    pub fn missing(&self, p: &Publication) -> Option<String> {
+    /// The first thing a recorded publication lacks on the node now, in the
+    /// order it is made: its tree at the cache root, the overlay mounted
+    /// there, the read-only bind over it. Mount table and stat only: nothing
+    /// is read inside a pod's tree.
+    fn lack(p: &Publication) -> Result<Option<Lack>> {
         let root = Path::new(p.get_cache_root());
         if !fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
-            return Some(format!("its tree {} is gone", root.display()));
+            return Ok(Some(Lack::Tree));
         }
-        let table = match mountinfo::read_self() {
-            Ok(t) => t,
-            Err(e) => return Some(e.to_string()),
-        };
+        let table = mountinfo::read_self()?;
         let here = mountinfo::mount_at(&table, root);
         if p.get_strategy() == "overlay" && !here.is_some_and(|m| m.fs_type == "overlay") {
-            return Some(format!("its overlay at {} is not mounted", root.display()));
+            return Ok(Some(Lack::Overlay));
         }
         if p.get_readonly() && !here.is_some_and(|m| m.options.split(',').any(|o| o == "ro")) {
-            return Some(format!("its read-only bind at {} is gone", root.display()));
+            return Ok(Some(Lack::ReadOnlyBind));
         }
-        None
+        Ok(None)
+    }
+
+    /// What a recorded publication lacks on the node now, in words, or None
+    /// when it is whole. A reboot takes every mount away while the record
+    /// stays; a pod must then never be handed an empty directory as its
+    /// cache.
+    pub fn missing(&self, p: &Publication) -> Option<String> {
+        match Self::lack(p) {
+            Ok(None) => None,
+            Ok(Some(l)) => Some(l.describe(Path::new(p.get_cache_root()))),
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     /// Make a recorded publication whole again from what is still on disk:
     /// mount its overlay again (over the pod's own upper dir, so its writes
-    /// are kept) and its read-only bind. An error when the data itself is
-    /// gone (the tree, the upper dir or the lower version): the caller then
-    /// fills the volume anew.
+    /// are kept) and its read-only bind. Ok only when it is whole; an error
+    /// when the data itself is gone (the tree, the upper dir or the lower
+    /// version): the caller then fills the volume anew.
     pub fn restore(&self, p: &Publication) -> Result<()> {
         let root = Path::new(p.get_cache_root());
-        let target = Path::new(p.get_target_path());
-        let gone = |what: &str| Error::State {
+        let cannot = |what: String| Error::State {
             path: root.to_path_buf(),
             reason: format!("cannot restore: {what}"),
         };
-        if !fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
-            return Err(gone("the tree is gone"));
-        }
-        let table = mountinfo::read_self()?;
-        let here = mountinfo::mount_at(&table, root).cloned();
-        if p.get_strategy() == "overlay" && !here.as_ref().is_some_and(|m| m.fs_type == "overlay") {
+        let mut lack = Self::lack(p)?;
+        if lack == Some(Lack::Overlay) {
             let lower = Path::new(p.get_overlay_lower());
-            let (upper, work) = Self::overlay_dirs(target);
+            let (upper, work) = Self::overlay_dirs(Path::new(p.get_target_path()));
             if p.get_overlay_lower().is_empty() || !lower.is_dir() {
-                return Err(gone("the overlay's lower dir is not recorded or gone"));
+                return Err(cannot(
+                    "the overlay's lower dir is not recorded or gone".into(),
+                ));
             }
             if !upper.is_dir() || !work.is_dir() {
-                return Err(gone("the overlay's upper or work dir is gone"));
+                return Err(cannot("the overlay's upper or work dir is gone".into()));
             }
             mount::overlay(lower, &upper, &work, root)?;
+            lack = Self::lack(p)?;
         }
-        if p.get_readonly() && self.missing(p).is_some() {
+        if lack == Some(Lack::ReadOnlyBind) {
             mount::bind(root, root)?;
             mount::remount_bind_read_only(root)?;
+            lack = Self::lack(p)?;
         }
-        self.usage.track(root);
-        Ok(())
+        match lack {
+            None => {
+                self.usage.track(root);
+                Ok(())
+            }
+            Some(l) => Err(cannot(l.describe(root))),
+        }
     }
 
     /// Remove a pod's copy: unmount what bindery mounted inside the target,

@@ -69,10 +69,7 @@ impl Node {
                     target.display()
                 );
                 match self.caches.restore(&p) {
-                    Ok(()) if self.caches.missing(&p).is_none() => {
-                        return Ok(NodePublishVolumeResponse::new())
-                    }
-                    Ok(()) => warn!("volume {id:?}: restore left it incomplete: filling it anew"),
+                    Ok(()) => return Ok(NodePublishVolumeResponse::new()),
                     Err(e) => warn!("volume {id:?}: {e}: filling it anew"),
                 }
             } else {
