@@ -190,10 +190,11 @@ pub fn detach_holding(target: &Path) -> Result<std::os::fd::OwnedFd> {
 
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
-/// Mount the fusectl filesystem at its usual place unless someone did.
-fn ensure_fusectl() -> Result<()> {
+/// Mount the fusectl filesystem at its usual place when connection
+/// `minor` does not show there (nobody mounted it yet).
+fn ensure_fusectl(minor: u32) -> Result<()> {
     let dir = Path::new(FUSECTL);
-    if !dir.is_dir() || mountinfo::is_mount_point(dir).unwrap_or(false) {
+    if !dir.is_dir() || dir.join(minor.to_string()).exists() {
         return Ok(());
     }
     match mount(
@@ -232,7 +233,7 @@ impl FuseConnection {
     /// volume's path while its guard is held), not to a reused number.
     pub fn of_mount(mnt: &Path) -> Option<FuseConnection> {
         let minor = mountinfo::fuse_minor_at(mnt)?;
-        if let Err(e) = ensure_fusectl() {
+        if let Err(e) = ensure_fusectl(minor) {
             log::warn!("FUSE connection of {}: {e}", mnt.display());
             return None;
         }
