@@ -53,6 +53,8 @@ pub enum Error {
     NotServing { volume: String, reason: String },
     /// Persisted state could not be read or written.
     State { path: PathBuf, reason: String },
+    /// A declared limit is reached (`what` names it): nothing was changed.
+    Exhausted { what: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -131,6 +133,7 @@ impl Error {
             Error::Aborted { .. } => RpcStatusCode::ABORTED,
             Error::NotServing { .. } => RpcStatusCode::UNAVAILABLE,
             Error::Unimplemented(_) => RpcStatusCode::UNIMPLEMENTED,
+            Error::Exhausted { .. } => RpcStatusCode::RESOURCE_EXHAUSTED,
             Error::Sys { .. } | Error::Io { .. } | Error::Mounter { .. } | Error::State { .. } => {
                 RpcStatusCode::INTERNAL
             }
@@ -210,6 +213,7 @@ impl Error {
                 format!("volume {}: not serving: {reason}; retry", quoted(volume))
             }
             Error::State { path, reason } => format!("state {}: {reason}", path.display()),
+            Error::Exhausted { what, reason } => format!("{what}: {reason}"),
         }
     }
 }
@@ -249,6 +253,14 @@ mod tests {
         assert_eq!(
             Error::not_serving("v", "mounter process 7 is gone").code(),
             RpcStatusCode::UNAVAILABLE
+        );
+        assert_eq!(
+            Error::Exhausted {
+                what: "cache c: max_variants".into(),
+                reason: "2 reached".into()
+            }
+            .code(),
+            RpcStatusCode::RESOURCE_EXHAUSTED
         );
         assert_eq!(
             Error::sys("mount", "/x", Errno::EPERM).code(),

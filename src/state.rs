@@ -2,13 +2,19 @@
 //! restarted daemon can rebuild its table. One protobuf record per volume,
 //! written atomically (temp file, fsync, rename, fsync dir), mode 0600 in a
 //! 0700 directory: records may hold node-stage secrets for self-healing.
+//!
+//! A record that cannot be read (a disk error, a hand edit) is never silently
+//! dropped: it is moved to `quarantine/` under its volume's key, where it
+//! stays until an operator removes it. While it is there, calls for that
+//! volume clean up by path what the lost record described (see
+//! src/node/quarantine.rs).
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use log::warn;
+use log::error;
 use protobuf::Message;
 
 use crate::error::{Error, Result};
@@ -16,6 +22,24 @@ use crate::proto::bindery::VolumeRecord;
 
 pub struct StateStore {
     root: PathBuf,
+    quarantine: PathBuf,
+}
+
+/// A record moved aside because it could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The volume's key (`volume_key` of its id): all that is left of it.
+    pub key: String,
+    /// Where the unreadable bytes are now.
+    pub path: PathBuf,
+}
+
+/// What `load_all` found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: Vec<VolumeRecord>,
+    /// Every record in quarantine, including those moved there earlier.
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// FNV-1a: a stable, dependency-free hash for turning volume ids (any
@@ -79,7 +103,9 @@ impl StateStore {
         private_dir(state_dir)?;
         let root = state_dir.join("volumes");
         private_dir(&root)?;
-        Ok(StateStore { root })
+        let quarantine = state_dir.join("quarantine");
+        private_dir(&quarantine)?;
+        Ok(StateStore { root, quarantine })
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -109,28 +135,80 @@ impl StateStore {
         write_atomic(&path, &bytes)
     }
 
-    /// Every record on disk; unreadable ones are logged and skipped.
-    pub fn load_all(&self) -> Result<Vec<VolumeRecord>> {
-        let mut out = Vec::new();
+    /// Every record on disk. One that cannot be read, or that names another
+    /// volume than its file name says, is moved to the quarantine directory
+    /// and reported with the ones already there.
+    pub fn load_all(&self) -> Result<Loaded> {
+        let mut out = Loaded::default();
         let entries = fs::read_dir(&self.root).map_err(|e| Error::io("readdir", &self.root, e))?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("pb") {
                 continue;
             }
-            match fs::read(&path)
+            let reason = match fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| VolumeRecord::parse_from_bytes(&b).map_err(|e| e.to_string()))
             {
-                Ok(rec) if self.record_path(rec.get_volume_id()) == path => out.push(rec),
-                Ok(_) => warn!(
-                    "state {}: record does not match its file name, skipped",
+                Ok(rec) if self.record_path(rec.get_volume_id()) == path => {
+                    out.records.push(rec);
+                    continue;
+                }
+                Ok(_) => "the record names another volume than its file name".to_string(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            match self.quarantine_file(&path) {
+                Ok(moved) => error!(
+                    "state {}: {reason}; moved to {} (its volume's mounts are cleaned up by \
+                     path when the kubelet unpublishes and unstages it)",
+                    path.display(),
+                    moved.display()
+                ),
+                Err(e) => error!(
+                    "state {}: {reason}; and it cannot be moved aside: {e}",
                     path.display()
                 ),
-                Err(e) => warn!("state {}: unreadable, skipped: {e}", path.display()),
             }
         }
+        out.quarantined = self.quarantined();
         Ok(out)
+    }
+
+    /// Move a record file into the quarantine directory under its key.
+    fn quarantine_file(&self, path: &Path) -> Result<PathBuf> {
+        let dest = self.quarantine.join(path.file_name().unwrap_or_default());
+        fs::rename(path, &dest).map_err(|e| Error::io("rename", &dest, e))?;
+        if let Ok(d) = File::open(&self.quarantine) {
+            let _ = d.sync_all();
+        }
+        if let Ok(d) = File::open(&self.root) {
+            let _ = d.sync_all();
+        }
+        Ok(dest)
+    }
+
+    /// The records in quarantine now, by key.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        let Ok(entries) = fs::read_dir(&self.quarantine) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Quarantined> = entries
+            .flatten()
+            .filter_map(|e| {
+                let path = e.path();
+                let key = path.file_name()?.to_str()?.strip_suffix(".pb")?.to_string();
+                Some(Quarantined { key, path })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// The quarantined record of volume `id`, if it has one now (an operator
+    /// ends the quarantine by removing the file).
+    pub fn quarantined_record(&self, id: &str) -> Option<PathBuf> {
+        let path = self.quarantine.join(format!("{}.pb", volume_key(id)));
+        path.exists().then_some(path)
     }
 }
 
@@ -170,11 +248,50 @@ mod tests {
         let meta = fs::metadata(store.record_path("bucket/prefix")).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        assert_eq!(store.load_all().unwrap(), vec![rec.clone()]);
+        assert_eq!(store.load_all().unwrap().records, vec![rec.clone()]);
         rec.clear_stage();
         rec.clear_publications();
         store.save(&rec).unwrap();
-        assert!(store.load_all().unwrap().is_empty());
+        assert!(store.load_all().unwrap().records.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_records_are_quarantined_not_forgotten() {
+        let dir = std::env::temp_dir().join(format!("bindery-quarantine-{}", std::process::id()));
+        let store = StateStore::open(&dir).unwrap();
+        let mut good = VolumeRecord::new();
+        good.set_volume_id("good".into());
+        good.mut_publications().push(Publication::new());
+        store.save(&good).unwrap();
+        // Garbage, and a valid record under another volume's file name.
+        fs::write(store.record_path("torn"), b"\xff\xff\xff\x0f garbage").unwrap();
+        let mut other = good.clone();
+        other.set_volume_id("other".into());
+        fs::write(
+            store.record_path("swapped"),
+            other.write_to_bytes().unwrap(),
+        )
+        .unwrap();
+
+        let loaded = store.load_all().unwrap();
+        assert_eq!(loaded.records, vec![good]);
+        let keys: Vec<&str> = loaded.quarantined.iter().map(|q| q.key.as_str()).collect();
+        let mut want = vec![volume_key("torn"), volume_key("swapped")];
+        want.sort();
+        assert_eq!(keys, want);
+        assert!(!store.record_path("torn").exists());
+        assert!(store.quarantined_record("torn").is_some());
+        assert!(store.quarantined_record("good").is_none());
+        assert_eq!(
+            fs::metadata(dir.join("quarantine")).unwrap().mode() & 0o777,
+            0o700
+        );
+        // Still reported after a restart; gone once an operator removes it.
+        let again = store.load_all().unwrap();
+        assert_eq!(again.quarantined.len(), 2);
+        fs::remove_file(store.quarantined_record("torn").unwrap()).unwrap();
+        assert!(store.quarantined_record("torn").is_none());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

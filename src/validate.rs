@@ -134,6 +134,21 @@ pub fn node_path(field: &'static str, value: &str, kubelet_dir: &Path) -> Result
     Ok(clean)
 }
 
+/// The pod directory a (validated) target path is in: `<uid>` of
+/// `<kubelet-dir>/pods/<uid>/volumes/…`, where the kubelet publishes pods'
+/// volumes. None for any other path.
+pub fn pod_dir<'p>(target: &'p Path, kubelet_dir: &Path) -> Option<&'p str> {
+    let mut parts = target.strip_prefix(kubelet_dir).ok()?.components();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(pods), Some(uid), Some(volumes))
+            if pods.as_os_str() == "pods" && volumes.as_os_str() == "volumes" =>
+        {
+            uid.as_os_str().to_str()
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +204,21 @@ mod tests {
             AccessMode::MULTI_NODE_MULTI_WRITER,
             true
         )));
+    }
+
+    #[test]
+    fn pod_dirs() {
+        let k = Path::new("/var/lib/kubelet");
+        let t = Path::new("/var/lib/kubelet/pods/0f9c-uid/volumes/kubernetes.io~csi/v/mount");
+        assert_eq!(pod_dir(t, k), Some("0f9c-uid"));
+        for other in [
+            "/var/lib/kubelet/pods/0f9c-uid",
+            "/var/lib/kubelet/pods/0f9c-uid/plugins/x",
+            "/var/lib/kubelet/plugins/pods/u/volumes/x",
+            "/elsewhere/pods/u/volumes/x",
+        ] {
+            assert_eq!(pod_dir(Path::new(other), k), None, "{other}");
+        }
     }
 
     #[test]

@@ -89,6 +89,10 @@ impl CacheNode {
         let target = self.target(pod);
         let mut a = vec!["node-publish", "--volume-id", pod, "--target-path", &target];
         a.extend_from_slice(flags);
+        // What the kubelet adds with podInfoOnMount (a test's attrs come later
+        // and can override it).
+        let uid = format!("csi.storage.k8s.io/pod.uid={pod}");
+        a.extend(["--param", &uid]);
         let params: Vec<String> = attrs.iter().map(|kv| format!("--param={kv}")).collect();
         a.extend(params.iter().map(String::as_str));
         a.extend(["--param", "csi.storage.k8s.io/ephemeral=true"]);
@@ -120,6 +124,25 @@ impl CacheNode {
     fn golden(&self) -> PathBuf {
         wait_until("a built version", 60, || !self.versions().is_empty());
         self.versions().pop().expect("a built version")
+    }
+
+    /// `bindery cache build nm` while the daemon runs: a new current version.
+    fn build_cli(&self) {
+        let conf = format!(
+            "--cache-config={}",
+            self.source.parent().unwrap().join("caches.conf").display()
+        );
+        let out = Command::new(BIN)
+            .args(["cache", "build", "nm", &conf])
+            .arg(format!("--state-dir={}", self.d.state.display()))
+            .arg(format!("--kubelet-dir={}", self.d.kubelet.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn wait_trash_empty(&self) {
@@ -163,6 +186,14 @@ fn auto_copy_and_overlay_give_independent_pods() {
     assert!(b.ok(), "{b:?}");
     let c = n.publish("pod-c", &["cache=nm", "strategy=overlay"]);
     assert!(c.ok(), "{c:?}");
+    // What a pod's overlay claims (a setuid file, a device node) grants nothing.
+    let opts = mount_options(Path::new(&n.target("pod-c"))).unwrap();
+    for want in ["nosuid", "nodev"] {
+        assert!(
+            opts.split(',').any(|o| o == want),
+            "{want} missing from {opts}"
+        );
+    }
     let ra = PathBuf::from(n.target("pod-a")).join("app/node_modules");
     let rb = PathBuf::from(n.target("pod-b"));
     let rc = PathBuf::from(n.target("pod-c"));
@@ -432,22 +463,7 @@ fn new_versions_are_picked_up_and_old_ones_collected() {
     assert!(n.publish("pod-a", &["cache=nm"]).ok());
     let v1 = n.golden();
     fs::write(n.source.join("VERSION"), "2").unwrap();
-    // Build a new version while the daemon runs.
-    let conf = format!(
-        "--cache-config={}",
-        n.source.parent().unwrap().join("caches.conf").display()
-    );
-    let out = Command::new(BIN)
-        .args(["cache", "build", "nm", &conf])
-        .arg(format!("--state-dir={}", n.d.state.display()))
-        .arg(format!("--kubelet-dir={}", n.d.kubelet.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    n.build_cli();
     let v2 = n.golden();
     assert_ne!(v1, v2);
     assert!(n.publish("pod-b", &["cache=nm"]).ok());
@@ -720,6 +736,15 @@ fn tenancy_and_a_bad_declaration() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["cache=nm".into()], "csi.storage.k8s.io/pod.namespace"),
         (vec!["cache=nm".into(), ns("team-c")], "may not use"),
+        // A namespace the pod wrote itself: the pod UID is not the kubelet's.
+        (
+            vec![
+                "cache=nm".into(),
+                ns("team-a"),
+                "csi.storage.k8s.io/pod.uid=another-pod".into(),
+            ],
+            "csi.storage.k8s.io/pod.uid",
+        ),
         (
             vec!["cache=nm".into(), ns("team-a"), "strategy=reflink".into()],
             "volume_context.strategy",
@@ -763,9 +788,10 @@ fn tenancy_and_a_bad_declaration() {
     }
 }
 
-/// Hardlink gives the pod the golden inodes: refused for a writable publish (this
-/// kernel has no fs-verity, and the probe says so); a read-only publish is a
-/// read-only mount that even root cannot write through.
+/// Hardlink gives the pod the golden inodes: refused for a writable publish unless
+/// the declaration trusts its tenants (fs-verity or not: it seals contents, not
+/// modes, owners or xattrs); a read-only publish is a read-only mount that even
+/// root cannot write through.
 #[test]
 fn hardlink_only_read_only_here_and_root_gets_erofs() {
     if !can_mount("hardlink_only_read_only_here_and_root_gets_erofs") {
@@ -782,7 +808,7 @@ fn hardlink_only_read_only_here_and_root_gets_erofs() {
     assert_eq!(out.code, 3, "{out:?}");
     for needle in [
         "read-only",
-        "fs-verity",
+        "xattrs",
         "trust_tenants_with_shared_inodes",
         "strategies",
     ] {
@@ -1066,4 +1092,124 @@ fn lost_cache_mounts_are_restored_never_served_empty() {
         assert!(n.unpublish(pod).ok());
     }
     n.wait_trash_empty();
+}
+
+/// A record that cannot be read is quarantined, not forgotten: the volume's
+/// stats say so, the overlay whose lower layer is an old version keeps that
+/// version from being collected (the mount table says it is used), and the
+/// kubelet's unpublish removes the pod's mounts and tree by path instead of
+/// answering OK and leaving them behind.
+#[test]
+fn quarantined_records_are_reported_and_cleaned_by_path() {
+    if !can_mount("quarantined_records_are_reported_and_cleaned_by_path") {
+        return;
+    }
+    let mut n = cache_node(
+        &std::env::temp_dir(),
+        "overlay",
+        2,
+        3,
+        &["--watchdog-interval=1"],
+    );
+    let v1 = n.golden();
+    assert!(n.publish("pod-o", &["cache=nm", "strategy=overlay"]).ok());
+    assert!(n.publish("pod-c", &["cache=nm", "strategy=copy"]).ok());
+    let (overlay, copy) = (n.target("pod-o"), n.target("pod-c"));
+    let want = tree_listing(Path::new(&overlay));
+    n.d.stop();
+    n.d.corrupt_record("pod-o");
+    n.d.corrupt_record("pod-c");
+    fs::write(n.source.join("VERSION"), "2").unwrap();
+    n.build_cli();
+    n.d.restart();
+    assert_ne!(n.golden(), v1, "v1 is no longer current");
+    let stats = n.d.csi(&[
+        "node-stats",
+        "--volume-id",
+        "pod-o",
+        "--target-path",
+        &overlay,
+    ]);
+    assert!(
+        stats.stdout.contains("abnormal: true") && stats.stdout.contains("quarantined"),
+        "{stats:?}"
+    );
+    // Upkeep runs with every pass: v1 stays while the overlay uses it.
+    n.d.wait_health_passes(3, 30);
+    assert!(n.d.log_text().contains("quarantined at"));
+    assert!(v1.exists(), "v1 is the lower layer of pod-o's overlay");
+    assert_eq!(tree_listing(Path::new(&overlay)), want);
+    for (pod, t) in [("pod-o", &overlay), ("pod-c", &copy)] {
+        let out = n.unpublish(pod);
+        assert!(out.ok(), "{pod}: {out:?}");
+        assert!(mounts_below(Path::new(t)).is_empty(), "{pod}: mounts left");
+        assert!(!Path::new(t).exists(), "{pod}: its tree is removed");
+    }
+    n.wait_trash_empty();
+    wait_until("v1 collected once no mount uses it", 30, || !v1.exists());
+}
+
+/// Each owner an overlay pod asks for costs a copy of the cache: at most
+/// `max_variants` per version. The next owner is refused with
+/// RESOURCE_EXHAUSTED naming the key, changing nothing; once no overlay
+/// uses a variant it is collected and the next owner gets a variant.
+#[test]
+fn owner_variants_are_bounded_and_collected() {
+    if !can_mount("owner_variants_are_bounded_and_collected") {
+        return;
+    }
+    let n = cache_node_conf(
+        &std::env::temp_dir(),
+        "strategies = overlay\nmax_variants = 2\n",
+        2,
+        3,
+        &["--watchdog-interval=1"],
+    );
+    let golden = n.golden();
+    let variants = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(golden.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(".v-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let uid = |u: u32| format!("uid={u}");
+    for (pod, u) in [("pod-1", 1001), ("pod-2", 1002), ("pod-2b", 1002)] {
+        let out = n.publish(pod, &["cache=nm", &uid(u)]);
+        assert!(out.ok(), "{pod}: {out:?}");
+    }
+    assert_eq!(
+        variants().len(),
+        2,
+        "one variant per owner: {:?}",
+        variants()
+    );
+    // Root's tree needs no variant.
+    assert!(n.publish("pod-root", &["cache=nm"]).ok());
+    let out = n.publish("pod-3", &["cache=nm", &uid(1003)]);
+    assert_eq!(out.code, 8, "RESOURCE_EXHAUSTED: {out:?}");
+    assert!(out.stderr.contains("max_variants"), "{out:?}");
+    assert_eq!(variants().len(), 2, "a refusal builds nothing");
+    assert!(mounts_below(Path::new(&n.target("pod-3"))).is_empty());
+    // pod-1 goes: its variant is collected, and 1003 gets one.
+    assert!(n.unpublish("pod-1").ok());
+    wait_until("pod-1's variant collected", 30, || variants().len() == 1);
+    let out = n.publish("pod-3", &["cache=nm", &uid(1003)]);
+    assert!(out.ok(), "{out:?}");
+    let meta = Path::new(&n.target("pod-3"))
+        .join("pkg-0")
+        .metadata()
+        .unwrap();
+    assert_eq!(meta.uid(), 1003);
+    // A variant an overlay still uses stays: pod-2b keeps 1002's.
+    assert!(n.unpublish("pod-2").ok());
+    n.d.wait_health_passes(2, 30);
+    assert_eq!(variants().len(), 2, "{:?}", variants());
+    for pod in ["pod-2b", "pod-3", "pod-root"] {
+        assert!(n.unpublish(pod).ok());
+    }
+    wait_until("every variant collected", 30, || variants().is_empty());
 }

@@ -57,6 +57,7 @@ const A_DATA: &str = "volume A data\n";
 const B_DATA: &str = "volume B data\n";
 const DRIVER_DIR: &str = "plugins/kubernetes.io/csi/bindery.csi.dev";
 const NS_KEY: &str = "csi.storage.k8s.io/pod.namespace";
+const UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
 
 fn code_name(code: i32) -> &'static str {
     match code {
@@ -901,11 +902,19 @@ impl World {
     }
 
     fn cache_req(&self, id: &str, target: &str) -> Req {
+        // What the kubelet adds with podInfoOnMount: the UID of the pod
+        // whose directory the target is in.
+        let uid = target
+            .split("/pods/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("");
         Req::new(Rpc::Publish)
             .id(id)
             .target(target)
             .param("cache", "nm")
             .param(NS_KEY, "team-a")
+            .param(UID_KEY, uid)
             .param("csi.storage.k8s.io/ephemeral", "true")
     }
 
@@ -2595,6 +2604,12 @@ fn cache_cases(t: &mut Table, w: &World) {
         ("namespace not allowed", NS_KEY, "team-b".into()),
         ("namespace with a newline", NS_KEY, "team-a\n".into()),
         ("a 1 MiB namespace", NS_KEY, big('n')),
+        (
+            "a pod UID that is not the target's pod",
+            UID_KEY,
+            "another-pod".into(),
+        ),
+        ("a 1 MiB pod UID", UID_KEY, big('u')),
         ("uid root", "uid", "root".into()),
         ("uid -1", "uid", "-1".into()),
         ("uid 99999999999", "uid", "99999999999".into()),
@@ -2621,6 +2636,11 @@ fn cache_cases(t: &mut Table, w: &World) {
         "cache publish: no namespace",
         INVALID_ARGUMENT,
         w.cache().unparam(NS_KEY),
+    );
+    t.add(
+        "cache publish: no pod UID (a CSIDriver without podInfoOnMount)",
+        INVALID_ARGUMENT,
+        w.cache().unparam(UID_KEY),
     );
     t.add(
         "cache publish: volume_mount_group abc",
@@ -2674,14 +2694,16 @@ fn cache_cases(t: &mut Table, w: &World) {
         ALREADY_EXISTS,
         w.cache_req(&new_id(), &w.a.target),
     );
+    // A cache limited to some namespaces is published only into a pod's
+    // directory (the pod UID must match it): a staging path is none.
     t.add(
         "cache publish: onto A's staging path",
-        ALREADY_EXISTS,
+        INVALID_ARGUMENT,
         w.cache_req(&new_id(), &w.a.staging),
     );
     t.add(
         "cache publish: onto B's staging path",
-        ALREADY_EXISTS,
+        INVALID_ARGUMENT,
         w.cache_req(&new_id(), &w.b.staging),
     );
     t.add(

@@ -471,12 +471,7 @@ fn publish_flags_and_groups_are_honoured_or_refused() {
         ),
         &d,
     );
-    let opts = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(t1.as_str()))
-        .map(|l| l.split(' ').nth(5).unwrap().to_string())
-        .unwrap();
+    let opts = mount_options(Path::new(&t1)).unwrap();
     for want in ["ro", "nosuid", "nodev", "noexec"] {
         assert!(
             opts.split(',').any(|o| o == want),

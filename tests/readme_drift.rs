@@ -299,6 +299,7 @@ fn sample_value(key: &str) -> &'static str {
         "trust_tenants_with_shared_inodes" => "true",
         "uid" | "gid" => "1000",
         "mode" => "0755",
+        "max_variants" => "4",
         "endpoint" => "https://s3.example.com",
         "region" => "us-east-1",
         "credentials" => "/etc/bindery/s3/credentials",

@@ -366,6 +366,72 @@ fn daemon_crash_keeps_mounts_and_restart_adopts_them() {
     assert!(mounts_below(&d.kubelet).is_empty());
 }
 
+/// Records that cannot be read after a crash are quarantined, and the
+/// kubelet's calls still find what they described, by path: a re-stage
+/// adopts the live mounter (the pod never loses its mount), and for a volume
+/// that is not re-staged, unpublish detaches the pod's bind and unstage
+/// stops the mounter, instead of answering OK and leaving both behind.
+#[test]
+fn quarantined_volumes_are_adopted_or_cleaned_by_path() {
+    if !can_mount("quarantined_volumes_are_adopted_or_cleaned_by_path") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let mut d = Daemon::start(&[]);
+    let vols: Vec<(String, String, String)> = ["q1", "q2"]
+        .iter()
+        .map(|q| {
+            (
+                format!("{BUCKET}/{q}"),
+                d.kpath(&format!(
+                    "plugins/kubernetes.io/csi/bindery.csi.dev/{q}/globalmount"
+                )),
+                d.kpath(&format!("pods/{q}/volumes/v/mount")),
+            )
+        })
+        .collect();
+    for (volume, staging, t) in &vols {
+        let out = d.csi(&args(&stage_args(&s3, volume, staging, "s3fs")));
+        assert!(out.ok(), "{out:?}");
+        assert!(publish(&d, volume, staging, t, false).ok());
+        fs::write(Path::new(t).join("before.txt"), "1").unwrap();
+    }
+    let pids: Vec<Vec<i32>> = vols.iter().map(|(_, s, _)| mounter_pids(s)).collect();
+    d.kill9();
+    for (volume, _, _) in &vols {
+        d.corrupt_record(volume);
+    }
+    d.restart();
+    assert!(d.log_text().contains("quarantined at"));
+    let (volume, staging, t) = &vols[0];
+    let stats = d.csi(&["node-stats", "--volume-id", volume, "--target-path", t]);
+    assert!(
+        stats.stdout.contains("abnormal: true") && stats.stdout.contains("quarantined"),
+        "{stats:?}"
+    );
+    // q1: the kubelet stages again; the live mounter is adopted.
+    let out = d.csi(&args(&stage_args(&s3, volume, staging, "s3fs")));
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(mounter_pids(staging), pids[0], "adopted, not replaced");
+    assert_eq!(
+        fs::read_to_string(Path::new(t).join("before.txt")).unwrap(),
+        "1"
+    );
+    assert!(publish(&d, volume, staging, t, false).ok());
+    // q2: never staged again; unpublish and unstage clean up by path.
+    let (volume2, staging2, t2) = &vols[1];
+    assert!(d.unpublish(volume2, t2).ok());
+    assert!(!Path::new(t2).exists(), "q2's bind and target are gone");
+    assert!(d.unstage(volume2, staging2).ok());
+    assert!(mounter_pids(staging2).is_empty(), "q2's mounter is stopped");
+    assert!(mounts_below(Path::new(staging2)).is_empty());
+    // q1 ends as a normal volume.
+    assert!(d.unpublish(volume, t).ok());
+    assert!(d.unstage(volume, staging).ok());
+    assert!(mounter_pids(staging).is_empty());
+    assert!(mounts_below(&d.kubelet).is_empty());
+}
+
 #[test]
 fn controller_creates_prefix_volumes() {
     if !can_mount("controller_creates_prefix_volumes") {

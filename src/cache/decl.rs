@@ -13,6 +13,7 @@
 //! gid = 1000
 //! mode = 0755
 //! # trust_tenants_with_shared_inodes = true   # allow writable hardlink publishes
+//! max_variants = 8     # owner variants of a version (overlay pods with their own uid/gid/mode)
 //! [cache models]
 //! source = s3:models-bucket/resnet50
 //! endpoint = https://s3.example.com
@@ -114,7 +115,15 @@ pub struct CacheDecl {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mode: Option<u32>,
+    /// `max_variants`: how many owner variants (a copy of the version per
+    /// uid/gid/mode/fsGroup that overlay pods ask for) a version may have.
+    pub max_variants: u32,
 }
+
+/// `max_variants` when a declaration does not set it.
+pub const DEFAULT_MAX_VARIANTS: u32 = 8;
+/// The largest `max_variants` accepted: each variant is a copy of the cache.
+pub const MAX_MAX_VARIANTS: u32 = 1000;
 
 /// The key that allows writable hardlink publishes; its name says what it risks.
 pub const TRUST_KEY: &str = "trust_tenants_with_shared_inodes";
@@ -132,6 +141,7 @@ pub const KEYS: &[&str] = &[
     "uid",
     "gid",
     "mode",
+    "max_variants",
     "endpoint",
     "region",
     "credentials",
@@ -310,6 +320,13 @@ fn build_decl(name: &str, keys: &HashMap<String, String>) -> Result<CacheDecl> {
             Namespaces::List(l)
         }
     };
+    let max_variants = num("max_variants", 10)?.unwrap_or(DEFAULT_MAX_VARIANTS);
+    if max_variants > MAX_MAX_VARIANTS {
+        return Err(bad(
+            &format!("cache {name}: max_variants"),
+            format!("at most {MAX_MAX_VARIANTS} (each variant is a copy of the cache)"),
+        ));
+    }
     let trust_shared_inodes = match keys.get(TRUST_KEY).map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -330,6 +347,7 @@ fn build_decl(name: &str, keys: &HashMap<String, String>) -> Result<CacheDecl> {
         uid: num("uid", 10)?,
         gid: num("gid", 10)?,
         mode,
+        max_variants,
     })
 }
 

@@ -40,6 +40,18 @@ use crate::sys::fs;
 const TMP_PREFIX: &str = ".tmp-";
 const META: &str = ".meta";
 const VARIANT_PREFIX: &str = ".v-";
+/// Keys of the variants made for a pod owner (uid/gid/mode/fsGroup), which
+/// `max_variants` bounds and `gc_variants` collects.
+pub const OWNER_VARIANT_PREFIX: &str = "o-";
+
+/// What bounds a new variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VariantLimit {
+    /// At most this many owner variants per version.
+    Owners(u32),
+    /// The one shared variant of a version (writable hardlink publishes).
+    Shared,
+}
 
 /// A golden version id: 20 decimal digits (unix nanoseconds at build start).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -135,6 +147,29 @@ impl GoldenStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The cache, version and variant key (None: the version itself) whose
+    /// tree `path` is.
+    pub fn layer_at(&self, path: &Path) -> Option<(String, Version, Option<String>)> {
+        let rel = path.strip_prefix(&self.root).ok()?;
+        let mut parts = rel.components();
+        let name = parts.next()?.as_os_str().to_str()?;
+        let entry = parts.next()?.as_os_str().to_str()?;
+        if parts.next().is_some() || check_name(name).is_err() {
+            return None;
+        }
+        let (version, key) = match entry.strip_prefix(VARIANT_PREFIX) {
+            Some(variant) => {
+                let key = variant.get(20..)?.strip_prefix('-')?;
+                if key.is_empty() {
+                    return None;
+                }
+                (variant.get(..20)?, Some(key.to_string()))
+            }
+            None => (entry, None),
+        };
+        Some((name.to_string(), Version::parse(version)?, key))
     }
 
     /// Where `version` of cache `name` lives (whether or not it exists).
@@ -448,11 +483,6 @@ impl GoldenStore {
         Ok(None)
     }
 
-    /// Whether every file of `version` was sealed with fs-verity when it was built.
-    pub fn is_sealed(&self, name: &str, version: &Version) -> bool {
-        self.meta_path(name, version, "verity").exists()
-    }
-
     /// Where variant `key` of `version` lives (whether or not it exists).
     pub fn variant_path(&self, name: &str, version: &Version, key: &str) -> PathBuf {
         self.root
@@ -478,6 +508,7 @@ impl GoldenStore {
         key: &str,
         strategy: Strategy,
         owner: &Owner,
+        limit: VariantLimit,
     ) -> Result<PathBuf> {
         let path = self.variant_path(name, version, key);
         if path.is_dir() {
@@ -494,6 +525,24 @@ impl GoldenStore {
         let _lock = self.lock(name)?;
         if path.is_dir() {
             return Ok(path);
+        }
+        if let VariantLimit::Owners(max) = limit {
+            let have = self
+                .variants(name, version)?
+                .iter()
+                .filter(|k| k.starts_with(OWNER_VARIANT_PREFIX))
+                .count();
+            if have >= max as usize {
+                return Err(Error::Exhausted {
+                    what: format!("cache {name}: max_variants"),
+                    reason: format!(
+                        "version {version} already has {have} owner variant(s), each a copy of \
+                         the cache, and max_variants is {max}; pods asking for another uid, gid, \
+                         mode or fsGroup wait until one is collected (when no pod uses it), \
+                         or the admin raises max_variants"
+                    ),
+                });
+            }
         }
         let golden = self.path(name, version);
         if !golden.is_dir() {
@@ -563,6 +612,47 @@ impl GoldenStore {
         let _ = fs::unlink_path(&self.variant_manifest(name, version, key), false);
         warn!("cache {name}: variant {key} of version {version} dropped");
         Ok(())
+    }
+
+    /// Remove the owner variants of `name` that no mount uses (`used`: version
+    /// and key of every overlay lower layer on the node) and whose version is
+    /// not pinned (a publish in flight may be about to mount one). Returns
+    /// what was removed, as (version, key).
+    pub fn gc_variants(
+        &self,
+        name: &str,
+        used: &HashSet<(String, String)>,
+    ) -> Result<Vec<(Version, String)>> {
+        let _lock = self.lock(name)?;
+        let dir = self.cache_dir(name)?;
+        let mut removed = Vec::new();
+        for v in self.versions(name)? {
+            for key in self.variants(name, &v)? {
+                if !key.starts_with(OWNER_VARIANT_PREFIX)
+                    || used.contains(&(v.as_str().to_string(), key.clone()))
+                {
+                    continue;
+                }
+                {
+                    // Checked and moved aside under the pins lock, as in gc.
+                    let pins = lock_pins(&self.pins);
+                    if pins.contains_key(&(name.to_string(), v.as_str().to_string())) {
+                        continue;
+                    }
+                    fs::rename_path(
+                        &self.variant_path(name, &v, &key),
+                        &dir.join(format!("{TMP_PREFIX}gc-{v}-{key}")),
+                    )?;
+                }
+                let _ = fs::unlink_path(&self.variant_manifest(name, &v, &key), false);
+                removed.push((v.clone(), key));
+            }
+        }
+        for (v, key) in &removed {
+            remove_tree(&dir.join(format!("{TMP_PREFIX}gc-{v}-{key}")))?;
+            info!("cache {name}: removed unused variant {key} of version {v}");
+        }
+        Ok(removed)
     }
 
     /// Variants of `version` that exist, by key.
@@ -735,10 +825,47 @@ mod tests {
             ..Owner::default()
         };
         let vp = s
-            .variant("c", &v1, "o-1000", Strategy::Copy, &variant)
+            .variant(
+                "c",
+                &v1,
+                "o-1000",
+                Strategy::Copy,
+                &variant,
+                VariantLimit::Owners(1),
+            )
             .unwrap();
         assert_eq!(owner(&vp.join("f")).0, 1000);
+        // One owner variant allowed: the next owner is refused, the same one is not.
+        let other = Owner {
+            uid: Some(1001),
+            ..Owner::default()
+        };
+        let limit = VariantLimit::Owners(1);
+        let e = s
+            .variant("c", &v1, "o-1001", Strategy::Copy, &other, limit)
+            .unwrap_err();
+        assert!(matches!(e, Error::Exhausted { .. }), "{e}");
+        assert!(!s.variant_path("c", &v1, "o-1001").exists());
+        assert_eq!(
+            s.variant("c", &v1, "o-1000", Strategy::Copy, &variant, limit)
+                .unwrap(),
+            vp
+        );
+        // Variants of a pinned version stay; an unused one goes once unpinned,
+        // a used one stays.
+        assert!(s.gc_variants("c", &HashSet::new()).unwrap().is_empty());
         drop(pin);
+        let used: HashSet<(String, String)> = [(v1.as_str().to_string(), "o-1000".into())].into();
+        assert!(s.gc_variants("c", &used).unwrap().is_empty());
+        assert!(vp.is_dir());
+        assert_eq!(
+            s.gc_variants("c", &HashSet::new()).unwrap(),
+            vec![(v1.clone(), "o-1000".to_string())]
+        );
+        assert!(!vp.exists());
+        let vp = s
+            .variant("c", &v1, "o-1001", Strategy::Copy, &other, limit)
+            .unwrap();
         assert_eq!(s.gc("c", &HashSet::new()).unwrap(), vec![v1.clone()]);
         assert!(!s.path("c", &v1).exists() && !vp.exists());
         assert_eq!(s.versions("c").unwrap(), vec![v2]);

@@ -37,11 +37,14 @@
 //!        .retire(name, &Version) -> Result<()>          never handed out again
 //!        .is_retired(name, &Version) -> bool
 //!        .gc(name, in_use: &HashSet<String>) -> Result<Vec<Version>>   never pinned ones
+//!        .layer_at(path) -> Option<(name, Version, Option<key>)>   whose tree a path is
+//!        .gc_variants(name, used) -> Result<Vec<(Version, key)>>   unused owner variants
 //!        .pin(name, version) -> Pin / .current_pinned(name) -> Option<(Version, Pin)>
-//!        .variant(name, &Version, key, Strategy, &Owner) -> PathBuf   built once
+//!        .variant(name, &Version, key, Strategy, &Owner, VariantLimit) -> PathBuf
+//!                                                       built once; past max_variants RESOURCE_EXHAUSTED
 //! volume::Caches (the node's API):
 //!        ::open(cfg)                                    bad declarations disable one cache each
-//!        .request(attrs, mount_group, readonly) -> CacheRequest   tenancy + strategy checks
+//!        .request(attrs, mount_group, readonly, pod_dir) -> CacheRequest   tenancy + strategy checks
 //!        .publish(&req, target, readonly) / .unpublish(target)
 //!        .pin(name, version) -> Pin                     for publications in flight
 //!        .maintain(in_use, hardlinked)                  verify, retire/rebuild, gc

@@ -12,6 +12,8 @@ use crate::mounter;
 
 /// The volume context key the kubelet fills with the pod's namespace (podInfoOnMount).
 pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+/// The volume context key the kubelet fills with the pod's UID (podInfoOnMount).
+pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
 
 /// Volume attributes a cache volume may carry (plus the CO's own keys).
 const ATTRS: &[&str] = &[
@@ -136,11 +138,21 @@ impl Caches {
 
     /// Validate a cache publish request's attributes: the cache, the pod's namespace
     /// against the declaration's `namespaces`, the strategy against its `strategies`.
+    ///
+    /// `pod_dir` is the pod directory the target path is in (`<uid>` of
+    /// `<kubelet-dir>/pods/<uid>/volumes/…`). An inline volume's attributes come
+    /// from the pod's own spec; only with podInfoOnMount does the kubelet replace
+    /// the `csi.storage.k8s.io/pod.*` keys with the truth. So where the namespace
+    /// matters, the pod UID must be there and name the pod whose directory the
+    /// kubelet publishes into: a pod author cannot know its pod's UID when
+    /// writing the spec, and a driver object without podInfoOnMount is refused
+    /// instead of trusting a namespace the pod chose.
     pub fn request(
         &self,
         attrs: &HashMap<String, String>,
         mount_group: &str,
         readonly: bool,
+        pod_dir: Option<&str>,
     ) -> Result<CacheRequest> {
         let mut unknown: Vec<&str> = attrs
             .keys()
@@ -187,6 +199,28 @@ impl Caches {
                     ))
                 }
                 Some(_) => {}
+            }
+            let field = format!("volume_context.{POD_UID}");
+            match (attrs.get(POD_UID), pod_dir) {
+                (Some(uid), Some(dir)) if uid == dir => {}
+                (None, _) => {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "is required: cache {name:?} is limited to some namespaces, and \
+                             only the kubelet's pod information can say which (the CSIDriver \
+                             needs podInfoOnMount: true)"
+                        ),
+                    ))
+                }
+                (Some(_), _) => {
+                    return Err(Error::invalid(
+                        field,
+                        "does not name the pod whose directory target_path is in: pod \
+                         information must come from the kubelet (podInfoOnMount: true), \
+                         not from the pod's volumeAttributes",
+                    ))
+                }
             }
         }
         let place = place_path(

@@ -1,15 +1,58 @@
 //! Upkeep of the golden store: content checks of the versions pods share
 //! inodes with (a tampered version is retired and rebuilt) and collection
-//! of versions nothing uses.
+//! of versions and owner variants nothing uses. "Uses" is read from the
+//! records AND from the mount table: an overlay whose lower layer is a
+//! version (or a variant of one) keeps it, even when no readable record
+//! names that overlay any more.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 
 use crate::cache::golden::Version;
 use crate::cache::volume::{lock, Caches, SHARED_VARIANT};
 use crate::error::Result;
+use crate::sys::mountinfo::{self, MountInfo};
+
+/// What the mounts in `table` use of the store below `root`: the lower
+/// layers of overlays, each a version or a variant of one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Mounted {
+    /// Versions in use, per cache (a variant in use keeps its version).
+    pub versions: HashMap<String, HashSet<String>>,
+    /// Variants in use, per cache, as (version, key).
+    pub variants: HashMap<String, HashSet<(String, String)>>,
+}
+
+pub(super) fn mounted_layers(
+    root: &Path,
+    table: &[MountInfo],
+    layer_at: impl Fn(&Path) -> Option<(String, Version, Option<String>)>,
+) -> Mounted {
+    let mut out = Mounted::default();
+    for m in table.iter().filter(|m| m.fs_type == "overlay") {
+        for lower in m.option_values("lowerdir") {
+            for layer in lower.split(':').map(Path::new) {
+                if !layer.starts_with(root) {
+                    continue;
+                }
+                let Some((name, v, key)) = layer_at(layer) else {
+                    continue;
+                };
+                let v = v.as_str().to_string();
+                if let Some(key) = key {
+                    out.variants
+                        .entry(name.clone())
+                        .or_default()
+                        .insert((v.clone(), key));
+                }
+                out.versions.entry(name).or_default().insert(v);
+            }
+        }
+    }
+    out
+}
 
 impl Caches {
     /// Whether a golden version was found modified and retired.
@@ -42,6 +85,21 @@ impl Caches {
         in_use: &HashMap<String, HashSet<String>>,
         hardlinked: &HashSet<(String, String)>,
     ) {
+        let mut in_use = in_use.clone();
+        let mounted = match mountinfo::read_self() {
+            Ok(table) => mounted_layers(self.store.root(), &table, |p| self.store.layer_at(p)),
+            Err(e) => {
+                // Without the mount table nothing may be collected.
+                warn!("cache upkeep: {e}; no version is collected this time");
+                return;
+            }
+        };
+        for (name, versions) in &mounted.versions {
+            in_use
+                .entry(name.clone())
+                .or_default()
+                .extend(versions.iter().cloned());
+        }
         let mut to_check: HashSet<(String, String)> = hardlinked.clone();
         for name in self.decls.keys() {
             if let Ok(Some(v)) = self.store.current(name) {
@@ -110,6 +168,45 @@ impl Caches {
                 Ok(_) => {}
                 Err(e) => warn!("cache {name:?}: gc failed: {e}"),
             }
+            let empty = HashSet::new();
+            let used = mounted.variants.get(name).unwrap_or(&empty);
+            if let Err(e) = self.store.gc_variants(name, used) {
+                warn!("cache {name:?}: variant gc failed: {e}");
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::golden::GoldenStore;
+
+    #[test]
+    fn overlay_lower_layers_keep_their_versions() {
+        let store = GoldenStore::new(Path::new("/g"));
+        let v1 = "00000000000000000001";
+        let v2 = "00000000000000000002";
+        let text = format!(
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n\
+             2 1 0:50 / /pods/a rw - overlay overlay rw,lowerdir=/g/c/{v1},upperdir=/u,workdir=/w\n\
+             3 1 0:51 / /pods/b rw - overlay overlay rw,lowerdir=/g/d/.v-{v2}-o-1-x-x-n,upperdir=/u,workdir=/w\n\
+             4 1 0:52 / /pods/c rw - overlay overlay rw,lowerdir=/elsewhere/c/{v2},upperdir=/u,workdir=/w\n\
+             5 1 0:53 / /pods/d rw - overlay overlay rw,lowerdir=/g/c/not-a-version,upperdir=/u,workdir=/w\n\
+             6 1 0:54 / /pods/e rw - tmpfs tmpfs rw,lowerdir=/g/c/{v2}\n"
+        );
+        let table = mountinfo::parse(text.as_bytes());
+        let got = mounted_layers(store.root(), &table, |p| store.layer_at(p));
+        let versions: HashMap<String, HashSet<String>> = [
+            ("c".to_string(), [v1.to_string()].into()),
+            ("d".to_string(), [v2.to_string()].into()),
+        ]
+        .into();
+        let variants: HashMap<String, HashSet<(String, String)>> = [(
+            "d".to_string(),
+            [(v2.to_string(), "o-1-x-x-n".to_string())].into(),
+        )]
+        .into();
+        assert_eq!(got, Mounted { versions, variants });
     }
 }

@@ -15,7 +15,7 @@ use log::{info, warn};
 use nix::errno::Errno;
 
 use crate::cache::decl::{self, CacheDecl, Choice, Namespaces, Source, TRUST_KEY};
-use crate::cache::golden::{self, GoldenStore, Pin, Version};
+use crate::cache::golden::{self, GoldenStore, Pin, VariantLimit, Version, OWNER_VARIANT_PREFIX};
 use crate::cache::manifest::Confirmed;
 use crate::cache::populate::{self, Owner, Probe, Strategy};
 use crate::cache::remove::Trash;
@@ -59,8 +59,6 @@ pub struct Caches {
     pub(super) probes: Mutex<HashMap<(u64, u64), Probe>>,
     /// FICLONE within the store itself (for variants), probed once.
     pub(super) store_reflink: OnceLock<bool>,
-    /// FS_IOC_ENABLE_VERITY in the store, probed at open.
-    pub(super) verity: std::result::Result<(), Errno>,
     /// Builds in flight, per cache (single-flight).
     builds: Mutex<HashMap<String, Arc<Flight>>>,
     /// Per (cache, version, variant or ""): ctimes at which file contents were confirmed.
@@ -174,11 +172,11 @@ impl Caches {
         let verity = golden::probe_verity(&root);
         match verity {
             Ok(()) => info!(
-                "fs-verity works in {}: new golden versions are sealed, hardlink publishes allowed",
+                "fs-verity works in {}: the contents of new golden versions are sealed",
                 root.display()
             ),
             Err(e) => info!(
-                "fs-verity probe in {}: {e}: writable hardlink publishes need {TRUST_KEY}",
+                "fs-verity probe in {}: {e}: golden versions are checked by their manifests only",
                 root.display()
             ),
         }
@@ -193,7 +191,6 @@ impl Caches {
             trash: None,
             probes: Mutex::new(HashMap::new()),
             store_reflink: OnceLock::new(),
-            verity,
             builds: Mutex::new(HashMap::new()),
             confirmed: Mutex::new(HashMap::new()),
             usage: UsageTable::default(),
@@ -360,16 +357,11 @@ impl Caches {
 
     /// The strategy used for `req` into `dest`, or why none can be. `auto` is reflink
     /// where FICLONE from the store into `dest` works, else overlay. Hardlink shares
-    /// the golden inodes with the pod, so it is allowed only when the pod cannot write
-    /// them: a read-only publish, a version sealed by fs-verity, or a cache whose
-    /// declaration trusts its tenants with shared inodes.
-    fn resolve(
-        &self,
-        req: &CacheRequest,
-        version: &Version,
-        dest: &Path,
-        readonly: bool,
-    ) -> Result<Choice> {
+    /// inodes between pods, so it is allowed only when the pod cannot change them (a
+    /// read-only publish), or when the declaration trusts its tenants with shared
+    /// inodes. fs-verity is no substitute: it seals contents, but a root pod can still
+    /// chmod, chown or set xattrs (file capabilities, ACLs) on a sealed inode.
+    fn resolve(&self, req: &CacheRequest, dest: &Path, readonly: bool) -> Result<Choice> {
         let name = &req.decl.name;
         let field = if req.requested {
             "volume_context.strategy".to_string()
@@ -394,20 +386,14 @@ impl Caches {
                 )),
             },
             Choice::Fill(Strategy::Hardlink) => {
-                let safe =
-                    readonly || req.decl.trust_shared_inodes || self.store.is_sealed(name, version);
-                if !safe {
-                    let verity = match self.verity {
-                        Ok(()) => "this version is not sealed".to_string(),
-                        Err(e) => format!("fs-verity is unavailable here: {e}"),
-                    };
+                if !readonly && !req.decl.trust_shared_inodes {
                     return Err(Error::invalid(
                         field,
                         format!(
-                            "hardlink gives the pod the golden inodes, which a root pod could \
-                             rewrite for every other pod; it is allowed for read-only publishes, \
-                             for versions sealed with fs-verity ({verity}), or with {TRUST_KEY} \
-                             = true in the declaration; use reflink, overlay or copy"
+                            "hardlink shares inodes between pods, whose contents, modes, \
+                             owners and xattrs a root pod could change for every other pod; \
+                             it is allowed for read-only publishes, or with {TRUST_KEY} = true \
+                             in the declaration; use reflink, overlay or copy"
                         ),
                     ));
                 }
@@ -449,14 +435,21 @@ impl Caches {
         }
         let id = |v: Option<u32>| v.map_or("x".to_string(), |n| n.to_string());
         let key = format!(
-            "o-{}-{}-{}-{}",
+            "{OWNER_VARIANT_PREFIX}{}-{}-{}-{}",
             id(owner.uid),
             id(owner.gid),
             owner.mode.map_or("x".to_string(), |m| format!("{m:o}")),
             if owner.group_writable { "g" } else { "n" }
         );
-        self.store
-            .variant(name, version, &key, self.variant_strategy(), owner)
+        let max = self.decls.get(name).map_or(0, |d| d.max_variants);
+        self.store.variant(
+            name,
+            version,
+            &key,
+            self.variant_strategy(),
+            owner,
+            VariantLimit::Owners(max),
+        )
     }
 
     /// Fill `target` from the current golden version. The caller records the
@@ -482,7 +475,7 @@ impl Caches {
             dest.push(part);
             ensure_owned_dir(&dest, &req.owner)?;
         }
-        let choice = self.resolve(req, &version, &dest, readonly)?;
+        let choice = self.resolve(req, &dest, readonly)?;
         let mut overlay_lower = String::new();
         match choice {
             Choice::Overlay => {
@@ -505,10 +498,7 @@ impl Caches {
                 // Writable hardlinks link a variant with inodes of its own: what a
                 // trusted tenant writes reaches the other hardlink pods, never the
                 // golden version that every other strategy copies from.
-                let source = if strategy == Strategy::Hardlink
-                    && !readonly
-                    && !self.store.is_sealed(name, &version)
-                {
+                let source = if strategy == Strategy::Hardlink && !readonly {
                     let root = Owner {
                         uid: Some(0),
                         gid: Some(0),
@@ -521,6 +511,7 @@ impl Caches {
                         SHARED_VARIANT,
                         self.variant_strategy(),
                         &root,
+                        VariantLimit::Shared,
                     )?
                 } else {
                     golden.clone()

@@ -17,7 +17,7 @@ use super::health::{self, Health};
 use super::{Kind, MountSpec};
 
 /// A running mounter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Running {
     pub pid: i32,
     pub start_ticks: u64,

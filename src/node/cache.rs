@@ -32,6 +32,7 @@ impl Node {
             req.get_volume_context(),
             cap.get_mount().get_volume_mount_group(),
             readonly,
+            validate::pod_dir(&target, &self.cfg.kubelet_dir),
         )?;
         let guard = self.table.acquire(id, Op::Long("NodePublishVolume"))?;
         Ok((guard, target, creq, readonly))
@@ -160,6 +161,12 @@ impl Node {
 
     /// Cache upkeep (tamper checks of shared golden versions, collection of
     /// unused ones): after a cache volume went away, or when `force`d.
+    ///
+    /// A volume busy with a long call is passed over, not waited for (one busy
+    /// volume must not stop every other's upkeep), and upkeep is due again.
+    /// Passing it over is safe for collection: a population in flight pins
+    /// its version, and a finished one depends on its version only through
+    /// an overlay, which `maintain` finds in the mount table.
     pub fn cache_upkeep(&self, force: bool) {
         use std::collections::{HashMap, HashSet};
         use std::sync::atomic::Ordering;
@@ -172,7 +179,7 @@ impl Node {
             // Populations in flight hold the guard: their versions are in use.
             let Ok(guard) = self.table.acquire(&id, Op::Short("upkeep")) else {
                 self.cache_upkeep_due.store(true, Ordering::SeqCst);
-                return;
+                continue;
             };
             for p in guard
                 .data()

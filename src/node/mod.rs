@@ -3,6 +3,7 @@
 //! - publish.rs: NodePublishVolume / NodeUnpublishVolume of staged volumes
 //! - cache.rs: publish / unpublish of cache volumes
 //! - recovery.rs: reconciling persisted phases before the socket serves
+//! - quarantine.rs: cleanup by path for volumes whose record was unreadable
 //! - health.rs: the health loop (dead mounters healed, lost binds re-bound)
 //! - stats.rs: NodeGetVolumeStats
 //!
@@ -14,6 +15,7 @@
 mod cache;
 mod health;
 mod publish;
+mod quarantine;
 mod recovery;
 mod stage;
 mod stats;

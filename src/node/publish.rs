@@ -352,12 +352,13 @@ impl Node {
         let guard = self.table.acquire(id, Op::Short("NodeUnpublishVolume"))?;
         let found = Self::publication(&guard, &target);
         match found {
-            None => {
-                debug!(
+            None => match self.quarantined(id) {
+                Some(record) => self.unpublish_by_path(id, &record, &target)?,
+                None => debug!(
                     "volume {id:?} is not published at {}: nothing to do",
                     target.display()
-                );
-            }
+                ),
+            },
             Some(p) if !p.get_cache_name().is_empty() => self.cache_unpublish(&guard, &target)?,
             Some(_) => self.unbind(&guard, &target)?,
         }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{error, info, warn};
 
 use super::{mounters_by_argv, running, Node};
 use crate::error::Result;
@@ -20,14 +20,22 @@ use crate::volumes::{Guard, Op};
 impl Node {
     /// Load every record and settle it. Returns how many volumes are known.
     pub fn recover(&self) -> usize {
-        let records = match self.journal.store().load_all() {
+        let loaded = match self.journal.store().load_all() {
             Ok(r) => r,
             Err(e) => {
                 warn!("cannot read state: {e}");
-                Vec::new()
+                Default::default()
             }
         };
-        for rec in records {
+        for q in &loaded.quarantined {
+            error!(
+                "state: the record of volume key {} is quarantined at {} (remove the file \
+                 once that volume is unstaged and its pods gone)",
+                q.key,
+                q.path.display()
+            );
+        }
+        for rec in loaded.records {
             let id = rec.get_volume_id().to_string();
             match self.table.acquire(&id, Op::Long("recovery")) {
                 Ok(guard) => {

@@ -125,7 +125,12 @@ impl Node {
         let dir = parent
             .child("staging_target_path", &name, true)?
             .ok_or_else(vanished)?;
-        if let Some(m) = dir.mount_here(&parent, &mountinfo::read_self()?)? {
+        // A volume whose record was quarantined may still have its mounter.
+        let adopted = match self.quarantined(&id) {
+            Some(record) => self.stage_by_path(&guard, &record, &staging)?,
+            None => None,
+        };
+        if let (None, Some(m)) = (adopted, dir.mount_here(&parent, &mountinfo::read_self()?)?) {
             return Err(Error::precondition(
                 &id,
                 format!(
@@ -153,13 +158,17 @@ impl Node {
         rec.set_stage(stage);
         self.journal.commit(&guard, rec.clone())?;
         crash::point("stage.recorded");
-        let run = match mounter::start(
-            &id,
-            &args.spec,
-            &staging,
-            &self.volume_files(&id),
-            &self.cfg,
-        ) {
+        let started = match adopted {
+            Some(run) => Ok(run),
+            None => mounter::start(
+                &id,
+                &args.spec,
+                &staging,
+                &self.volume_files(&id),
+                &self.cfg,
+            ),
+        };
+        let run = match started {
             Ok(run) => run,
             Err(e) => {
                 rec.clear_stage();
@@ -348,6 +357,9 @@ impl Node {
         let id = guard.id().to_string();
         let rec = guard.data().clone();
         if !rec.has_stage() {
+            if let Some(record) = self.quarantined(&id) {
+                self.unstage_by_path(&id, &record, &staging)?;
+            }
             return Ok(NodeUnstageVolumeResponse::new());
         }
         let st = rec.get_stage();

@@ -46,7 +46,19 @@ impl Node {
         let rec = guard.data().clone();
         drop(guard);
         if !rec.has_stage() && rec.get_publications().is_empty() {
-            return Err(Error::VolumeNotFound(id.to_string()));
+            return match self.quarantined(id) {
+                Some(record) => {
+                    let mut r = NodeGetVolumeStatsResponse::new();
+                    r.set_volume_condition(condition(Health::Abnormal(format!(
+                        "bindery's record of this volume could not be read and is quarantined \
+                         at {}: unpublish and unstage clean it up by path; restage it to serve \
+                         again",
+                        record.display()
+                    ))));
+                    Ok(r)
+                }
+                None => Err(Error::VolumeNotFound(id.to_string())),
+            };
         }
         let path = Path::new(req.get_volume_path());
         let clean: PathBuf = path.components().collect();

@@ -129,7 +129,9 @@ pub fn csi_mount_flags(flags: &[String]) -> Result<MsFlags> {
 }
 
 /// Mount an overlay with a golden version as its read-only lower layer: the
-/// O(1) publish of cache volumes with the overlay strategy.
+/// O(1) publish of cache volumes with the overlay strategy. Always nosuid and
+/// nodev: what a pod's tree claims (a setuid file, a device node copied up
+/// or created there) grants nothing.
 pub fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -141,7 +143,7 @@ pub fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
     .map_err(|e| Error::sys("overlay mount", target, e))

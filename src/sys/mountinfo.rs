@@ -17,11 +17,25 @@ pub struct MountInfo {
     pub options: String,
     pub fs_type: String,
     pub source: String,
+    /// The filesystem's options, as the kernel shows them (values still
+    /// escaped: split on `,` first, then `option_values`).
+    pub super_options: String,
 }
 
 impl MountInfo {
     pub fn is_fuse(&self) -> bool {
         self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")
+    }
+
+    /// Every value of filesystem option `name` (e.g. an overlay's
+    /// `lowerdir`), unescaped.
+    pub fn option_values(&self, name: &str) -> Vec<String> {
+        self.super_options
+            .split(',')
+            .filter_map(|o| o.split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| unescape(v))
+            .collect()
     }
 }
 
@@ -61,6 +75,7 @@ fn parse_line(line: &str) -> Option<MountInfo> {
     let mut p = post.split(' ');
     let fs_type = p.next()?.to_string();
     let source = unescape(p.next().unwrap_or(""));
+    let super_options = p.next().unwrap_or("").to_string();
     Some(MountInfo {
         id,
         parent,
@@ -70,6 +85,7 @@ fn parse_line(line: &str) -> Option<MountInfo> {
         options,
         fs_type,
         source,
+        super_options,
     })
 }
 
@@ -124,13 +140,23 @@ mod tests {
 95 22 0:45 / /var/lib/kubelet/plugins/kubernetes.io/csi/bindery.csi.dev/abc/globalmount rw,nosuid,nodev,relatime shared:60 - fuse.s3fs s3fs rw,user_id=0,group_id=0,allow_other
 96 22 0:45 / /var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pv/mount ro,nosuid,nodev,relatime shared:60 - fuse.s3fs s3fs rw,user_id=0,group_id=0,allow_other
 97 22 0:46 / /mnt/with\\040space rw - tmpfs tmpfs rw
+98 22 0:47 / /pod/mount rw,relatime - overlay overlay rw,lowerdir=/golden/c/0001\\054x,upperdir=/u,workdir=/w
 garbage line
 ";
 
     #[test]
+    fn filesystem_options_are_split_then_unescaped() {
+        let t = parse(FIXTURE.as_bytes());
+        let o = mount_at(&t, Path::new("/pod/mount")).unwrap();
+        assert_eq!(o.option_values("lowerdir"), vec!["/golden/c/0001,x"]);
+        assert_eq!(o.option_values("upperdir"), vec!["/u"]);
+        assert!(o.option_values("nothing").is_empty());
+    }
+
+    #[test]
     fn parses_fixture() {
         let t = parse(FIXTURE.as_bytes());
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 5);
         let g = mount_at(
             &t,
             Path::new("/var/lib/kubelet/plugins/kubernetes.io/csi/bindery.csi.dev/abc/globalmount"),

@@ -51,6 +51,22 @@ pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The per-mount options ("rw,nosuid,nodev,relatime") of the topmost mount
+/// at exactly `path`.
+pub fn mount_options(path: &Path) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .rev()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .map(|p| PathBuf::from(p.replace("\\040", " ")))
+                == Some(path.to_path_buf())
+        })
+        .find_map(|l| l.split(' ').nth(5))
+        .map(str::to_string)
+}
+
 pub fn unmount_below(dir: &Path) {
     for m in mounts_below(dir) {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
@@ -316,6 +332,33 @@ impl Daemon {
         let count = || self.log_text().matches("health pass done").count();
         let start = count();
         wait_until(&format!("{n} health passes"), secs, || count() >= start + n);
+    }
+
+    /// Overwrite volume `id`'s state record with bytes that do not parse
+    /// (a torn sector, a hand edit). Test ids are short and unique, so the
+    /// readable part of the file name (as src/state.rs makes it) finds it.
+    pub fn corrupt_record(&self, id: &str) {
+        let readable: String = id
+            .chars()
+            .take(40)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let suffix = format!("-{readable}.pb");
+        let dir = self.state.join("volumes");
+        let found: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(&suffix))
+            .collect();
+        assert_eq!(found.len(), 1, "one record of {id} in {}", dir.display());
+        fs::write(&found[0], b"\xff\xff\xff\xff\x0f not a record").unwrap();
     }
 
     pub fn log_text(&self) -> String {
