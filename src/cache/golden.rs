@@ -561,6 +561,8 @@ impl GoldenStore {
             }
             std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
             populate_masked(&golden, &tmp, strategy, owner, self.threads, 0o7777)?;
+            // Whole on disk before it is renamed into place, as a version is.
+            fs::syncfs(fs::open_dir(&tmp)?.as_fd(), &tmp)?;
             Manifest::scan(&tmp)?.write_to(&self.variant_manifest(name, version, key))?;
             let dfd = fs::open_dir(&dir)?;
             fs::rename_at(

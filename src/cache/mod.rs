@@ -13,7 +13,7 @@
 //! populate::populate(golden, dest, Strategy, &Owner, threads) -> Result<Stats>
 //! populate::ensure_probe_file(store) / probe_pair(store, dir) -> Probe { link, reflink }
 //!                                                       real linkat/FICLONE, never st_dev
-//! usage::measure(root, max_entries, deadline) -> Usage  bounded, fd-relative, no symlinks/mounts
+//! usage::measure(target, root, max_entries, deadline) -> Usage   bounded, fd-relative, no symlinks/mounts
 //!
 //! remove::remove_tree(path) -> Result<()>               never follows symlinks, never crosses mounts
 //! remove::move_to_trash(path, trash_dir) -> Result<Option<PathBuf>>
@@ -50,7 +50,7 @@
 //!        .maintain(in_use, hardlinked)                  verify, retire/rebuild, gc
 //!        .usage_cached(root) -> Option<Usage>           never walks
 //!        .refresh_usage(UsageBudget) -> usize           for a background thread
-//!        .usage(root) -> (bytes, inodes)                cached, or a small first walk
+//!        .usage(target, root) -> (bytes, inodes)        cached, or a small first walk
 //! golden::Version                                       zero-padded unix nanoseconds, sortable;
 //!                                                       Version::parse(&str), as_str(), Display
 //! ```

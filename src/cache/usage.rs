@@ -46,9 +46,26 @@ pub struct Usage {
     pub measured_at: SystemTime,
 }
 
-/// Walk `root` without following symlinks or crossing mounts, within the budget.
-pub fn measure(root: &Path, max_entries: u64, deadline: Instant) -> Result<Usage> {
-    let fd = fs::open_dir(root)?;
+/// Open `root`, at or below the publication's `target`: the components
+/// between them are the pod's (placeCacheAtPath in its own tree), so none of
+/// them may be a symlink (a pod could point the walk at `/` or at a hung FUSE
+/// mount) and the walk never leaves `target`.
+fn open_root(target: &Path, root: &Path) -> Result<OwnedFd> {
+    let base = fs::open_dir(target)?;
+    let rel = root.strip_prefix(target).map_err(|_| Error::State {
+        path: root.to_path_buf(),
+        reason: format!("not below its target {}", target.display()),
+    })?;
+    if rel.as_os_str().is_empty() {
+        return Ok(base);
+    }
+    fs::open_dir_beneath(base.as_fd(), rel).map_err(|e| Error::sys("open beneath", root, e))
+}
+
+/// Walk `root` (at or below `target`) without following symlinks or crossing
+/// mounts, within the budget.
+pub fn measure(target: &Path, root: &Path, max_entries: u64, deadline: Instant) -> Result<Usage> {
+    let fd = open_root(target, root)?;
     let st = fs::fstat(fd.as_fd()).map_err(|e| Error::sys("fstat", root, e))?;
     let mut u = Usage {
         bytes: st.st_blocks as u64 * 512,
@@ -87,23 +104,35 @@ pub fn measure(root: &Path, max_entries: u64, deadline: Instant) -> Result<Usage
     Ok(u)
 }
 
-/// The figures of the trees being watched.
+/// A tree being watched: the publication's target, and the last figure.
+struct Watched {
+    target: PathBuf,
+    usage: Option<Usage>,
+}
+
+/// The figures of the trees being watched, by root.
 #[derive(Default)]
 pub struct UsageTable {
-    figures: Mutex<HashMap<PathBuf, Option<Usage>>>,
+    figures: Mutex<HashMap<PathBuf, Watched>>,
 }
 
 impl UsageTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Option<Usage>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Watched>> {
         match self.figures.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    /// Watch `root` from now on (measured by the next refresh).
-    pub fn track(&self, root: &Path) {
-        self.lock().entry(root.to_path_buf()).or_insert(None);
+    /// Watch `root` (at or below the publication's `target`) from now on
+    /// (measured by the next refresh).
+    pub fn track(&self, target: &Path, root: &Path) {
+        self.lock()
+            .entry(root.to_path_buf())
+            .or_insert_with(|| Watched {
+                target: target.to_path_buf(),
+                usage: None,
+            });
     }
 
     /// Stop watching every tree at or below `target`.
@@ -112,12 +141,12 @@ impl UsageTable {
     }
 
     pub fn get(&self, root: &Path) -> Option<Usage> {
-        self.lock().get(root).copied().flatten()
+        self.lock().get(root).and_then(|w| w.usage)
     }
 
     pub fn set(&self, root: &Path, u: Usage) {
-        if let Some(slot) = self.lock().get_mut(root) {
-            *slot = Some(u);
+        if let Some(w) = self.lock().get_mut(root) {
+            w.usage = Some(u);
         }
     }
 
@@ -126,18 +155,18 @@ impl UsageTable {
     /// Returns how many trees were measured.
     pub fn refresh(&self, budget: UsageBudget) -> usize {
         let deadline = Instant::now() + budget.max_time;
-        let mut roots: Vec<(PathBuf, Option<SystemTime>)> = self
+        let mut roots: Vec<(PathBuf, PathBuf, Option<SystemTime>)> = self
             .lock()
             .iter()
-            .map(|(p, u)| (p.clone(), u.map(|u| u.measured_at)))
+            .map(|(p, w)| (p.clone(), w.target.clone(), w.usage.map(|u| u.measured_at)))
             .collect();
-        roots.sort_by_key(|(_, at)| *at);
+        roots.sort_by_key(|(_, _, at)| *at);
         let mut n = 0;
-        for (root, _) in roots {
+        for (root, target, _) in roots {
             if Instant::now() > deadline {
                 break;
             }
-            match measure(&root, budget.max_entries, deadline) {
+            match measure(&target, &root, budget.max_entries, deadline) {
                 Ok(u) => {
                     self.set(&root, u);
                     n += 1;
@@ -161,14 +190,23 @@ mod tests {
         std::fs::write(t.path().join("a/b/f"), vec![1u8; 100_000]).unwrap();
         std::os::unix::fs::symlink("/usr", t.path().join("a/usr")).unwrap();
         let far = Instant::now() + Duration::from_secs(60);
-        let u = measure(t.path(), 1000, far).unwrap();
+        let u = measure(t.path(), t.path(), 1000, far).unwrap();
         // root, a, a/b, a/b/f, a/usr
         assert_eq!((u.inodes, u.complete), (5, true));
         assert!(u.bytes >= 100_000, "{u:?}");
-        let cut = measure(t.path(), 2, far).unwrap();
+        let cut = measure(t.path(), t.path(), 2, far).unwrap();
         assert_eq!((cut.inodes, cut.complete), (2, false));
+        // A root below the target: measured there, never through a symlink
+        // the pod made of one of the components in between.
+        let b = measure(t.path(), &t.path().join("a/b"), 1000, far).unwrap();
+        assert_eq!(b.inodes, 2);
+        std::os::unix::fs::symlink("/", t.path().join("a/escape")).unwrap();
+        let e = measure(t.path(), &t.path().join("a/escape/usr"), 1000, far).unwrap_err();
+        assert!(e.to_string().contains("open beneath"), "{e}");
+        let e = measure(&t.path().join("a/b"), &t.path().join("a"), 1000, far).unwrap_err();
+        assert!(e.to_string().contains("not below"), "{e}");
         let table = UsageTable::default();
-        table.track(t.path());
+        table.track(t.path(), t.path());
         assert_eq!(table.get(t.path()), None);
         assert_eq!(
             table.refresh(UsageBudget {
@@ -177,7 +215,8 @@ mod tests {
             }),
             1
         );
-        assert_eq!(table.get(t.path()).map(|u| u.inodes), Some(5));
+        // The five, and a/escape: counted, not followed.
+        assert_eq!(table.get(t.path()).map(|u| u.inodes), Some(6));
         table.forget_below(t.path());
         assert_eq!(table.get(t.path()), None);
     }

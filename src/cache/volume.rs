@@ -523,6 +523,11 @@ impl Caches {
                     &req.owner,
                     self.cfg.workers.max(1),
                 )?;
+                // On disk before the publication is recorded Populated: after
+                // a power cut, a tree the record calls complete must be whole,
+                // not files the page cache never wrote back.
+                let fd = sys::fs::open_dir(&dest)?;
+                sys::fs::syncfs(fd.as_fd(), &dest)?;
                 info!(
                     "cache {name:?} v{version}: {} files, {} dirs, {} symlinks into {} by {} in {:.1?}",
                     stats.files,
@@ -539,7 +544,7 @@ impl Caches {
             mount::bind(&dest, &dest)?;
             mount::remount_bind_read_only(&dest)?;
         }
-        self.usage.track(&dest);
+        self.usage.track(target, &dest);
         let mut p = Publication::new();
         p.set_target_path(target.display().to_string());
         p.set_readonly(readonly);
@@ -618,7 +623,7 @@ impl Caches {
         }
         match lack {
             None => {
-                self.usage.track(root);
+                self.usage.track(Path::new(p.get_target_path()), root);
                 Ok(())
             }
             Some(l) => Err(cannot(l.describe(root))),
@@ -682,15 +687,18 @@ impl Caches {
         self.usage.refresh(budget)
     }
 
-    /// Bytes and inodes used by the pod's tree, for NodeGetVolumeStats: the last
-    /// figure `refresh_usage` measured; a tree never measured yet (e.g. after a
-    /// restart) is watched from now on and measured here with a small budget.
-    pub fn usage(&self, root: &Path) -> Result<(u64, u64)> {
+    /// Bytes and inodes used by the pod's tree at `root` (at or below its
+    /// `target`), for NodeGetVolumeStats: the last figure `refresh_usage`
+    /// measured; a tree never measured yet (e.g. after a restart) is watched
+    /// from now on and measured here with a small budget (50 ms, 10,000
+    /// entries), never through a symlink or into another mount.
+    pub fn usage(&self, target: &Path, root: &Path) -> Result<(u64, u64)> {
         if let Some(u) = self.usage.get(root) {
             return Ok((u.bytes, u.inodes));
         }
-        self.usage.track(root);
+        self.usage.track(target, root);
         let u = usage::measure(
+            target,
             root,
             10_000,
             Instant::now() + std::time::Duration::from_millis(50),

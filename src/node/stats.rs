@@ -146,7 +146,7 @@ impl Node {
             ))));
             return Ok(resp);
         }
-        let (usage, mut health) = match self.caches.usage(root) {
+        let (usage, mut health) = match self.caches.usage(Path::new(p.get_target_path()), root) {
             Ok(u) => (u, Health::Ok),
             Err(e) => ((0, 0), Health::Abnormal(e.to_string())),
         };

@@ -70,6 +70,16 @@ pub fn open_dir_at_no_xdev(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<Owne
     fcntl::openat2(dir.as_raw_fd(), name, how).map(owned)
 }
 
+/// Open the directory `rel` below `dir` without following a symlink in any of
+/// its components and without leaving `dir` (openat2 RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS): for paths inside a tree that someone else controls.
+pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &Path) -> nix::Result<OwnedFd> {
+    let how = fcntl::OpenHow::new()
+        .flags(DIR_FLAGS)
+        .resolve(fcntl::ResolveFlag::RESOLVE_BENEATH | fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+    fcntl::openat2(dir.as_raw_fd(), rel, how).map(owned)
+}
+
 /// Open a directory's parent (`..`) from its fd, to get an ancestor back after its fd was closed.
 pub fn open_parent(dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
     fcntl::openat(Some(dir.as_raw_fd()), DOTDOT, DIR_FLAGS, Mode::empty()).map(owned)
