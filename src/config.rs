@@ -53,6 +53,8 @@ pub struct Config {
     pub caches: Vec<String>,
     pub wait_for_caches: bool,
     pub mounter_cgroups: Vec<PathBuf>,
+    /// Limits of each mounter's own cgroup (below each `--mounter-cgroup`).
+    pub mounter_limits: crate::sys::cgroup::CgroupLimits,
 }
 
 pub const HELP: &str = "\
@@ -102,6 +104,13 @@ FLAGS (environment fallback in brackets):
     --mounter-cgroup DIR    move every mounter into this cgroup dir (repeatable:
                             one per cgroup v1 hierarchy), so that stopping the
                             daemon's container does not kill the FUSE mounts
+    --mounter-memory-max SIZE  memory limit of each mounter (bytes, or with a K,
+                            M or G suffix; at least 16M): every mounter then
+                            gets a cgroup of its own below each --mounter-cgroup,
+                            so one volume's FUSE process cannot take the node's
+                            memory (default: no limit)
+    --mounter-pids-max N    process/thread limit of each mounter, as above
+                            (at least 8; default: no limit)
     --cache-config FILE     declared caches, one [cache NAME] section each
                             (a missing file declares none; a bad section
                             disables only its cache)
@@ -125,6 +134,23 @@ fn parse_secs(flag: &str, v: &str) -> Result<Duration, String> {
     v.parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("{flag}: expected whole seconds, got {v:?}"))
+}
+
+/// A size in bytes: digits with an optional K, M or G suffix (powers of 1024).
+fn parse_size(flag: &str, v: &str, min: u64) -> Result<u64, String> {
+    let (digits, unit) = match v.char_indices().last() {
+        Some((i, 'K')) => (&v[..i], 1u64 << 10),
+        Some((i, 'M')) => (&v[..i], 1 << 20),
+        Some((i, 'G')) => (&v[..i], 1 << 30),
+        _ => (v, 1),
+    };
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)) {
+        Some(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "{flag}: expected a size of at least {}M (bytes, or with K, M or G), got {v:?}",
+            min >> 20
+        )),
+    }
 }
 
 fn parse_count(flag: &str, v: &str, min: usize) -> Result<usize, String> {
@@ -206,6 +232,7 @@ impl Config {
         let mut caches = Vec::new();
         let mut wait_for_caches = true;
         let mut mounter_cgroups = Vec::new();
+        let mut mounter_limits = crate::sys::cgroup::CgroupLimits::default();
         let mut allow_credential_sources = false;
         let args: Vec<String> = args.into_iter().map(Into::into).collect();
         let mut it = args.into_iter();
@@ -273,6 +300,20 @@ impl Config {
                 "--no-wait-for-caches" => wait_for_caches = false,
                 "--allow-credential-sources" => allow_credential_sources = true,
                 "--mounter-cgroup" => mounter_cgroups.push(abs_dir("--mounter-cgroup", &value()?)?),
+                "--mounter-memory-max" => {
+                    mounter_limits.memory_max = Some(parse_size(&flag, &value()?, 16 << 20)?)
+                }
+                "--mounter-pids-max" => {
+                    let v = value()?;
+                    match v.parse::<u64>() {
+                        Ok(n) if (8..=1 << 22).contains(&n) => mounter_limits.pids_max = Some(n),
+                        _ => {
+                            return Err(format!(
+                                "{flag}: expected a number from 8 to 4194304, got {v:?}"
+                            ))
+                        }
+                    }
+                }
                 "--fuse-programs" => {
                     let v = value()?;
                     fuse_programs = v
@@ -303,6 +344,13 @@ impl Config {
         if mount_timeout.is_zero() {
             return Err("--mount-timeout must be at least 1 second".into());
         }
+        if !mounter_limits.is_empty() && mounter_cgroups.is_empty() {
+            return Err(
+                "--mounter-memory-max and --mounter-pids-max need --mounter-cgroup: each \
+                 mounter's cgroup is made below it"
+                    .into(),
+            );
+        }
         Ok(Parsed::Run(Box::new(Config {
             endpoint: parse_endpoint(&endpoint)?,
             node_id,
@@ -323,6 +371,7 @@ impl Config {
             caches,
             wait_for_caches,
             mounter_cgroups,
+            mounter_limits,
         })))
     }
 }
@@ -387,12 +436,68 @@ mod tests {
             (&["--node-id=n", "--kubelet-dir=rel"], "--kubelet-dir"),
             (&["--node-id=n", "--state-dir=/a/../b"], "--state-dir"),
             (&["--node-id=n", "--bogus=1"], "--bogus"),
+            (
+                &[
+                    "--node-id=n",
+                    "--mounter-memory-max=1M",
+                    "--mounter-cgroup=/c",
+                ],
+                "--mounter-memory-max",
+            ),
+            (
+                &[
+                    "--node-id=n",
+                    "--mounter-memory-max=lots",
+                    "--mounter-cgroup=/c",
+                ],
+                "--mounter-memory-max",
+            ),
+            (
+                &[
+                    "--node-id=n",
+                    "--mounter-memory-max=99999999999G",
+                    "--mounter-cgroup=/c",
+                ],
+                "--mounter-memory-max",
+            ),
+            (
+                &["--node-id=n", "--mounter-pids-max=2", "--mounter-cgroup=/c"],
+                "--mounter-pids-max",
+            ),
+            (
+                &["--node-id=n", "--mounter-pids-max=64"],
+                "need --mounter-cgroup",
+            ),
             (&["--node-id"], "--node-id"),
             (&[], "--node-id"),
         ];
         for (args, needle) in cases {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn mounter_limits() {
+        let c = parse(&["--node-id=n", "--mounter-cgroup=/sys/fs/cgroup/b"]).unwrap();
+        assert!(c.mounter_limits.is_empty());
+        let c = parse(&[
+            "--node-id=n",
+            "--mounter-cgroup=/sys/fs/cgroup/b",
+            "--mounter-memory-max=512M",
+            "--mounter-pids-max=256",
+        ])
+        .unwrap();
+        assert_eq!(c.mounter_limits.memory_max, Some(512 << 20));
+        assert_eq!(c.mounter_limits.pids_max, Some(256));
+        for (v, n) in [
+            ("16777216", 16u64 << 20),
+            ("20480K", 20 << 20),
+            ("1G", 1 << 30),
+        ] {
+            let flag = format!("--mounter-memory-max={v}");
+            let c = parse(&["--node-id=n", "--mounter-cgroup=/c", &flag]).unwrap();
+            assert_eq!(c.mounter_limits.memory_max, Some(n), "{v}");
         }
     }
 

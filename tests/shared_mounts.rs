@@ -600,6 +600,126 @@ fn mounter_moves_to_its_own_cgroup() {
 
 /// The watchdog's health checks never turn a publish away: short calls on a
 /// healthy volume succeed first time while passes run every second.
+/// With --mounter-memory-max and --mounter-pids-max, each mounter runs in a
+/// cgroup of its own (below each --mounter-cgroup) holding those limits, so
+/// one volume's FUSE process is killed alone instead of taking the node;
+/// the cgroup goes with the volume's unstage.
+#[test]
+fn each_mounter_gets_its_own_limited_cgroup() {
+    let test = "each_mounter_gets_its_own_limited_cgroup";
+    if !can_mount(test) {
+        return;
+    }
+    // cgroup v2: one hierarchy with both controllers enabled at the root;
+    // v1: one hierarchy per controller.
+    let v2 = fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+        .is_ok_and(|c| c.contains("pids") && c.contains("memory"));
+    let bases: Vec<PathBuf> = if v2 {
+        vec![PathBuf::from("/sys/fs/cgroup")]
+    } else {
+        ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|b| b.join("cgroup.procs").exists())
+            .collect()
+    };
+    if !prerequisite(
+        test,
+        v2 || bases.len() == 2,
+        "cgroup v2 with pids and memory enabled at the root, or v1 pids and memory hierarchies",
+    ) {
+        return;
+    }
+    let name = format!("bindery-lim-{}", std::process::id());
+    let dirs: Vec<PathBuf> = bases.iter().map(|b| b.join(&name)).collect();
+    let mut flags: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("--mounter-cgroup={}", d.display()))
+        .collect();
+    flags.extend([
+        "--mounter-pids-max=256".into(),
+        "--mounter-memory-max=512M".into(),
+    ]);
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&args(&flags));
+    let mut cgroups = Vec::new();
+    for q in ["l1", "l2"] {
+        let volume = format!("{BUCKET}/{q}");
+        let staging = d.kpath(&format!(
+            "plugins/kubernetes.io/csi/bindery.csi.dev/{q}/globalmount"
+        ));
+        let out = d.csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")));
+        assert!(out.ok(), "{out:?}");
+        let pids = mounter_pids(&staging);
+        assert_eq!(pids.len(), 1);
+        let own = fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
+        let suffix = format!("-{BUCKET}_{q}");
+        // Its line of /proc/PID/cgroup for each hierarchy ("ID:CONTROLLERS:PATH",
+        // CONTROLLERS empty on v2) names …/<name>/<volume key>.
+        for base in &bases {
+            let controller = if v2 {
+                String::new()
+            } else {
+                base.file_name().unwrap().to_string_lossy().into_owned()
+            };
+            let line = own
+                .lines()
+                .map(|l| l.splitn(3, ':').collect::<Vec<_>>())
+                .find(|f| f.len() == 3 && f[1].split(',').any(|c| c == controller))
+                .unwrap_or_else(|| panic!("{q}: no {controller:?} line in {own}"));
+            assert!(
+                line[2].contains(&format!("/{name}/")) && line[2].ends_with(&suffix),
+                "{q}: not in a cgroup of its own: {own}"
+            );
+            let dir = base.join(line[2].trim_start_matches('/'));
+            assert!(dir.join("cgroup.procs").exists(), "{}", dir.display());
+            cgroups.push(dir);
+        }
+    }
+    let read = |p: PathBuf| {
+        fs::read_to_string(&p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let mut saw = (false, false);
+    for dir in &cgroups {
+        if dir.join("pids.max").exists() {
+            assert_eq!(read(dir.join("pids.max")), "256", "{}", dir.display());
+            saw.0 = true;
+        }
+        for f in ["memory.max", "memory.limit_in_bytes"] {
+            if dir.join(f).exists() {
+                assert_eq!(
+                    read(dir.join(f)),
+                    (512u64 << 20).to_string(),
+                    "{}",
+                    dir.display()
+                );
+                saw.1 = true;
+            }
+        }
+    }
+    assert_eq!(saw, (true, true), "both limits are set: {cgroups:?}");
+    for q in ["l1", "l2"] {
+        let volume = format!("{BUCKET}/{q}");
+        let staging = d.kpath(&format!(
+            "plugins/kubernetes.io/csi/bindery.csi.dev/{q}/globalmount"
+        ));
+        assert!(d.unstage(&volume, &staging).ok());
+    }
+    for dir in &cgroups {
+        assert!(
+            !dir.exists(),
+            "{} is removed with its volume",
+            dir.display()
+        );
+    }
+    for dir in &dirs {
+        fs::remove_dir(dir).unwrap();
+    }
+}
+
 #[test]
 fn watchdog_never_aborts_publishes() {
     if !can_mount("watchdog_never_aborts_publishes") {

@@ -38,7 +38,7 @@ pub use options::Policy;
 #[cfg(test)]
 use run::stop_with;
 #[allow(unused_imports)]
-pub use run::{abort, start, stop, terminate, Running, SELF_EXIT, TERM_GRACE};
+pub use run::{abort, remove_cgroups, start, stop, terminate, Running, SELF_EXIT, TERM_GRACE};
 #[allow(unused_imports)]
 pub use spec::{
     apply_mount_group, foreground_flag, fuse_command, parse_spec, parse_spec_for, parse_spec_with,

@@ -8,8 +8,9 @@ use nix::sys::wait::WaitStatus;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::state::volume_key;
 use crate::sys::mount::{self, FuseConnection};
-use crate::sys::{mountinfo, process};
+use crate::sys::{cgroup, mountinfo, process};
 
 use super::command::command;
 use super::files::{last_line, VolumeFiles};
@@ -39,7 +40,9 @@ pub const TERM_GRACE: Duration = Duration::from_secs(2);
 ///
 /// The process is moved into each `--mounter-cgroup` so that a container
 /// runtime stopping the daemon's container (which kills what is left in the
-/// container's cgroup) does not take the mounts of running pods with it.
+/// container's cgroup) does not take the mounts of running pods with it;
+/// with `--mounter-memory-max`/`--mounter-pids-max`, into a cgroup of its own
+/// below each, holding those limits.
 pub fn start(
     volume: &str,
     spec: &MountSpec,
@@ -67,14 +70,11 @@ pub fn start(
     let run = Running { pid, start_ticks };
     // The mounter runs, unrecorded, and has not mounted yet.
     crate::crash::point("mounter.spawned");
-    if let Some(e) = cfg
-        .mounter_cgroups
-        .iter()
-        .find_map(|cg| process::move_to_cgroup(pid, cg).err())
-    {
+    if let Err(e) = enter_cgroups(volume, pid, cfg) {
         stop(mnt, run, Duration::from_millis(200));
+        remove_cgroups(volume, cfg);
         let _ = files.remove_after_failure();
-        return Err(Error::mounter(volume, format!("--mounter-cgroup: {e}")));
+        return Err(Error::mounter(volume, e));
     }
     let deadline = Instant::now() + timeout;
     let mut last;
@@ -196,5 +196,53 @@ pub(super) fn stop_with(mnt: &Path, run: Running, grace: Duration, after_unmount
     }
     if !process::terminate(run.pid, run.start_ticks, grace.min(TERM_GRACE)) {
         log::warn!("mounter {} did not exit after SIGKILL", run.pid);
+    }
+}
+
+/// Move mounter `pid` of `volume` into its cgroups (see `start`); the error
+/// names the flag to look at.
+fn enter_cgroups(volume: &str, pid: i32, cfg: &Config) -> std::result::Result<(), String> {
+    let limits = cfg.mounter_limits;
+    let mut took = cgroup::Applied::default();
+    for dir in &cfg.mounter_cgroups {
+        let target = if limits.is_empty() {
+            dir.clone()
+        } else {
+            let (child, applied) = cgroup::limited_child(dir, &volume_key(volume), &limits)
+                .map_err(|e| format!("--mounter-cgroup with limits: {e}"))?;
+            took.memory |= applied.memory;
+            took.pids |= applied.pids;
+            child
+        };
+        cgroup::move_to_cgroup(pid, &target).map_err(|e| format!("--mounter-cgroup: {e}"))?;
+    }
+    for (flag, wanted, done) in [
+        (
+            "--mounter-memory-max",
+            limits.memory_max.is_some(),
+            took.memory,
+        ),
+        ("--mounter-pids-max", limits.pids_max.is_some(), took.pids),
+    ] {
+        if wanted && !done {
+            return Err(format!(
+                "{flag}: no --mounter-cgroup is in a hierarchy with that controller \
+                 (on cgroup v1, give one --mounter-cgroup per hierarchy)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Remove the cgroups of `volume`'s mounter once it is gone (with limits
+/// only: without, every mounter shares the `--mounter-cgroup` dirs).
+pub fn remove_cgroups(volume: &str, cfg: &Config) {
+    if cfg.mounter_limits.is_empty() {
+        return;
+    }
+    for dir in &cfg.mounter_cgroups {
+        if let Err(e) = cgroup::remove_child(dir, &volume_key(volume)) {
+            log::warn!("volume {volume:?}: {e}");
+        }
     }
 }

@@ -53,6 +53,7 @@ impl Node {
     /// Unstage at a staging path that no record names, for a quarantined volume.
     pub(super) fn unstage_by_path(&self, id: &str, record: &Path, staging: &Path) -> Result<()> {
         self.stop_own_mounters(id, staging, Running::default());
+        mounter::remove_cgroups(id, &self.cfg);
         self.volume_files(id).remove()?;
         warn!(
             "volume {id:?}: its record is quarantined at {}; stopped its mounter at {} by path",

@@ -320,6 +320,7 @@ impl Node {
             crash::point("unstage.recorded");
         }
         self.stop_own_mounters(&id, &staging, running(rec.get_stage()));
+        mounter::remove_cgroups(&id, &self.cfg);
         self.volume_files(&id).remove()?;
         crash::point("unstage.stopped");
         rec.clear_stage();

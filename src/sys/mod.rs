@@ -1,5 +1,6 @@
 //! The only place that makes mount, process and filesystem system calls.
 
+pub mod cgroup;
 pub mod fs;
 pub mod mount;
 pub mod mountinfo;

@@ -75,38 +75,6 @@ pub fn spawn_session(mut cmd: Command, log: &Path) -> Result<(i32, u64)> {
     Ok((pid, start))
 }
 
-/// Move `pid` into the cgroup directory `dir` (created if missing; cgroup v2,
-/// or one hierarchy of v1): lets a mounter leave the daemon's container
-/// cgroup, which the container runtime empties when the container stops.
-pub fn move_to_cgroup(pid: i32, dir: &Path) -> Result<()> {
-    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
-    // Only a directory of a cgroup filesystem moves anything: elsewhere
-    // writing "cgroup.procs" just makes a file, and the mounter would
-    // silently stay in the daemon's cgroup (and die with its container).
-    let fs_of = |p: &Path| statfs(p).map(|s| s.filesystem_type());
-    // An existing dir must be a cgroup itself (a v1 hierarchy's root is one,
-    // on a tmpfs parent); a new one is made inside a cgroup.
-    let checked = if dir.exists() {
-        dir
-    } else {
-        dir.parent().unwrap_or(dir)
-    };
-    match fs_of(checked) {
-        Ok(t) if t == CGROUP2_SUPER_MAGIC || t == CGROUP_SUPER_MAGIC => {}
-        Ok(_) => {
-            return Err(Error::sys(
-                "move into cgroup (not on a cgroup filesystem)",
-                checked,
-                Errno::ENOTDIR,
-            ))
-        }
-        Err(e) => return Err(Error::sys("statfs", checked, e)),
-    }
-    fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
-    let procs = dir.join("cgroup.procs");
-    fs::write(&procs, pid.to_string()).map_err(|e| Error::io("write", &procs, e))
-}
-
 /// Collect the exit status of our child `pid` if it has exited, so it does not
 /// linger as a zombie. Harmless for processes that are not our children.
 pub fn reap(pid: i32) -> Option<WaitStatus> {
@@ -191,22 +159,6 @@ pub fn cap_output(pid: i32, max: u64, keep: u64) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_directory_off_cgroupfs_is_no_cgroup() {
-        let dir = std::env::temp_dir().join(format!("bindery-not-a-cgroup-{}", std::process::id()));
-        let e = move_to_cgroup(std::process::id() as i32, &dir).unwrap_err();
-        assert!(e.to_string().contains("not on a cgroup filesystem"), "{e}");
-        assert!(
-            !e.to_string().contains("--mounter-cgroup: --mounter-cgroup"),
-            "{e}"
-        );
-        assert!(!dir.exists(), "nothing was created");
-        // An existing directory elsewhere is refused too.
-        let tmp = std::env::temp_dir();
-        assert!(move_to_cgroup(std::process::id() as i32, &tmp).is_err());
-        assert!(!tmp.join("cgroup.procs").exists());
-    }
 
     #[test]
     fn parses_stat_with_odd_names() {
