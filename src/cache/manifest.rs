@@ -4,26 +4,30 @@
 //! place, or chmodding, changes the golden copy for every pod. `verify` compares the
 //! tree with its manifest and names what changed, so the version can be retired.
 //!
-//! Compared per regular file: inode, size, mtime, mode, uid, gid, and the content. A
+//! Compared per regular file: inode, size, mtime, mode, uid, gid, the content, and the
+//! extended attributes (a file capability or an ACL is as good as a chmod). A
 //! same-size write that restores the mtime (utimensat, root only) still changes the
 //! ctime, which nobody can set back; but every link and unlink of a golden file (each
 //! hardlink publish and unpublish) changes the ctime too. So: a file whose ctime is the
 //! recorded one (or the one at which its content was last confirmed) is intact; any
-//! other is hashed and compared. The hash is SipHash-2-4 under a random 128-bit key
-//! kept only in the manifest (which pods never see), so a pod cannot craft a collision.
+//! other is hashed and compared, content and xattrs alike (setting an xattr moves the
+//! ctime too). The hash is SipHash-2-4 under a random 128-bit key kept only in the
+//! manifest (which pods never see), so a pod cannot craft a collision.
 //!
 //! Text format, one entry per line, fields separated by one space, paths and link
 //! targets percent-encoded (any byte but a few safe ASCII ones, so spaces, newlines and
 //! `%` never appear raw):
 //!
 //! ```text
-//! bindery-manifest 2 <key, 32 hex digits>
+//! bindery-manifest 3 <key, 32 hex digits>
 //! d <mode-octal> <uid> <gid> <path>
-//! f <mode-octal> <uid> <gid> <size> <ino> <mtime s.ns> <ctime s.ns> <hash, 16 hex> <path>
+//! f <mode-octal> <uid> <gid> <size> <ino> <mtime s.ns> <ctime s.ns> <hash> <xattrs> <path>
 //! l <path> <target>
 //! ```
-//! Version 1 manifests (no key, no hash) are still read; their files are compared
-//! without content.
+//! `<hash>` and `<xattrs>` are 16 hex digits; `<xattrs>` is 0 for a file without
+//! extended attributes, else the keyed hash of its sorted (name, value) pairs.
+//! Version 2 manifests (no `<xattrs>`) and version 1 (no key, no hash) are still read;
+//! what they lack is not compared.
 //! The root directory's path is `.`.
 
 use std::collections::HashMap;
@@ -42,6 +46,7 @@ use crate::sys::fs::{self, Stat};
 
 const HEADER_V1: &str = "bindery-manifest 1";
 const HEADER_V2: &str = "bindery-manifest 2";
+const HEADER_V3: &str = "bindery-manifest 3";
 
 /// Ctimes at which a file's content was last found intact, so that a file is hashed
 /// again only when its ctime moves (keep one per verified tree).
@@ -73,6 +78,9 @@ pub struct Entry {
     pub target: Option<OsString>,
     /// Regular files of version 2 manifests: keyed hash of the content.
     pub hash: Option<u64>,
+    /// Regular files of version 3 manifests: keyed hash of the extended
+    /// attributes (0: none).
+    pub xattrs: Option<u64>,
 }
 
 /// All entries of a tree, sorted by path bytes.
@@ -161,6 +169,22 @@ impl SipHasher {
     }
 }
 
+/// The keyed hash of the extended attributes of the open file `fd` (0: none).
+fn xattr_digest(fd: BorrowedFd<'_>, key: (u64, u64), path: &Path) -> Result<u64> {
+    let all = fs::xattrs(fd).map_err(|e| Error::sys("list xattrs", path, e))?;
+    if all.is_empty() {
+        return Ok(0);
+    }
+    let mut h = SipHasher::new(key);
+    for (name, value) in &all {
+        h.write(&(name.len() as u64).to_le_bytes());
+        h.write(name);
+        h.write(&(value.len() as u64).to_le_bytes());
+        h.write(value);
+    }
+    Ok(h.finish())
+}
+
 /// The keyed hash of a regular file's content, read through `fd`.
 fn hash_fd(fd: OwnedFd, key: (u64, u64), path: &Path) -> Result<u64> {
     use std::io::Read;
@@ -213,9 +237,11 @@ impl Manifest {
                 Some(Kind::File) => {
                     let f = fs::open_file_at(fd, name)
                         .map_err(|e| Error::sys("open", dir.join(child), e))?;
+                    let xattrs = xattr_digest(f.as_fd(), key, &dir.join(child))?;
                     let hash = hash_fd(f, key, &dir.join(child))?;
                     let mut e = entry_from_stat(child.to_path_buf(), Kind::File, st, None);
                     e.hash = Some(hash);
+                    e.xattrs = Some(xattrs);
                     entries.push(e);
                 }
                 Some(Kind::Symlink) => {
@@ -301,6 +327,13 @@ impl Manifest {
                 }
                 Err(e) => return Err(Error::sys("open", &p, e)),
             };
+            if want
+                .xattrs
+                .is_some_and(|x| xattr_digest(f.as_fd(), key, &p).ok() != Some(x))
+            {
+                bad.push(want.path.clone());
+                continue;
+            }
             if hash_fd(f, key, &p)? == hash {
                 confirmed.insert(want.path.clone(), got.ctime);
             } else {
@@ -313,9 +346,15 @@ impl Manifest {
     /// Write atomically (temp file, fsync, rename).
     pub fn write_to(&self, path: &Path) -> Result<()> {
         let mut text = String::with_capacity(64 * self.entries.len() + 32);
+        let v3 = self.key.is_some()
+            && self
+                .entries
+                .iter()
+                .all(|e| e.kind != Kind::File || e.xattrs.is_some());
         match self.key {
             Some((k0, k1)) => {
-                let _ = writeln!(text, "{HEADER_V2} {k0:016x}{k1:016x}");
+                let header = if v3 { HEADER_V3 } else { HEADER_V2 };
+                let _ = writeln!(text, "{header} {k0:016x}{k1:016x}");
             }
             None => {
                 text.push_str(HEADER_V1);
@@ -344,6 +383,9 @@ impl Manifest {
                     if let (Some(h), Some(_)) = (e.hash, self.key) {
                         let _ = write!(text, "{h:016x} ");
                     }
+                    if let (Some(x), true) = (e.xattrs, v3) {
+                        let _ = write!(text, "{x:016x} ");
+                    }
                     writeln!(text, "{p}")
                 }
                 Kind::Symlink => {
@@ -369,6 +411,7 @@ impl Manifest {
         };
         let mut entries = Vec::new();
         let mut key = None;
+        let mut v3 = false;
         for (i, line) in BufReader::new(f).lines().enumerate() {
             let n = i + 1;
             let line = line.map_err(|e| Error::io("read manifest", path, e))?;
@@ -376,8 +419,9 @@ impl Manifest {
                 if line == HEADER_V1 {
                     continue;
                 }
+                v3 = line.starts_with(HEADER_V3);
                 let k = line
-                    .strip_prefix(HEADER_V2)
+                    .strip_prefix(if v3 { HEADER_V3 } else { HEADER_V2 })
                     .and_then(|r| r.strip_prefix(' '))
                     .filter(|k| k.len() == 32)
                     .and_then(|k| {
@@ -388,7 +432,7 @@ impl Manifest {
                     });
                 match k {
                     Some(k) => key = Some(k),
-                    None => return Err(bad(n, "not a bindery manifest (version 1 or 2)")),
+                    None => return Err(bad(n, "not a bindery manifest (version 1, 2 or 3)")),
                 }
                 continue;
             }
@@ -420,6 +464,7 @@ impl Manifest {
                 ctime: (0, 0),
                 target: None,
                 hash: None,
+                xattrs: None,
             };
             let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad(n, "bad hash"));
             match fields.as_slice() {
@@ -432,10 +477,17 @@ impl Manifest {
                     (e.size, e.ino) = (num(size)?, num(ino)?);
                     (e.mtime, e.ctime, e.path) = (time(mtime)?, time(ctime)?, path_of(p)?);
                 }
-                ["f", mode, uid, gid, size, ino, mtime, ctime, h, p] if key.is_some() => {
+                ["f", mode, uid, gid, size, ino, mtime, ctime, h, p] if key.is_some() && !v3 => {
                     e.kind = Kind::File;
                     (e.mode, e.uid, e.gid) = (oct(mode)?, id(uid)?, id(gid)?);
                     (e.size, e.ino, e.hash) = (num(size)?, num(ino)?, Some(hex(h)?));
+                    (e.mtime, e.ctime, e.path) = (time(mtime)?, time(ctime)?, path_of(p)?);
+                }
+                ["f", mode, uid, gid, size, ino, mtime, ctime, h, x, p] if v3 => {
+                    e.kind = Kind::File;
+                    (e.mode, e.uid, e.gid) = (oct(mode)?, id(uid)?, id(gid)?);
+                    (e.size, e.ino, e.hash) = (num(size)?, num(ino)?, Some(hex(h)?));
+                    e.xattrs = Some(hex(x)?);
                     (e.mtime, e.ctime, e.path) = (time(mtime)?, time(ctime)?, path_of(p)?);
                 }
                 ["l", p, t] => {
@@ -501,6 +553,7 @@ fn entry_from_stat(path: PathBuf, kind: Kind, st: &Stat, target: Option<OsString
         },
         target,
         hash: None,
+        xattrs: None,
     }
 }
 
@@ -648,8 +701,63 @@ mod tests {
         m.write_to(&p).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("weird%0Aname%20%2541"), "{text}");
+        assert!(text.starts_with("bindery-manifest 3 "), "{text}");
         assert_eq!(Manifest::read_from(&p).unwrap(), m);
         assert!(m.verify(g.path()).unwrap().is_empty());
+    }
+
+    fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+        let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: both strings are NUL-terminated and outlive the call; `value`
+        // is `value.len()` readable bytes.
+        let r = unsafe {
+            nix::libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        assert_eq!(r, 0, "setxattr {}: {}", path.display(), Errno::last());
+    }
+
+    /// An xattr set on a golden file (a file capability, an ACL: what a root
+    /// pod sharing the inode could add) is a change, as a chmod is; one the
+    /// file had at scan time is part of what it should look like.
+    #[test]
+    fn detects_an_added_or_changed_xattr() {
+        let g = TempDir::new("golden");
+        sample_tree(g.path());
+        let f = m_file(g.path());
+        set_xattr(&f, "user.origin", b"build");
+        let m = Manifest::scan(g.path()).unwrap();
+        assert!(m.verify(g.path()).unwrap().is_empty());
+        let rel = f.strip_prefix(g.path()).unwrap().to_path_buf();
+        set_xattr(&f, "user.origin", b"pod");
+        assert_eq!(m.verify(g.path()).unwrap(), vec![rel.clone()]);
+        set_xattr(&f, "user.origin", b"build");
+        set_xattr(&f, "user.extra", b"1");
+        assert_eq!(m.verify(g.path()).unwrap(), vec![rel]);
+        // A version 2 manifest recorded no xattrs: it does not compare them.
+        let out = TempDir::new("manifest");
+        let p = out.path().join("v2.manifest");
+        let mut v2 = m.clone();
+        v2.entries.iter_mut().for_each(|e| e.xattrs = None);
+        v2.write_to(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("bindery-manifest 2 "), "{text}");
+        let back = Manifest::read_from(&p).unwrap();
+        assert_eq!(back, v2);
+        assert!(back.verify(g.path()).unwrap().is_empty());
+    }
+
+    /// Some regular file of `sample_tree`.
+    fn m_file(root: &Path) -> PathBuf {
+        let m = Manifest::scan(root).unwrap();
+        let e = m.entries().iter().find(|e| e.kind == Kind::File).unwrap();
+        root.join(&e.path)
     }
 
     #[test]

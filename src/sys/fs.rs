@@ -80,6 +80,53 @@ pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &Path) -> nix::Result<OwnedFd>
     fcntl::openat2(dir.as_raw_fd(), rel, how).map(owned)
 }
 
+/// Every extended attribute of the open file `fd` as (name, value), sorted by
+/// name; none where the filesystem has no xattrs. An attribute removed while
+/// it is read is left out.
+pub fn xattrs(fd: BorrowedFd<'_>) -> nix::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use nix::libc;
+    let raw = fd.as_raw_fd();
+    // Sized by asking with an empty buffer, then read; ERANGE (it grew
+    // in between) asks again.
+    let read = |get: &dyn Fn(*mut libc::c_void, usize) -> isize| -> nix::Result<Option<Vec<u8>>> {
+        loop {
+            let size = Errno::result(get(std::ptr::null_mut(), 0))?;
+            let mut buf = vec![0u8; size as usize];
+            match Errno::result(get(buf.as_mut_ptr().cast(), buf.len())) {
+                Ok(n) => {
+                    buf.truncate(n as usize);
+                    return Ok(Some(buf));
+                }
+                Err(Errno::ERANGE) => continue,
+                Err(Errno::ENODATA) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    // SAFETY: `raw` is an open fd for the duration of the call; `buf` points
+    // to `len` writable bytes (or is null with len 0, which asks the size).
+    let names = match read(&|buf, len| unsafe { libc::flistxattr(raw, buf.cast(), len) }) {
+        Ok(n) => n.unwrap_or_default(),
+        Err(Errno::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cname) = std::ffi::CString::new(name) else {
+            continue;
+        };
+        // SAFETY: as above; `cname` is a NUL-terminated name that outlives the call.
+        let value = read(&|buf, len| unsafe { libc::fgetxattr(raw, cname.as_ptr(), buf, len) });
+        match value {
+            Ok(Some(v)) => out.push((name.to_vec(), v)),
+            Ok(None) | Err(Errno::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Open a directory's parent (`..`) from its fd, to get an ancestor back after its fd was closed.
 pub fn open_parent(dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
     fcntl::openat(Some(dir.as_raw_fd()), DOTDOT, DIR_FLAGS, Mode::empty()).map(owned)
