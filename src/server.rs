@@ -148,6 +148,18 @@ fn background_jobs(
         let n = node.clone();
         jobs.push(periodic("health", interval, stop, move || n.health_pass())?);
     }
+    // Endpoint reachability for VolumeCondition, on a thread of its own: a
+    // slow resolver or a black-holed address delays nothing else. It only
+    // informs NodeGetVolumeStats, so it runs with the watchdog off too.
+    let n = node.clone();
+    let every = if interval.is_zero() {
+        Duration::from_secs(5)
+    } else {
+        interval
+    };
+    jobs.push(periodic("endpoints", every, stop, move || {
+        n.check_endpoints()
+    })?);
     if cfg.wait_for_caches {
         let n = node.clone();
         let builds = thread::Builder::new()

@@ -894,3 +894,97 @@ PY"#,
     );
     assert!(d.csi(&["probe"]).ok());
 }
+
+/// NodeGetVolumeStats never waits on a FUSE server or on the network: the
+/// mount's figures and the endpoint's reachability come from probes on other
+/// threads. A server whose statfs hangs is reported dead once its probe has
+/// run past the probe timeout, an endpoint that refuses connections as
+/// degraded; every call answers within a 1 s deadline meanwhile (the old
+/// inline statfs waited 2 s for the hung server).
+#[test]
+fn stats_never_wait_on_a_hung_mount_or_the_network() {
+    let test = "stats_never_wait_on_a_hung_mount_or_the_network";
+    if !can_mount(test)
+        || !prerequisite(
+            test,
+            has_fusepy(),
+            "python3 fusepy missing (.ci/setup installs it)",
+        )
+    {
+        return;
+    }
+    let scratch = Scratch::new("hangstat");
+    let prog = scratch.path.join("hangstatfs");
+    let flag = scratch.path.join("hang-now");
+    script(
+        &prog,
+        &format!(
+            r#"exec python3 - "$@" <<'PY'
+import errno, os, stat, sys, time
+from fuse import FUSE, Operations, FuseOSError
+class HangStat(Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
+        raise FuseOSError(errno.ENOENT)
+    def readdir(self, path, fh):
+        return [".", ".."]
+    def statfs(self, path):
+        while os.path.exists("{flag}"):
+            time.sleep(0.1)
+        return {{"f_bsize": 4096, "f_blocks": 100, "f_bavail": 50, "f_bfree": 50}}
+FUSE(HangStat(), sys.argv[1], foreground=True, allow_other=True)
+PY"#,
+            flag = flag.display()
+        ),
+    );
+    let d = Daemon::start(&[
+        &format!("--fuse-programs={}", prog.display()),
+        "--watchdog-interval=0",
+    ]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/hs/globalmount");
+    // An endpoint nothing listens on: connections are refused.
+    let closed = free_port();
+    let out = d.csi(&[
+        "node-stage",
+        "--volume-id",
+        "hs",
+        "--staging-path",
+        &staging,
+        "--param=mounter=fuse",
+        "--param=bucket=bkt",
+        &format!("--param=command={} {{mountpoint}}", prog.display()),
+        &format!("--secret=endpoint=http://127.0.0.1:{closed}"),
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let stats = || {
+        let out = d.csi(&[
+            "node-stats",
+            "--volume-id",
+            "hs",
+            "--target-path",
+            &staging,
+            "--timeout",
+            "1",
+        ]);
+        assert!(out.ok(), "stats must answer at once: {out:?}");
+        out.stdout
+    };
+    wait_until("the endpoint reported unreachable", 30, || {
+        stats().contains("degraded")
+    });
+    fs::write(&flag, "").unwrap();
+    // Ask the mount through the kernel, as a pod would: it hangs now.
+    let hung = {
+        let staging = staging.clone();
+        std::thread::spawn(move || nix::sys::statfs::statfs(staging.as_str()).is_ok())
+    };
+    wait_until("the hung statfs reported", 30, || {
+        stats().contains("did not answer statfs")
+    });
+    fs::remove_file(&flag).unwrap();
+    assert!(hung.join().unwrap());
+    assert!(d.csi(&["probe"]).ok());
+    assert!(d.unstage("hs", &staging).ok());
+    assert!(mounts_below(&d.kubelet).is_empty());
+}

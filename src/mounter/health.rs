@@ -48,14 +48,16 @@ pub enum Condition {
 /// it calls the mount dead.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Work = fn(&Path) -> std::result::Result<(), String>;
+/// What a probe found: a statfs probe gives the filesystem's figures.
+type Outcome = std::result::Result<Option<mount::FsStats>, String>;
+type Work = fn(&Path) -> Outcome;
 
 #[derive(Default)]
 struct Slot {
     requested: u64,
     done: u64,
     started: Option<Instant>,
-    result: Option<std::result::Result<(), String>>,
+    result: Option<Outcome>,
 }
 
 struct Shared {
@@ -70,7 +72,7 @@ struct Prober {
 }
 
 enum Answer {
-    Done(std::result::Result<(), String>),
+    Done(Outcome),
     /// Still running after this long.
     Pending(Duration),
 }
@@ -113,7 +115,7 @@ impl Prober {
         let deadline = started + timeout;
         loop {
             if slot.done >= target {
-                return Answer::Done(slot.result.clone().unwrap_or(Ok(())));
+                return Answer::Done(slot.result.clone().unwrap_or(Ok(None)));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -126,6 +128,21 @@ impl Prober {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+    }
+
+    /// The last answer, and for how long a probe has been running (None:
+    /// none is); starts one when none is. Never waits.
+    fn peek(&self) -> (Option<Outcome>, Option<Duration>) {
+        let mut slot = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let running = slot.started.map(|s| s.elapsed());
+        if running.is_none() {
+            slot.requested += 1;
+            slot.started = Some(Instant::now());
+            if self.tx.send(slot.requested).is_err() {
+                return (Some(Err("prober thread is gone".into())), None);
+            }
+        }
+        (slot.result.clone(), running)
     }
 }
 
@@ -140,9 +157,9 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<Probers>>>> {
     R.get_or_init(Default::default)
 }
 
-fn statfs_work(path: &Path) -> std::result::Result<(), String> {
+fn statfs_work(path: &Path) -> Outcome {
     match mount::fs_stats(path) {
-        Ok(s) if s.fuse => Ok(()),
+        Ok(s) if s.fuse => Ok(Some(s)),
         Ok(_) => Err(format!("statfs {}: not a FUSE filesystem", path.display())),
         Err(e) => Err(e.to_string()),
     }
@@ -153,10 +170,10 @@ fn statfs_work(path: &Path) -> std::result::Result<(), String> {
 /// before any pod has the mount: a listing waits behind any pod's listing
 /// of the root (FUSE serialises directory operations on the inode), so
 /// ongoing checks never list (see `condition`).
-fn list_work(path: &Path) -> std::result::Result<(), String> {
+fn list_work(path: &Path) -> Outcome {
     fs::read_dir(path)
         .and_then(|mut d| d.next().transpose())
-        .map(|_| ())
+        .map(|_| None)
         .map_err(|e| format!("listing {}: {e}", path.display()))
 }
 
@@ -230,7 +247,7 @@ pub(super) fn liveness(mnt: &Path, run: Running, timeout: Duration) -> Health {
     };
     let statfs = p.lock().unwrap_or_else(|e| e.into_inner()).statfs.clone();
     match statfs.ask(timeout) {
-        Answer::Done(Ok(())) => Health::Ok,
+        Answer::Done(Ok(_)) => Health::Ok,
         Answer::Done(Err(why)) => Health::Abnormal(why),
         Answer::Pending(after) => {
             let waiting = mountinfo::fuse_minor_at(mnt)
@@ -275,7 +292,7 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
         }
     };
     match list.ask(timeout) {
-        Answer::Done(r) => r,
+        Answer::Done(r) => r.map(|_| ()),
         Answer::Pending(after) => Err(format!(
             "{} did not answer a listing within {after:?}",
             mnt.display()
@@ -283,102 +300,45 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
     }
 }
 
-/// What VolumeCondition should say: dead (as `check`), degraded when the
-/// S3 endpoint does not accept a connection within `timeout`, else healthy.
+/// What VolumeCondition should say, and the mount's figures, without ever
+/// waiting: for NodeGetVolumeStats on a gRPC thread. Dead when the process
+/// or mount table says so, or when a statfs probe has been running for
+/// longer than PROBE_TIMEOUT (the health loop heals it); degraded when the
+/// last answer of the endpoint pass (src/mounter/endpoint.rs) was no; else
+/// healthy, with the last statfs figures (a new probe is started for the
+/// next caller when none is running).
 ///
 /// Reachability is asked of the endpoint, never through the mount: every
 /// lookup or listing in the mount's root waits behind any pod's listing of
 /// it (FUSE serialises directory operations on the inode), which for a big
 /// prefix takes minutes, in uninterruptible sleep that not even SIGKILL ends.
-pub fn condition(mnt: &Path, run: Running, endpoint: &str, timeout: Duration) -> Condition {
-    if let Health::Abnormal(why) = check(mnt, run, timeout) {
-        return Condition::Dead(why);
+pub fn observe(mnt: &Path, run: Running, endpoint: &str) -> (Condition, Option<mount::FsStats>) {
+    process::reap(run.pid);
+    if let Health::Abnormal(why) = process_and_table(mnt, run) {
+        return (Condition::Dead(why), None);
     }
-    match endpoint_reachable(endpoint, timeout) {
-        Ok(()) => Condition::Healthy,
-        Err(why) => Condition::Degraded(why),
-    }
-}
-
-/// host:port of an `http(s)://host[:port][/path]` endpoint (already
-/// validated), with the scheme's default port.
-fn endpoint_addr(endpoint: &str) -> Option<String> {
-    let (rest, port) = if let Some(r) = endpoint.strip_prefix("https://") {
-        (r, 443)
-    } else {
-        (endpoint.strip_prefix("http://")?, 80)
+    let p = match probers(mnt, run) {
+        Ok(p) => p,
+        Err(e) => return (Condition::Dead(e), None),
     };
-    let authority = rest.split('/').next()?;
-    let has_port = match authority.rfind(']') {
-        Some(close) => authority[close..].contains(':'),
-        None => authority.contains(':'),
+    let statfs = p.lock().unwrap_or_else(|e| e.into_inner()).statfs.clone();
+    let (last, running) = statfs.peek();
+    if let Some(after) = running.filter(|r| *r >= PROBE_TIMEOUT) {
+        return (
+            Condition::Dead(format!(
+                "{} did not answer statfs within {after:?}",
+                mnt.display()
+            )),
+            None,
+        );
+    }
+    let figures = match last {
+        Some(Err(why)) => return (Condition::Dead(why), None),
+        Some(Ok(f)) => f,
+        None => None,
     };
-    Some(if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:{port}")
-    })
-}
-
-/// A TCP connection to the volume's S3 endpoint within `timeout`: the
-/// mounter's server is reachable. No endpoint (a `fuse` mounter without
-/// one): nothing to ask.
-pub fn endpoint_reachable(endpoint: &str, timeout: Duration) -> std::result::Result<(), String> {
-    use std::net::{TcpStream, ToSocketAddrs};
-    if endpoint.is_empty() {
-        return Ok(());
-    }
-    let Some(addr) = endpoint_addr(endpoint) else {
-        return Ok(());
-    };
-    let addrs: Vec<_> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("S3 endpoint {addr}: {e}"))?
-        .collect();
-    let mut last = String::from("no address");
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(format!("S3 endpoint {addr} is not reachable: {last}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_addresses() {
-        assert_eq!(
-            endpoint_addr("http://127.0.0.1:9000").as_deref(),
-            Some("127.0.0.1:9000")
-        );
-        assert_eq!(
-            endpoint_addr("https://s3.example.com/x").as_deref(),
-            Some("s3.example.com:443")
-        );
-        assert_eq!(
-            endpoint_addr("http://[::1]:9000/p").as_deref(),
-            Some("[::1]:9000")
-        );
-        assert_eq!(endpoint_addr("http://[::1]").as_deref(), Some("[::1]:80"));
-        assert_eq!(endpoint_addr("ftp://x"), None);
-    }
-
-    #[test]
-    fn reachability_is_a_connection_to_the_endpoint() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let t = Duration::from_secs(2);
-        assert_eq!(
-            endpoint_reachable(&format!("http://127.0.0.1:{port}"), t),
-            Ok(())
-        );
-        drop(l);
-        let e = endpoint_reachable(&format!("http://127.0.0.1:{port}"), t).unwrap_err();
-        assert!(e.contains("not reachable"), "{e}");
-        assert_eq!(endpoint_reachable("", t), Ok(()));
+    match super::endpoint::last_answer(endpoint) {
+        Some(Err(why)) => (Condition::Degraded(why), figures),
+        _ => (Condition::Healthy, figures),
     }
 }

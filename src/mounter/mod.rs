@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 mod command;
+pub mod endpoint;
 mod files;
 mod health;
 pub mod options;
@@ -32,7 +33,7 @@ pub use command::{command, RCLONE_CACHE_MAX_SIZE};
 #[allow(unused_imports)]
 pub use files::{last_line, pending_uploads, wait_for_uploads, VolumeFiles, LOG_KEEP, LOG_MAX};
 #[allow(unused_imports)]
-pub use health::{check, condition, forget, serving, Condition, Health, PROBE_TIMEOUT};
+pub use health::{check, forget, observe, serving, Condition, Health, PROBE_TIMEOUT};
 #[allow(unused_imports)]
 pub use options::Policy;
 #[cfg(test)]

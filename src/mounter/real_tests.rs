@@ -364,7 +364,7 @@ fn fuse_spec(prog: &Path) -> MountSpec {
 }
 
 /// A mount whose server hangs on lookups and listings but answers statfs is alive:
-/// check() says Ok (no remount), condition() asks no FUSE call; repeated
+/// check() says Ok (no remount), observe() asks no FUSE call; repeated
 /// checks reuse the mount's prober threads instead of piling up threads.
 #[test]
 fn slow_listing_is_degraded_not_dead() {
@@ -397,10 +397,10 @@ fn slow_listing_is_degraded_not_dead() {
     }
     let t = Duration::from_millis(300);
     let first = check(&mnt, run, t);
-    let cond = condition(&mnt, run, "", t);
+    let (cond, figures) = observe(&mnt, run, "");
     let before = threads();
     let again: Vec<Health> = (0..30).map(|_| check(&mnt, run, t)).collect();
-    let cond_again = condition(&mnt, run, "", t);
+    let (cond_again, _) = observe(&mnt, run, "");
     let after = threads();
     abort(&mnt);
     stop(&mnt, run, Duration::from_millis(200));
@@ -411,6 +411,10 @@ fn slow_listing_is_degraded_not_dead() {
     // Reachability is asked of the endpoint, never through the hung mount.
     assert_eq!(cond, Condition::Healthy);
     assert_eq!(cond_again, Condition::Healthy);
+    assert!(
+        figures.is_some_and(|f| f.fuse),
+        "the checks' statfs figures"
+    );
     assert!(after <= before + 1, "threads grew from {before} to {after}");
 }
 

@@ -133,6 +133,20 @@ impl Node {
         Ok(healed)
     }
 
+    /// Connect to the S3 endpoint of every Ready volume and keep the answers
+    /// for NodeGetVolumeStats (blocking: for the endpoint thread only).
+    pub fn check_endpoints(&self) {
+        let endpoints: Vec<String> = self
+            .table
+            .ids()
+            .iter()
+            .filter_map(|id| self.table.snapshot(id))
+            .filter(|rec| rec.has_stage() && stage_phase(rec.get_stage()) == StagePhase::READY)
+            .filter_map(|rec| rec.get_stage().get_secrets().get("endpoint").cloned())
+            .collect();
+        mounter::endpoint::check_all(&endpoints, mounter::PROBE_TIMEOUT);
+    }
+
     /// One health pass over every staged volume.
     pub fn health_pass(&self) {
         for id in self.table.ids() {

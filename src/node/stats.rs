@@ -1,8 +1,8 @@
-//! NodeGetVolumeStats: usage and a VolumeCondition, answered inline with a
-//! bounded wait (a hung FUSE server never holds a gRPC thread for long).
+//! NodeGetVolumeStats: usage and a VolumeCondition, answered without waiting
+//! on a FUSE server or the network: figures and reachability come from
+//! probes on other threads (src/mounter/health.rs, src/mounter/endpoint.rs).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::{running, Node};
 use crate::error::{Error, Result};
@@ -10,7 +10,6 @@ use crate::lifecycle::stage_phase;
 use crate::mounter::{self, Condition, Health};
 use crate::proto::bindery::{Publication, StagePhase};
 use crate::proto::csi::*;
-use crate::sys::mount;
 use crate::validate;
 use crate::volumes::Op;
 
@@ -78,21 +77,22 @@ impl Node {
             return self.cache_stats(p);
         }
         let st = rec.get_stage();
-        let health = if !rec.has_stage() || stage_phase(st) != StagePhase::READY {
-            Health::Abnormal("the volume is being staged or unstaged".into())
+        let (health, figures) = if !rec.has_stage() || stage_phase(st) != StagePhase::READY {
+            (
+                Health::Abnormal("the volume is being staged or unstaged".into()),
+                None,
+            )
         } else {
-            // Answered inline on a gRPC thread: wait less than the health loop does.
+            // Never waits: the figures and the endpoint's answer come from
+            // probes that run on other threads.
             let endpoint = st
                 .get_secrets()
                 .get("endpoint")
                 .map(String::as_str)
                 .unwrap_or("");
-            match mounter::condition(
-                Path::new(st.get_staging_path()),
-                running(st),
-                endpoint,
-                Duration::from_secs(2),
-            ) {
+            let (condition, figures) =
+                mounter::observe(Path::new(st.get_staging_path()), running(st), endpoint);
+            let health = match condition {
                 Condition::Healthy => match publication {
                     Some(p)
                         if p.get_generation() != 0 && p.get_generation() < st.get_generation() =>
@@ -105,20 +105,14 @@ impl Node {
                     }
                     _ => Health::Ok,
                 },
-                // Alive but its bucket does not list: reported, never healed.
+                // Alive but its endpoint does not answer: reported, never healed.
                 Condition::Degraded(why) => Health::Abnormal(format!("degraded: {why}")),
                 Condition::Dead(why) => Health::Abnormal(why),
-            }
+            };
+            (health, figures)
         };
-        // statfs on a dead or stopped FUSE mount fails or hangs: only a
-        // healthy one is asked.
-        let (s, health) = match health {
-            Health::Ok => match mount::fs_stats(&clean) {
-                Ok(s) => (s, Health::Ok),
-                Err(e) => (mount::FsStats::default(), Health::Abnormal(e.to_string())),
-            },
-            abnormal => (mount::FsStats::default(), abnormal),
-        };
+        // Unknown figures (no statfs answered yet) are 0, as the spec allows.
+        let s = figures.unwrap_or_default();
         let mut resp = NodeGetVolumeStatsResponse::new();
         resp.mut_usage().push(volume_usage(
             VolumeUsage_Unit::BYTES,
