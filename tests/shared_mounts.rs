@@ -988,3 +988,137 @@ PY"#,
     assert!(d.unstage("hs", &staging).ok());
     assert!(mounts_below(&d.kubelet).is_empty());
 }
+
+/// Heals run per volume: while the new mounters of some volumes hang at
+/// start (they wait for a gate before mounting), another volume whose
+/// mounter died is healed all the same, instead of waiting behind them for
+/// the whole --mount-timeout.
+#[test]
+fn one_slow_heal_delays_no_other_volume() {
+    let test = "one_slow_heal_delays_no_other_volume";
+    if !can_mount(test)
+        || !prerequisite(
+            test,
+            has_fusepy(),
+            "python3 fusepy missing (.ci/setup installs it)",
+        )
+    {
+        return;
+    }
+    let scratch = Scratch::new("gate");
+    let prog = scratch.path.join("gatefs");
+    let gate = scratch.path.join("gate-closed");
+    script(
+        &prog,
+        &format!(
+            r#"while [ -e "{gate}" ]; do sleep 0.1; done
+exec python3 - "$@" <<'PY'
+import errno, stat, sys
+from fuse import FUSE, Operations, FuseOSError
+class Gate(Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
+        raise FuseOSError(errno.ENOENT)
+    def readdir(self, path, fh):
+        return [".", ".."]
+    def statfs(self, path):
+        return {{"f_bsize": 4096, "f_blocks": 100, "f_bavail": 50, "f_bfree": 50}}
+FUSE(Gate(), sys.argv[1], foreground=True, allow_other=True)
+PY"#,
+            gate = gate.display()
+        ),
+    );
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&[
+        &format!("--fuse-programs={}", prog.display()),
+        "--watchdog-interval=1",
+        "--mount-timeout=120",
+    ]);
+    let staging = |v: &str| {
+        d.kpath(&format!(
+            "plugins/kubernetes.io/csi/bindery.csi.dev/{v}/globalmount"
+        ))
+    };
+    let gated = ["g1", "g2", "g3"];
+    for g in gated {
+        let out = d.csi(&[
+            "node-stage",
+            "--volume-id",
+            g,
+            "--staging-path",
+            &staging(g),
+            "--param=mounter=fuse",
+            "--param=bucket=bkt",
+            &format!("--param=command={} {{mountpoint}}", prog.display()),
+        ]);
+        assert!(out.ok(), "{g}: {out:?}");
+    }
+    let b = format!("{BUCKET}/heal-me");
+    assert!(d
+        .csi(&args(&stage_args(&s3, &b, &staging("b"), "s3fs")))
+        .ok());
+    fs::write(Path::new(&staging("b")).join("f.txt"), "data").unwrap();
+    // From now on the gated volumes' new mounters wait at the gate.
+    fs::write(&gate, "").unwrap();
+    // Every process serving a staging path names it in its argv.
+    let serving = |s: &str| pids_matching(|c| c.contains(s));
+    let killed: Vec<(String, Vec<i32>)> = gated
+        .iter()
+        .map(|g| staging(g))
+        .chain([staging("b")])
+        .map(|s| (s.clone(), serving(&s)))
+        .collect();
+    assert!(killed.iter().all(|(_, p)| p.len() == 1), "{killed:?}");
+    for (_, pids) in &killed {
+        for p in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    // Every heal starts (one after the other, each would wait for its gate
+    // for the whole --mount-timeout) and b's ends.
+    wait_until("all heals started and b healed", 60, || {
+        let log = d.log_text();
+        let now = mounter_pids(&staging("b"));
+        gated
+            .iter()
+            .all(|g| log.contains(&format!("starting a new mounter at {}", staging(g))))
+            && now.len() == 1
+            && now != killed[3].1
+            && fs::read_to_string(Path::new(&staging("b")).join("f.txt")).is_ok_and(|s| s == "data")
+    });
+    let log = d.log_text();
+    for g in gated {
+        assert!(
+            !log.contains(&format!("serves {} again", staging(g))),
+            "{g} cannot be healed while its gate is closed"
+        );
+    }
+    fs::remove_file(&gate).unwrap();
+    for (i, g) in gated.iter().enumerate() {
+        wait_until(&format!("{g} healed once the gate opens"), 60, || {
+            let now = serving(&staging(g));
+            now.len() == 1
+                && now != killed[i].1
+                && is_mount_point(&staging(g))
+                && d.log_text()
+                    .contains(&format!("serves {} again", staging(g)))
+        });
+    }
+    for v in gated.iter().copied().chain(["b"]) {
+        let id = if v == "b" { b.clone() } else { v.to_string() };
+        // As the kubelet does: a call that meets the heal's last step is
+        // ABORTED, and retried.
+        wait_until(&format!("{v} unstaged"), 30, || {
+            d.unstage(&id, &staging(v)).ok()
+        });
+    }
+    assert!(mounts_below(&d.kubelet).is_empty());
+}
+
+fn is_mount_point(p: &str) -> bool {
+    mounts_below(Path::new(p)).iter().any(|m| m == Path::new(p))
+}

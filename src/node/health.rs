@@ -6,10 +6,15 @@
 //! reported in VolumeCondition, never healed by force.
 //!
 //! The check reads a snapshot without taking the volume's gate, so it never
-//! turns a CO call away; only a volume that needs healing is taken (and
+//! turns a CO call away, and never waits on a mount (it reads what the
+//! mount's statfs prober found, see `mounter::observe`). Each volume that
+//! needs healing is healed on a thread of its own, at most `MAX_HEALS` at a
+//! time: a volume whose new mounter takes the whole --mount-timeout to fail
+//! delays no other volume's heal. A volume is taken under its guard (and
 //! skipped until the next pass when an operation is in flight on it).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use log::{debug, info, warn};
 
@@ -26,6 +31,9 @@ use crate::volumes::{Guard, Op};
 /// Logged (at debug level) at the end of every health pass.
 pub const HEALTH_PASS_DONE: &str = "health pass done";
 
+/// Heals running at once; more wait for a later pass.
+const MAX_HEALS: usize = 8;
+
 impl Node {
     /// Whether a Ready stage's mounter is dead, or a Bound target lost its bind.
     fn needs_healing(&self, rec: &VolumeRecord) -> bool {
@@ -33,11 +41,9 @@ impl Node {
             return false;
         }
         let st = rec.get_stage();
-        if mounter::check(
-            Path::new(st.get_staging_path()),
-            running(st),
-            mounter::PROBE_TIMEOUT,
-        ) != Health::Ok
+        let endpoint = ""; // reachability is no reason to heal
+        if let (mounter::Condition::Dead(_), _) =
+            mounter::observe(Path::new(st.get_staging_path()), running(st), endpoint)
         {
             return true;
         }
@@ -147,8 +153,9 @@ impl Node {
         mounter::endpoint::check_all(&endpoints, mounter::PROBE_TIMEOUT);
     }
 
-    /// One health pass over every staged volume.
-    pub fn health_pass(&self) {
+    /// One health pass over every staged volume: each one that needs it is
+    /// healed on a thread of its own (see the module doc).
+    pub fn health_pass(self: &Arc<Self>) {
         for id in self.table.ids() {
             let Some(rec) = self.table.snapshot(&id) else {
                 continue;
@@ -156,10 +163,28 @@ impl Node {
             if !self.needs_healing(&rec) {
                 continue;
             }
-            if let Ok(guard) = self.table.acquire(&id, Op::Long("heal")) {
-                if let Err(e) = self.heal(&guard) {
-                    warn!("volume {id:?}: self-heal failed: {e}");
+            {
+                let mut healing = super::lock(&self.healing);
+                if healing.contains(&id) || healing.len() >= MAX_HEALS {
+                    continue;
                 }
+                healing.insert(id.clone());
+            }
+            let node = self.clone();
+            let name = id.clone();
+            let spawned = std::thread::Builder::new()
+                .name("heal".into())
+                .spawn(move || {
+                    if let Ok(guard) = node.table.acquire(&name, Op::Long("heal")) {
+                        if let Err(e) = node.heal(&guard) {
+                            warn!("volume {name:?}: self-heal failed: {e}");
+                        }
+                    }
+                    super::lock(&node.healing).remove(&name);
+                });
+            if let Err(e) = spawned {
+                warn!("volume {id:?}: no thread to heal it ({e}); next pass");
+                super::lock(&self.healing).remove(&id);
             }
         }
         // Tests count these lines to wait for passes instead of sleeping.

@@ -48,6 +48,12 @@ pub struct Node {
     pub caches: Arc<Caches>,
     /// A cache publication went away: the next upkeep verifies and collects.
     cache_upkeep_due: AtomicBool,
+    /// Volumes being healed on a heal thread (src/node/health.rs).
+    healing: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn running(stage: &Stage) -> Running {
@@ -88,6 +94,7 @@ impl Node {
             kubelet,
             caches,
             cache_upkeep_due: AtomicBool::new(true),
+            healing: Default::default(),
         })
     }
 
