@@ -837,35 +837,20 @@ fn ownership_parameters_and_fs_group() {
 /// leaves no mount and no process behind.
 #[test]
 fn hung_fuse_server_fails_the_stage_cleanly() {
-    if !can_mount("hung_fuse_server_fails_the_stage_cleanly") {
-        return;
-    }
-    if !prerequisite(
-        "hung_fuse_server_fails_the_stage_cleanly",
-        has_fusepy(),
-        "python3 fusepy missing (.ci/setup installs it)",
-    ) {
+    if !can_mount_with_fusepy("hung_fuse_server_fails_the_stage_cleanly") {
         return;
     }
     let scratch = Scratch::new("hung");
     let prog = scratch.path.join("hungfs");
-    script(
+    fusepy_server(
         &prog,
-        r#"exec python3 - "$@" <<'PY'
-import errno, stat, sys, time
-from fuse import FUSE, Operations, FuseOSError
-class Hung(Operations):
-    def getattr(self, path, fh=None):
-        if path == "/":
-            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
-        raise FuseOSError(errno.ENOENT)
-    def statfs(self, path):
+        "",
+        r#"    def statfs(self, path):
         return {"f_bsize": 4096, "f_blocks": 1, "f_bavail": 1}
     def readdir(self, path, fh):
         time.sleep(3600)
-        return [".", ".."]
-FUSE(Hung(), sys.argv[1], foreground=True, allow_other=True, nothreads=True)
-PY"#,
+        return [".", ".."]"#,
+        ", nothreads=True",
     );
     let d = Daemon::start(&[
         &format!("--fuse-programs={}", prog.display()),
@@ -903,40 +888,25 @@ PY"#,
 /// inline statfs waited 2 s for the hung server).
 #[test]
 fn stats_never_wait_on_a_hung_mount_or_the_network() {
-    let test = "stats_never_wait_on_a_hung_mount_or_the_network";
-    if !can_mount(test)
-        || !prerequisite(
-            test,
-            has_fusepy(),
-            "python3 fusepy missing (.ci/setup installs it)",
-        )
-    {
+    if !can_mount_with_fusepy("stats_never_wait_on_a_hung_mount_or_the_network") {
         return;
     }
     let scratch = Scratch::new("hangstat");
     let prog = scratch.path.join("hangstatfs");
     let flag = scratch.path.join("hang-now");
-    script(
+    fusepy_server(
         &prog,
+        "",
         &format!(
-            r#"exec python3 - "$@" <<'PY'
-import errno, os, stat, sys, time
-from fuse import FUSE, Operations, FuseOSError
-class HangStat(Operations):
-    def getattr(self, path, fh=None):
-        if path == "/":
-            return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
-        raise FuseOSError(errno.ENOENT)
-    def readdir(self, path, fh):
+            r#"    def readdir(self, path, fh):
         return [".", ".."]
     def statfs(self, path):
         while os.path.exists("{flag}"):
             time.sleep(0.1)
-        return {{"f_bsize": 4096, "f_blocks": 100, "f_bavail": 50, "f_bfree": 50}}
-FUSE(HangStat(), sys.argv[1], foreground=True, allow_other=True)
-PY"#,
+        return {{"f_bsize": 4096, "f_blocks": 100, "f_bavail": 50, "f_bfree": 50}}"#,
             flag = flag.display()
         ),
+        "",
     );
     let d = Daemon::start(&[
         &format!("--fuse-programs={}", prog.display()),
@@ -995,39 +965,20 @@ PY"#,
 /// the whole --mount-timeout.
 #[test]
 fn one_slow_heal_delays_no_other_volume() {
-    let test = "one_slow_heal_delays_no_other_volume";
-    if !can_mount(test)
-        || !prerequisite(
-            test,
-            has_fusepy(),
-            "python3 fusepy missing (.ci/setup installs it)",
-        )
-    {
+    if !can_mount_with_fusepy("one_slow_heal_delays_no_other_volume") {
         return;
     }
     let scratch = Scratch::new("gate");
     let prog = scratch.path.join("gatefs");
     let gate = scratch.path.join("gate-closed");
-    script(
+    fusepy_server(
         &prog,
-        &format!(
-            r#"while [ -e "{gate}" ]; do sleep 0.1; done
-exec python3 - "$@" <<'PY'
-import errno, stat, sys
-from fuse import FUSE, Operations, FuseOSError
-class Gate(Operations):
-    def getattr(self, path, fh=None):
-        if path == "/":
-            return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
-        raise FuseOSError(errno.ENOENT)
-    def readdir(self, path, fh):
+        &format!(r#"while [ -e "{}" ]; do sleep 0.1; done"#, gate.display()),
+        r#"    def readdir(self, path, fh):
         return [".", ".."]
     def statfs(self, path):
-        return {{"f_bsize": 4096, "f_blocks": 100, "f_bavail": 50, "f_bfree": 50}}
-FUSE(Gate(), sys.argv[1], foreground=True, allow_other=True)
-PY"#,
-            gate = gate.display()
-        ),
+        return {"f_bsize": 4096, "f_blocks": 100, "f_bavail": 50, "f_bfree": 50}"#,
+        "",
     );
     let s3 = S3Server::start(&[BUCKET]);
     let d = Daemon::start(&[

@@ -216,6 +216,15 @@ pub fn serving(mnt: &Path, run: Running) -> Health {
 
 /// Process and mount table only: no call that touches the FUSE server.
 pub(super) fn process_and_table(mnt: &Path, run: Running) -> Health {
+    match mountinfo::read_self() {
+        Ok(t) => process_and_table_in(mnt, run, &t),
+        Err(e) => Health::Abnormal(e.to_string()),
+    }
+}
+
+/// `process_and_table` against a mount table read once by the caller (a
+/// health pass reads it once for all its volumes, not once per volume).
+fn process_and_table_in(mnt: &Path, run: Running, table: &[mountinfo::MountInfo]) -> Health {
     if !process::is_alive(run.pid, run.start_ticks) {
         return Health::Abnormal(format!("mounter process {} is gone", run.pid));
     }
@@ -224,13 +233,10 @@ pub(super) fn process_and_table(mnt: &Path, run: Running) -> Health {
     if process::stat(run.pid).is_some_and(|s| s.state == 'T' || s.state == 't') {
         return Health::Abnormal(format!("mounter process {} is stopped", run.pid));
     }
-    match mountinfo::read_self() {
-        Ok(t) => match mountinfo::mount_at(&t, mnt) {
-            Some(m) if m.is_fuse() => Health::Ok,
-            Some(m) => Health::Abnormal(format!("{} is {} not FUSE", mnt.display(), m.fs_type)),
-            None => Health::Abnormal(format!("nothing is mounted at {}", mnt.display())),
-        },
-        Err(e) => Health::Abnormal(e.to_string()),
+    match mountinfo::mount_at(table, mnt) {
+        Some(m) if m.is_fuse() => Health::Ok,
+        Some(m) => Health::Abnormal(format!("{} is {} not FUSE", mnt.display(), m.fs_type)),
+        None => Health::Abnormal(format!("nothing is mounted at {}", mnt.display())),
     }
 }
 
@@ -312,9 +318,15 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
 /// lookup or listing in the mount's root waits behind any pod's listing of
 /// it (FUSE serialises directory operations on the inode), which for a big
 /// prefix takes minutes, in uninterruptible sleep that not even SIGKILL ends.
-pub fn observe(mnt: &Path, run: Running, endpoint: &str) -> (Condition, Option<mount::FsStats>) {
+/// `table` is the mount table, read once by the caller.
+pub fn observe(
+    mnt: &Path,
+    run: Running,
+    endpoint: &str,
+    table: &[mountinfo::MountInfo],
+) -> (Condition, Option<mount::FsStats>) {
     process::reap(run.pid);
-    if let Health::Abnormal(why) = process_and_table(mnt, run) {
+    if let Health::Abnormal(why) = process_and_table_in(mnt, run, table) {
         return (Condition::Dead(why), None);
     }
     let p = match probers(mnt, run) {

@@ -26,6 +26,7 @@ use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
 use nix::mount::MsFlags;
 
 use super::publish::bind_flags;
+use crate::sys::mountinfo::{self, MountInfo};
 use crate::volumes::{Guard, Op};
 
 /// Logged (at debug level) at the end of every health pass.
@@ -35,27 +36,26 @@ pub const HEALTH_PASS_DONE: &str = "health pass done";
 const MAX_HEALS: usize = 8;
 
 impl Node {
-    /// Whether a Ready stage's mounter is dead, or a Bound target lost its bind.
-    fn needs_healing(&self, rec: &VolumeRecord) -> bool {
+    /// Whether a Ready stage's mounter is dead, or a Bound target lost its
+    /// bind, by the mount table `table` read once for the whole pass.
+    fn needs_healing(&self, rec: &VolumeRecord, table: &[MountInfo]) -> bool {
         if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
             return false;
         }
         let st = rec.get_stage();
         let endpoint = ""; // reachability is no reason to heal
-        if let (mounter::Condition::Dead(_), _) =
-            mounter::observe(Path::new(st.get_staging_path()), running(st), endpoint)
-        {
+        if let (mounter::Condition::Dead(_), _) = mounter::observe(
+            Path::new(st.get_staging_path()),
+            running(st),
+            endpoint,
+            table,
+        ) {
             return true;
         }
         rec.get_publications()
             .iter()
             .filter(|p| p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND)
-            .any(|p| {
-                !matches!(
-                    self.mount_at("target_path", Path::new(p.get_target_path())),
-                    Ok(Some(_))
-                )
-            })
+            .any(|p| !self.is_mounted_in("target_path", Path::new(p.get_target_path()), table))
     }
 
     /// Heal one volume under its guard: a new mounter if the old one is dead,
@@ -156,11 +156,20 @@ impl Node {
     /// One health pass over every staged volume: each one that needs it is
     /// healed on a thread of its own (see the module doc).
     pub fn health_pass(self: &Arc<Self>) {
+        // One read of the mount table for the whole pass: per-volume reads
+        // made a pass quadratic in the number of mounts.
+        let mounts = match mountinfo::read_self() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("health pass skipped: {e}");
+                return;
+            }
+        };
         for id in self.table.ids() {
             let Some(rec) = self.table.snapshot(&id) else {
                 continue;
             };
-            if !self.needs_healing(&rec) {
+            if !self.needs_healing(&rec, &mounts) {
                 continue;
             }
             {

@@ -146,6 +146,18 @@ impl Node {
         Ok(here.mount_here(&parent, &table)?.map(|m| (here, m)))
     }
 
+    /// Whether something is mounted at `path` right now, in `table` (a mount
+    /// table the caller read once for many paths); resolved as `mount_at`.
+    fn is_mounted_in(&self, field: &'static str, path: &Path, table: &[MountInfo]) -> bool {
+        let Ok(Some((parent, name))) = self.kubelet.resolve_parent(field, path, false) else {
+            return false;
+        };
+        let Ok(Some(here)) = parent.child(field, &name, false) else {
+            return false;
+        };
+        matches!(here.mount_here(&parent, table), Ok(Some(_)))
+    }
+
     /// The volume's publication at `target`, if it has one.
     fn publication(guard: &Guard<VolumeRecord>, target: &Path) -> Option<Publication> {
         guard

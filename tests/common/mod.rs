@@ -100,6 +100,40 @@ pub fn can_mount(test: &str) -> bool {
         )
 }
 
+/// `can_mount`, and fusepy for the tests' own misbehaving FUSE servers.
+pub fn can_mount_with_fusepy(test: &str) -> bool {
+    can_mount(test)
+        && prerequisite(
+            test,
+            has_fusepy(),
+            "python3 fusepy missing (.ci/setup installs it)",
+        )
+}
+
+/// Write `path`: a mounter program that runs the shell lines `before`, then
+/// serves its first argument with a fusepy server. `methods` are the Python
+/// methods of its Operations class (indented four spaces; `errno`, `os`,
+/// `stat`, `time` and `FuseOSError` are imported); `/` is a directory.
+pub fn fusepy_server(path: &Path, before: &str, methods: &str, options: &str) {
+    script(
+        path,
+        &format!(
+            r#"{before}
+exec python3 - "$@" <<'PY'
+import errno, os, stat, sys, time
+from fuse import FUSE, Operations, FuseOSError
+class Fs(Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {{"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}}
+        raise FuseOSError(errno.ENOENT)
+{methods}
+FUSE(Fs(), sys.argv[1], foreground=True, allow_other=True{options})
+PY"#
+        ),
+    );
+}
+
 #[derive(Debug)]
 pub struct Out {
     pub code: i32,
