@@ -632,6 +632,22 @@ fn each_mounter_gets_its_own_limited_cgroup() {
     }
     let name = format!("bindery-lim-{}", std::process::id());
     let dirs: Vec<PathBuf> = bases.iter().map(|b| b.join(&name)).collect();
+    // cgroups live outside the test's mount namespace: removed even when
+    // the test fails (children first; a cgroup goes with rmdir).
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                for child in fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if child.path().join("cgroup.procs").exists() {
+                        let _ = fs::remove_dir(child.path());
+                    }
+                }
+                let _ = fs::remove_dir(dir);
+            }
+        }
+    }
+    let _cleanup = Cleanup(dirs.clone());
     let mut flags: Vec<String> = dirs
         .iter()
         .map(|d| format!("--mounter-cgroup={}", d.display()))
