@@ -91,11 +91,17 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("write", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
     if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir);
     }
     Ok(())
+}
+
+/// Make a rename or unlink in `dir` durable (best effort: the file itself
+/// was synced before).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 impl StateStore {
@@ -178,12 +184,8 @@ impl StateStore {
     fn quarantine_file(&self, path: &Path) -> Result<PathBuf> {
         let dest = self.quarantine.join(path.file_name().unwrap_or_default());
         fs::rename(path, &dest).map_err(|e| Error::io("rename", &dest, e))?;
-        if let Ok(d) = File::open(&self.quarantine) {
-            let _ = d.sync_all();
-        }
-        if let Ok(d) = File::open(&self.root) {
-            let _ = d.sync_all();
-        }
+        sync_dir(&self.quarantine);
+        sync_dir(&self.root);
         Ok(dest)
     }
 

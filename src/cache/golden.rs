@@ -413,10 +413,7 @@ impl GoldenStore {
                 .map_err(|e| Error::sys("rename aside", self.path(name, &v), e))?;
             }
             for key in self.variants(name, &v)? {
-                let aside = format!("{TMP_PREFIX}gc-{v}-{key}");
-                let from = self.variant_path(name, &v, &key);
-                fs::rename_path(&from, &dir.join(aside))?;
-                let _ = fs::unlink_path(&self.variant_manifest(name, &v, &key), false);
+                self.variant_aside(name, &v, &key)?;
             }
             for ext in ["manifest", "retired", "verity"] {
                 let _ = fs::unlink_path(&self.meta_path(name, &v, ext), false);
@@ -641,20 +638,34 @@ impl GoldenStore {
                     if pins.contains_key(&(name.to_string(), v.as_str().to_string())) {
                         continue;
                     }
-                    fs::rename_path(
-                        &self.variant_path(name, &v, &key),
-                        &dir.join(format!("{TMP_PREFIX}gc-{v}-{key}")),
-                    )?;
+                    self.variant_aside(name, &v, &key)?;
                 }
-                let _ = fs::unlink_path(&self.variant_manifest(name, &v, &key), false);
                 removed.push((v.clone(), key));
             }
         }
         for (v, key) in &removed {
-            remove_tree(&dir.join(format!("{TMP_PREFIX}gc-{v}-{key}")))?;
+            remove_tree(&dir.join(Self::variant_aside_name(v, key)))?;
             info!("cache {name}: removed unused variant {key} of version {v}");
         }
         Ok(removed)
+    }
+
+    /// Where a collected variant waits for its removal (a `.tmp-` name: a
+    /// crash's leftover is removed by the next gc).
+    fn variant_aside_name(version: &Version, key: &str) -> String {
+        format!("{TMP_PREFIX}gc-{version}-{key}")
+    }
+
+    /// Move variant `key` of `version` out of the way (and drop its
+    /// manifest), for removal: no new publish can find it from then on.
+    fn variant_aside(&self, name: &str, version: &Version, key: &str) -> Result<()> {
+        let dir = self.cache_dir(name)?;
+        fs::rename_path(
+            &self.variant_path(name, version, key),
+            &dir.join(Self::variant_aside_name(version, key)),
+        )?;
+        let _ = fs::unlink_path(&self.variant_manifest(name, version, key), false);
+        Ok(())
     }
 
     /// Variants of `version` that exist, by key.

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 
-use super::{mounters_by_argv, Node};
+use super::Node;
 use crate::error::Result;
-use crate::mounter::{self, Health, Running};
+use crate::mounter::Running;
 use crate::proto::bindery::VolumeRecord;
 use crate::volumes::Guard;
 
@@ -52,9 +52,7 @@ impl Node {
 
     /// Unstage at a staging path that no record names, for a quarantined volume.
     pub(super) fn unstage_by_path(&self, id: &str, record: &Path, staging: &Path) -> Result<()> {
-        self.stop_own_mounters(id, staging, Running::default());
-        mounter::remove_cgroups(id, &self.cfg);
-        self.volume_files(id).remove()?;
+        self.release_stage(id, staging, Running::default())?;
         warn!(
             "volume {id:?}: its record is quarantined at {}; stopped its mounter at {} by path",
             record.display(),
@@ -73,18 +71,15 @@ impl Node {
         staging: &Path,
     ) -> Result<Option<Running>> {
         let id = guard.id();
-        let found = mounters_by_argv(staging);
-        if let [one] = found.as_slice() {
-            if mounter::check(staging, *one, mounter::PROBE_TIMEOUT) == Health::Ok {
-                info!(
-                    "volume {id:?}: its record is quarantined at {}; adopting mounter pid {} \
-                     at {}",
-                    record.display(),
-                    one.pid,
-                    staging.display()
-                );
-                return Ok(Some(*one));
-            }
+        // No process is recorded: only one found by its argv can be adopted.
+        if let Some(run) = self.adoptable(staging, Running::default()) {
+            info!(
+                "volume {id:?}: its record is quarantined at {}; adopting mounter pid {} at {}",
+                record.display(),
+                run.pid,
+                staging.display()
+            );
+            return Ok(Some(run));
         }
         self.unstage_by_path(id, record, staging)?;
         Ok(None)

@@ -167,7 +167,7 @@ impl Node {
     /// The mounter serving `staging`, if exactly that: the recorded process,
     /// or the one session leader whose argv names the staging path, alive
     /// and answering on a FUSE mount there.
-    fn adoptable(&self, staging: &Path, recorded: Running) -> Option<Running> {
+    pub(super) fn adoptable(&self, staging: &Path, recorded: Running) -> Option<Running> {
         let mut candidates = vec![recorded];
         candidates.extend(mounters_by_argv(staging));
         candidates.dedup();

@@ -304,6 +304,15 @@ impl Node {
         }
     }
 
+    /// What stopping a volume's mounter leaves to do, in order: stop every
+    /// mounter of it (`stop_own_mounters`), remove its cgroups, then its
+    /// files. Shared by unstage and the cleanup of a quarantined volume.
+    pub(super) fn release_stage(&self, id: &str, staging: &Path, recorded: Running) -> Result<()> {
+        self.stop_own_mounters(id, staging, recorded);
+        mounter::remove_cgroups(id, &self.cfg);
+        self.volume_files(id).remove()
+    }
+
     /// Undo a stage whatever its phase: stop the mounter(s), remove the
     /// volume's files, delete the stage record. Used by unstage (after the
     /// Stopping record), and to settle an interrupted start or teardown.
@@ -319,9 +328,7 @@ impl Node {
             self.journal.commit(guard, rec.clone())?;
             crash::point("unstage.recorded");
         }
-        self.stop_own_mounters(&id, &staging, running(rec.get_stage()));
-        mounter::remove_cgroups(&id, &self.cfg);
-        self.volume_files(&id).remove()?;
+        self.release_stage(&id, &staging, running(rec.get_stage()))?;
         crash::point("unstage.stopped");
         rec.clear_stage();
         self.journal.commit(guard, rec)
