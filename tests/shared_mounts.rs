@@ -1086,6 +1086,61 @@ fn one_slow_heal_delays_no_other_volume() {
     assert!(mounts_below(&d.kubelet).is_empty());
 }
 
+/// Threads in the daemon: from /proc, as `top -H` would count them.
+fn threads_of(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+}
+
+/// Staged volumes share the daemon's probe threads: staging ten more
+/// volumes (each probed at start, by every health pass and by stats) adds
+/// at most the probe pool's few threads, never one or two per volume.
+#[test]
+fn threads_do_not_grow_with_staged_volumes() {
+    if !can_mount("threads_do_not_grow_with_staged_volumes") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--watchdog-interval=1"]);
+    let staging = |i: usize| {
+        d.kpath(&format!(
+            "plugins/kubernetes.io/csi/bindery.csi.dev/t{i}/globalmount"
+        ))
+    };
+    let volume = |i: usize| format!("{BUCKET}/threads-{i}");
+    let stats = |i: usize| {
+        let out = d.csi(&[
+            "node-stats",
+            "--volume-id",
+            &volume(i),
+            "--target-path",
+            &staging(i),
+        ]);
+        assert!(out.ok(), "{out:?}");
+    };
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume(0), &staging(0), "s3fs")))
+        .ok());
+    stats(0);
+    d.wait_health_passes(2, 30);
+    let one = threads_of(d.pid());
+    for i in 1..=10 {
+        let out = d.csi(&args(&stage_args(&s3, &volume(i), &staging(i), "s3fs")));
+        assert!(out.ok(), "{i}: {out:?}");
+        stats(i);
+    }
+    d.wait_health_passes(2, 30);
+    let eleven = threads_of(d.pid());
+    // The probe pool holds 4 threads that answer promptly.
+    assert!(
+        eleven <= one + 4,
+        "{one} threads with one staged volume, {eleven} with eleven"
+    );
+    for i in 0..=10 {
+        assert!(d.unstage(&volume(i), &staging(i)).ok());
+    }
+    assert!(mounts_below(&d.kubelet).is_empty());
+}
+
 fn is_mount_point(p: &str) -> bool {
     mounts_below(Path::new(p)).iter().any(|m| m == Path::new(p))
 }

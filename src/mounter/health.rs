@@ -5,25 +5,23 @@
 //! is reported in VolumeCondition and never a reason to remount; a slow
 //! bucket (a prefix of 30,000 keys takes seconds to list) is healthy.
 //!
-//! Calls that may hang on a FUSE server run on prober threads: one statfs
-//! prober per mount, and one listing prober that only `start` uses, created
-//! on first use and kept until `forget` (stop does it). A probe still
-//! running when the next check comes is waited for, not duplicated, so a
-//! hung server costs one blocked thread per mount, which the abort of its
+//! Calls that may hang on a FUSE server go through `probe`: per mount, a
+//! statfs prober and a listing prober that only `start` uses, both kept
+//! until `forget` (stop does it) and served by one small shared pool. A
+//! call still in flight when the next check comes is joined, not
+//! duplicated, so a hung server holds one thread, which the abort of its
 //! connection releases.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::thread;
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{unbounded, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use crate::sys::{mount, mountinfo, process};
 
 use super::files::{LOG_KEEP, LOG_MAX};
+use super::probe::{Answer, Outcome, Prober};
 use super::run::Running;
 
 /// What a health check found.
@@ -47,104 +45,6 @@ pub enum Condition {
 /// How long a health check waits for a FUSE server to answer statfs before
 /// it calls the mount dead.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a probe found: a statfs probe gives the filesystem's figures.
-type Outcome = std::result::Result<Option<mount::FsStats>, String>;
-type Work = fn(&Path) -> Outcome;
-
-#[derive(Default)]
-struct Slot {
-    requested: u64,
-    done: u64,
-    started: Option<Instant>,
-    result: Option<Outcome>,
-}
-
-struct Shared {
-    slot: Mutex<Slot>,
-    cv: Condvar,
-}
-
-/// One thread that runs `work` on one mount when asked.
-struct Prober {
-    shared: Arc<Shared>,
-    tx: Sender<u64>,
-}
-
-enum Answer {
-    Done(Outcome),
-    /// Still running after this long.
-    Pending(Duration),
-}
-
-impl Prober {
-    fn spawn(path: PathBuf, name: &str, work: Work) -> std::io::Result<Prober> {
-        let shared = Arc::new(Shared {
-            slot: Mutex::new(Slot::default()),
-            cv: Condvar::new(),
-        });
-        let (tx, rx) = unbounded::<u64>();
-        let s = shared.clone();
-        thread::Builder::new().name(name.into()).spawn(move || {
-            // Ends when the Prober (the sender) is dropped.
-            while let Ok(seq) = rx.recv() {
-                let r = work(&path);
-                let mut slot = s.slot.lock().unwrap_or_else(|p| p.into_inner());
-                slot.done = seq;
-                slot.started = None;
-                slot.result = Some(r);
-                s.cv.notify_all();
-            }
-        })?;
-        Ok(Prober { shared, tx })
-    }
-
-    /// Ask for a probe (or join the one in flight) and wait until it
-    /// answers or `timeout` has passed since it started.
-    fn ask(&self, timeout: Duration) -> Answer {
-        let mut slot = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.started.is_none() {
-            slot.requested += 1;
-            slot.started = Some(Instant::now());
-            if self.tx.send(slot.requested).is_err() {
-                return Answer::Done(Err("prober thread is gone".into()));
-            }
-        }
-        let target = slot.requested;
-        let started = slot.started.unwrap_or_else(Instant::now);
-        let deadline = started + timeout;
-        loop {
-            if slot.done >= target {
-                return Answer::Done(slot.result.clone().unwrap_or(Ok(None)));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Answer::Pending(now - started);
-            }
-            slot = self
-                .shared
-                .cv
-                .wait_timeout(slot, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
-    /// The last answer, and for how long a probe has been running (None:
-    /// none is); starts one when none is. Never waits.
-    fn peek(&self) -> (Option<Outcome>, Option<Duration>) {
-        let mut slot = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner());
-        let running = slot.started.map(|s| s.elapsed());
-        if running.is_none() {
-            slot.requested += 1;
-            slot.started = Some(Instant::now());
-            if self.tx.send(slot.requested).is_err() {
-                return (Some(Err("prober thread is gone".into())), None);
-            }
-        }
-        (slot.result.clone(), running)
-    }
-}
 
 struct Probers {
     run: Running,
@@ -177,26 +77,23 @@ fn list_work(path: &Path) -> Outcome {
         .map_err(|e| format!("listing {}: {e}", path.display()))
 }
 
-fn probers(mnt: &Path, run: Running) -> std::result::Result<Arc<Mutex<Probers>>, String> {
+fn probers(mnt: &Path, run: Running) -> Arc<Mutex<Probers>> {
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(p) = reg.get(mnt) {
         if p.lock().unwrap_or_else(|e| e.into_inner()).run == run {
-            return Ok(p.clone());
+            return p.clone();
         }
     }
-    let statfs = Prober::spawn(mnt.to_path_buf(), "fuse-statfs", statfs_work)
-        .map_err(|e| format!("cannot start a probe thread: {e}"))?;
     let p = Arc::new(Mutex::new(Probers {
         run,
-        statfs: Arc::new(statfs),
+        statfs: Arc::new(Prober::new(mnt, statfs_work)),
         list: None,
     }));
     reg.insert(mnt.to_path_buf(), p.clone());
-    Ok(p)
+    p
 }
 
-/// Drop the probers of `mnt`: their threads end once their probe (if any)
-/// returns.
+/// Drop the probers of `mnt` (a call in flight still runs to its end).
 pub fn forget(mnt: &Path) {
     registry()
         .lock()
@@ -247,10 +144,7 @@ pub(super) fn liveness(mnt: &Path, run: Running, timeout: Duration) -> Health {
         return h;
     }
     let _ = process::cap_output(run.pid, LOG_MAX, LOG_KEEP);
-    let p = match probers(mnt, run) {
-        Ok(p) => p,
-        Err(e) => return Health::Abnormal(e),
-    };
+    let p = probers(mnt, run);
     let statfs = p.lock().unwrap_or_else(|e| e.into_inner()).statfs.clone();
     match statfs.ask(timeout) {
         Answer::Done(Ok(_)) => Health::Ok,
@@ -283,15 +177,12 @@ pub fn check(mnt: &Path, run: Running, timeout: Duration) -> Health {
 /// A listing of `mnt` on its prober, waiting at most `timeout` (start only).
 pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::Result<(), String> {
     let list = {
-        let p = probers(mnt, run)?;
+        let p = probers(mnt, run);
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
         match &p.list {
             Some(l) => l.clone(),
             None => {
-                let l = Arc::new(
-                    Prober::spawn(mnt.to_path_buf(), "fuse-list", list_work)
-                        .map_err(|e| format!("cannot start a probe thread: {e}"))?,
-                );
+                let l = Arc::new(Prober::new(mnt, list_work));
                 p.list = Some(l.clone());
                 l
             }
@@ -329,10 +220,7 @@ pub fn observe(
     if let Health::Abnormal(why) = process_and_table_in(mnt, run, table) {
         return (Condition::Dead(why), None);
     }
-    let p = match probers(mnt, run) {
-        Ok(p) => p,
-        Err(e) => return (Condition::Dead(e), None),
-    };
+    let p = probers(mnt, run);
     let statfs = p.lock().unwrap_or_else(|e| e.into_inner()).statfs.clone();
     let (last, running) = statfs.peek();
     if let Some(after) = running.filter(|r| *r >= PROBE_TIMEOUT) {

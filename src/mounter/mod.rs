@@ -11,7 +11,8 @@
 //!   endpoint, region and secrets, `options` the per-kind allow-list).
 //! - `command`: the mounter's command line and environment.
 //! - `run`: start (ready or a precise error) and prompt stop.
-//! - `health`: alive / degraded / dead, on per-mount prober threads.
+//! - `health`: alive / degraded / dead; `probe` runs the calls that may
+//!   hang on a FUSE server, on one small pool.
 //! - `files`: the volume's private directory and what may be removed when.
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ pub mod endpoint;
 mod files;
 mod health;
 pub mod options;
+mod probe;
 mod run;
 mod spec;
 mod values;
