@@ -42,3 +42,36 @@ pub fn point(name: &'static str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_name: &'static str) {}
+
+/// Pause points: where a test holds the daemon to make a race
+/// deterministic. Each sits between two steps whose order matters.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+pub const PAUSES: &[&str] = &["health.between_reads"];
+
+/// With the feature, when BINDERY_PAUSE_AT names this point, log that it is
+/// reached and wait while the file BINDERY_PAUSE_GATE exists (at most 60 s).
+#[cfg(feature = "fault-injection")]
+pub fn pause(name: &'static str) {
+    use std::time::{Duration, Instant};
+    debug_assert!(PAUSES.contains(&name), "unlisted pause point {name}");
+    if std::env::var("BINDERY_PAUSE_AT").ok().as_deref() != Some(name) {
+        return;
+    }
+    let Some(gate) = std::env::var_os("BINDERY_PAUSE_GATE") else {
+        return;
+    };
+    let gate = std::path::PathBuf::from(gate);
+    if !gate.exists() {
+        return;
+    }
+    log::warn!("pause point {name}: waiting for {}", gate.display());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gate.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    log::warn!("pause point {name}: going on");
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn pause(_name: &'static str) {}

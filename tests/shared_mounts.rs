@@ -1141,6 +1141,46 @@ fn threads_do_not_grow_with_staged_volumes() {
     assert!(mounts_below(&d.kubelet).is_empty());
 }
 
+/// A volume staged and published while a health pass is under way is not
+/// taken for dead: the pass reads the records before the mount table, so
+/// every mount a record it sees promises is in the table it reads.
+#[test]
+fn a_stage_during_a_health_pass_is_not_taken_for_dead() {
+    if !can_mount("a_stage_during_a_health_pass_is_not_taken_for_dead") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let mut d = Daemon::start(&["--watchdog-interval=1"]);
+    let gate = d.scratch.path.join("pause-gate");
+    d.stop();
+    d.env = vec![
+        ("BINDERY_PAUSE_AT".into(), "health.between_reads".into()),
+        ("BINDERY_PAUSE_GATE".into(), gate.display().to_string()),
+    ];
+    fs::write(&gate, "").unwrap();
+    d.restart();
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/race/globalmount");
+    let target = d.kpath("pods/p1/volumes/kubernetes.io~csi/data/mount");
+    let volume = format!("{BUCKET}/race");
+    wait_until("a health pass paused between its reads", 30, || {
+        d.log_text()
+            .contains("pause point health.between_reads: waiting")
+    });
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
+        .ok());
+    assert!(publish(&d, &volume, &staging, &target, false).ok());
+    let before = mounter_pids(&staging);
+    fs::remove_file(&gate).unwrap();
+    d.wait_health_passes(2, 30);
+    let log = d.log_text();
+    assert!(!log.contains("needs healing"), "{log}");
+    assert_eq!(mounter_pids(&staging), before);
+    assert!(d.unpublish(&volume, &target).ok());
+    assert!(d.unstage(&volume, &staging).ok());
+    assert!(mounts_below(&d.kubelet).is_empty());
+}
+
 fn is_mount_point(p: &str) -> bool {
     mounts_below(Path::new(p)).iter().any(|m| m == Path::new(p))
 }

@@ -567,8 +567,8 @@ impl Caches {
         if !fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
             return Ok(Some(Lack::Tree));
         }
-        let table = mountinfo::read_self()?;
-        let here = mountinfo::mount_at(&table, root);
+        let here = mountinfo::lookup(root)?;
+        let here = here.as_ref();
         if p.get_strategy() == "overlay" && !here.is_some_and(|m| m.fs_type == "overlay") {
             return Ok(Some(Lack::Overlay));
         }

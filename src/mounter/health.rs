@@ -113,8 +113,8 @@ pub fn serving(mnt: &Path, run: Running) -> Health {
 
 /// Process and mount table only: no call that touches the FUSE server.
 pub(super) fn process_and_table(mnt: &Path, run: Running) -> Health {
-    match mountinfo::read_self() {
-        Ok(t) => process_and_table_in(mnt, run, &t),
+    match mountinfo::lookup(mnt) {
+        Ok(here) => process_and_mount(mnt, run, here.as_ref()),
         Err(e) => Health::Abnormal(e.to_string()),
     }
 }
@@ -122,6 +122,11 @@ pub(super) fn process_and_table(mnt: &Path, run: Running) -> Health {
 /// `process_and_table` against a mount table read once by the caller (a
 /// health pass reads it once for all its volumes, not once per volume).
 fn process_and_table_in(mnt: &Path, run: Running, table: &[mountinfo::MountInfo]) -> Health {
+    process_and_mount(mnt, run, mountinfo::mount_at(table, mnt))
+}
+
+/// The process, and `here`: what is mounted at `mnt`.
+fn process_and_mount(mnt: &Path, run: Running, here: Option<&mountinfo::MountInfo>) -> Health {
     if !process::is_alive(run.pid, run.start_ticks) {
         return Health::Abnormal(format!("mounter process {} is gone", run.pid));
     }
@@ -130,7 +135,7 @@ fn process_and_table_in(mnt: &Path, run: Running, table: &[mountinfo::MountInfo]
     if process::stat(run.pid).is_some_and(|s| s.state == 'T' || s.state == 't') {
         return Health::Abnormal(format!("mounter process {} is stopped", run.pid));
     }
-    match mountinfo::mount_at(table, mnt) {
+    match here {
         Some(m) if m.is_fuse() => Health::Ok,
         Some(m) => Health::Abnormal(format!("{} is {} not FUSE", mnt.display(), m.fs_type)),
         None => Health::Abnormal(format!("nothing is mounted at {}", mnt.display())),
@@ -209,15 +214,32 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
 /// lookup or listing in the mount's root waits behind any pod's listing of
 /// it (FUSE serialises directory operations on the inode), which for a big
 /// prefix takes minutes, in uninterruptible sleep that not even SIGKILL ends.
-/// `table` is the mount table, read once by the caller.
-pub fn observe(
+/// The mount is looked up on its own (see `mountinfo::lookup`).
+pub fn observe(mnt: &Path, run: Running, endpoint: &str) -> (Condition, Option<mount::FsStats>) {
+    process::reap(run.pid);
+    observed(mnt, run, endpoint, process_and_table(mnt, run))
+}
+
+/// `observe` against the mount table `table`, read once by the caller for
+/// many mounts (a health pass).
+pub fn observe_in(
     mnt: &Path,
     run: Running,
     endpoint: &str,
     table: &[mountinfo::MountInfo],
 ) -> (Condition, Option<mount::FsStats>) {
     process::reap(run.pid);
-    if let Health::Abnormal(why) = process_and_table_in(mnt, run, table) {
+    observed(mnt, run, endpoint, process_and_table_in(mnt, run, table))
+}
+
+/// The rest of `observe`, once the process and the mount table said `seen`.
+fn observed(
+    mnt: &Path,
+    run: Running,
+    endpoint: &str,
+    seen: Health,
+) -> (Condition, Option<mount::FsStats>) {
+    if let Health::Abnormal(why) = seen {
         return (Condition::Dead(why), None);
     }
     let p = probers(mnt, run);

@@ -35,7 +35,7 @@ pub use command::{command, RCLONE_CACHE_MAX_SIZE};
 #[allow(unused_imports)]
 pub use files::{last_line, pending_uploads, wait_for_uploads, VolumeFiles, LOG_KEEP, LOG_MAX};
 #[allow(unused_imports)]
-pub use health::{check, forget, observe, serving, Condition, Health, PROBE_TIMEOUT};
+pub use health::{check, forget, observe, observe_in, serving, Condition, Health, PROBE_TIMEOUT};
 #[allow(unused_imports)]
 pub use options::Policy;
 #[cfg(test)]

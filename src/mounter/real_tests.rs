@@ -397,10 +397,10 @@ fn slow_listing_is_degraded_not_dead() {
     }
     let t = Duration::from_millis(300);
     let first = check(&mnt, run, t);
-    let (cond, figures) = observe(&mnt, run, "", &mountinfo::read_self().unwrap());
+    let (cond, figures) = observe(&mnt, run, "");
     let before = threads();
     let again: Vec<Health> = (0..30).map(|_| check(&mnt, run, t)).collect();
-    let (cond_again, _) = observe(&mnt, run, "", &mountinfo::read_self().unwrap());
+    let (cond_again, _) = observe(&mnt, run, "");
     let after = threads();
     abort(&mnt);
     stop(&mnt, run, Duration::from_millis(200));

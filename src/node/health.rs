@@ -38,24 +38,25 @@ const MAX_HEALS: usize = 8;
 impl Node {
     /// Whether a Ready stage's mounter is dead, or a Bound target lost its
     /// bind, by the mount table `table` read once for the whole pass.
-    fn needs_healing(&self, rec: &VolumeRecord, table: &[MountInfo]) -> bool {
+    fn needs_healing(&self, rec: &VolumeRecord, table: &[MountInfo]) -> Option<String> {
         if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
-            return false;
+            return None;
         }
         let st = rec.get_stage();
         let endpoint = ""; // reachability is no reason to heal
-        if let (mounter::Condition::Dead(_), _) = mounter::observe(
+        if let (mounter::Condition::Dead(why), _) = mounter::observe_in(
             Path::new(st.get_staging_path()),
             running(st),
             endpoint,
             table,
         ) {
-            return true;
+            return Some(why);
         }
         rec.get_publications()
             .iter()
             .filter(|p| p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND)
-            .any(|p| !self.is_mounted_in("target_path", Path::new(p.get_target_path()), table))
+            .find(|p| !self.is_mounted_in("target_path", Path::new(p.get_target_path()), table))
+            .map(|p| format!("{} lost its bind", p.get_target_path()))
     }
 
     /// Heal one volume under its guard: a new mounter if the old one is dead,
@@ -156,6 +157,18 @@ impl Node {
     /// One health pass over every staged volume: each one that needs it is
     /// healed on a thread of its own (see the module doc).
     pub fn health_pass(self: &Arc<Self>) {
+        let started = std::time::Instant::now();
+        // The records first, then the mount table: a stage or publish
+        // records Ready or Bound only after its mount is made, so every mount
+        // these records promise is in a table read after them. (Read the
+        // other way round, a volume staged in between looked dead.)
+        let records: Vec<(String, VolumeRecord)> = self
+            .table
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.table.snapshot(&id).map(|r| (id, r)))
+            .collect();
+        crate::crash::pause("health.between_reads");
         // One read of the mount table for the whole pass: per-volume reads
         // made a pass quadratic in the number of mounts.
         let mounts = match mountinfo::read_self() {
@@ -165,11 +178,13 @@ impl Node {
                 return;
             }
         };
-        for id in self.table.ids() {
-            let Some(rec) = self.table.snapshot(&id) else {
+        for (id, rec) in records {
+            let Some(why) = self.needs_healing(&rec, &mounts) else {
                 continue;
             };
-            if !self.needs_healing(&rec, &mounts) {
+            // A record that changed since it was read (an unpublish that
+            // detached its bind meanwhile) is looked at again next pass.
+            if self.table.snapshot(&id).as_ref() != Some(&rec) {
                 continue;
             }
             {
@@ -179,6 +194,7 @@ impl Node {
                 }
                 healing.insert(id.clone());
             }
+            info!("volume {id:?}: needs healing: {why}");
             let node = self.clone();
             let name = id.clone();
             let spawned = std::thread::Builder::new()
@@ -197,6 +213,9 @@ impl Node {
             }
         }
         // Tests count these lines to wait for passes instead of sleeping.
-        debug!("{HEALTH_PASS_DONE}");
+        debug!(
+            "{HEALTH_PASS_DONE} in {:.3}ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
     }
 }

@@ -34,7 +34,7 @@ use crate::mounter::{Running, VolumeFiles};
 use crate::proto::bindery::{Publication, Stage, VolumeRecord};
 use crate::proto::csi::*;
 use crate::state::StateStore;
-use crate::sys::mountinfo::{self, MountInfo};
+use crate::sys::mountinfo::MountInfo;
 use crate::sys::nodepath::{KubeletDir, NodePath};
 use crate::sys::{mount, process, procscan};
 use crate::validate;
@@ -142,8 +142,7 @@ impl Node {
         let Some(here) = parent.child(field, &name, false)? else {
             return Ok(None);
         };
-        let table = mountinfo::read_self()?;
-        Ok(here.mount_here(&parent, &table)?.map(|m| (here, m)))
+        Ok(here.mount_here_now(&parent)?.map(|m| (here, m)))
     }
 
     /// Whether something is mounted at `path` right now, in `table` (a mount

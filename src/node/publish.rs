@@ -19,8 +19,8 @@ use crate::lifecycle::{publish_phase, stage_phase};
 use crate::mounter;
 use crate::proto::bindery::{Publication, PublishPhase, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
+use crate::sys::mount;
 use crate::sys::nodepath::{self, NodePath};
-use crate::sys::{mount, mountinfo};
 use crate::validate;
 use crate::volumes::{Guard, Op};
 
@@ -257,10 +257,9 @@ impl Node {
             .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
         nodepath::bind(stage, &dir)?;
         drop(dir);
-        let table = mountinfo::read_self()?;
         let bound = parent.child("target_path", &name, false)?;
         let here = match &bound {
-            Some(b) => b.mount_here(&parent, &table)?,
+            Some(b) => b.mount_here_now(&parent)?,
             None => None,
         };
         let remounted = match (&bound, here) {

@@ -18,7 +18,7 @@ use crate::lifecycle::stage_phase;
 use crate::mounter::{self, Health, MountSpec, Running};
 use crate::proto::bindery::{Stage, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
-use crate::sys::{mountinfo, nodepath};
+use crate::sys::nodepath;
 use crate::validate;
 use crate::volumes::{Guard, Op};
 
@@ -130,7 +130,7 @@ impl Node {
             Some(record) => self.stage_by_path(&guard, &record, &staging)?,
             None => None,
         };
-        if let (None, Some(m)) = (adopted, dir.mount_here(&parent, &mountinfo::read_self()?)?) {
+        if let (None, Some(m)) = (adopted, dir.mount_here_now(&parent)?) {
             return Err(Error::precondition(
                 &id,
                 format!(

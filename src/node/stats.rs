@@ -10,7 +10,6 @@ use crate::lifecycle::stage_phase;
 use crate::mounter::{self, Condition, Health};
 use crate::proto::bindery::{Publication, StagePhase};
 use crate::proto::csi::*;
-use crate::sys::mountinfo;
 use crate::validate;
 use crate::volumes::Op;
 
@@ -91,15 +90,8 @@ impl Node {
                 .get("endpoint")
                 .map(String::as_str)
                 .unwrap_or("");
-            let (condition, figures) = match mountinfo::read_self() {
-                Ok(table) => mounter::observe(
-                    Path::new(st.get_staging_path()),
-                    running(st),
-                    endpoint,
-                    &table,
-                ),
-                Err(e) => (Condition::Dead(e.to_string()), None),
-            };
+            let (condition, figures) =
+                mounter::observe(Path::new(st.get_staging_path()), running(st), endpoint);
             let health = match condition {
                 Condition::Healthy => match publication {
                     Some(p)

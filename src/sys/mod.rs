@@ -7,3 +7,4 @@ pub mod mountinfo;
 pub mod nodepath;
 pub mod process;
 pub mod procscan;
+pub mod statmount;

@@ -57,8 +57,7 @@ pub fn per_mount_flags(options: &str) -> MsFlags {
 /// The per-mount flags of the mount at `target`, read from mountinfo (not
 /// statvfs: that would ask a FUSE server, which may hang).
 pub fn mount_flags_of(target: &Path) -> Result<MsFlags> {
-    let table = mountinfo::read_self()?;
-    mountinfo::mount_at(&table, target)
+    mountinfo::lookup(target)?
         .map(|m| per_mount_flags(&m.options))
         .ok_or_else(|| Error::sys("read mount flags", target, Errno::EINVAL))
 }

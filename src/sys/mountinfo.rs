@@ -3,9 +3,12 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::sys::statmount;
+use nix::libc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
@@ -110,6 +113,29 @@ pub fn mount_at<'a>(table: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo
     table.iter().rev().find(|m| m.mount_point == path)
 }
 
+/// The topmost mount at exactly `path` right now: two syscalls where the
+/// kernel has statmount(2), else a read of the whole table.
+pub fn lookup(path: &Path) -> Result<Option<MountInfo>> {
+    match statmount::of_path(path) {
+        Some(Ok(m)) => Ok((m.mount_point == path).then_some(m)),
+        Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            Ok(None)
+        }
+        // Anything else (a FUSE inode marked bad, a mount gone meanwhile):
+        // the table says what is there.
+        _ => Ok(mount_at(&read_self()?, path).cloned()),
+    }
+}
+
+/// The mount `fd` is on, whose id (`mnt_id` of the fd) is `id`, if it is
+/// still there: statmount(2) where the kernel has it, else the table.
+pub fn of_fd(fd: BorrowedFd<'_>, id: u32) -> Result<Option<MountInfo>> {
+    match statmount::of_fd(fd) {
+        Some(Ok(m)) if m.id == id => Ok(Some(m)),
+        _ => Ok(by_id(&read_self()?, id).cloned()),
+    }
+}
+
 /// The mount with id `id` (the `mnt_id` of an fd), if it is still there.
 pub fn by_id(table: &[MountInfo], id: u32) -> Option<&MountInfo> {
     table.iter().find(|m| m.id == id)
@@ -120,15 +146,16 @@ pub fn by_id(table: &[MountInfo], id: u32) -> Option<&MountInfo> {
 /// the next mount at once: act on it only while the mount is known to be
 /// there (see `mount::FuseConnection`).
 pub fn fuse_minor_at(path: &Path) -> Option<u32> {
-    let table = read_self().ok()?;
-    mount_at(&table, path)
+    lookup(path)
+        .ok()
+        .flatten()
         .filter(|m| m.is_fuse())
         .map(|m| m.dev.1)
 }
 
 /// Whether anything is mounted at `path` right now.
 pub fn is_mount_point(path: &Path) -> Result<bool> {
-    Ok(mount_at(&read_self()?, path).is_some())
+    Ok(lookup(path)?.is_some())
 }
 
 #[cfg(test)]

@@ -179,8 +179,7 @@ impl KubeletDir {
             if i + 1 < comps.len() || !last_may_be_fuse {
                 let id = mount_id_of(next.as_fd())?;
                 if id != cur_mount {
-                    let table = mountinfo::read_self()?;
-                    if mountinfo::by_id(&table, id).is_some_and(|m| m.is_fuse()) {
+                    if mountinfo::of_fd(next.as_fd(), id)?.is_some_and(|m| m.is_fuse()) {
                         return Err(Error::invalid(
                             field,
                             format!("{} is inside a FUSE mount", walked.display()),
@@ -252,6 +251,17 @@ impl NodePath {
             return Ok(None);
         }
         Ok(mountinfo::by_id(table, mine).cloned())
+    }
+
+    /// `mount_here` without a table in hand: the one mount is looked up
+    /// (see `mountinfo::of_fd`), at a cost that does not grow with the
+    /// number of mounts on the node.
+    pub fn mount_here_now(&self, parent: &NodePath) -> Result<Option<MountInfo>> {
+        let (mine, theirs) = (self.mount_id()?, parent.mount_id()?);
+        if mine == theirs {
+            return Ok(None);
+        }
+        mountinfo::of_fd(self.fd.as_fd(), mine)
     }
 }
 
