@@ -83,8 +83,9 @@ FLAGS (environment fallback in brackets):
                             microk8s use other paths)
     --mode MODE             node | controller | all (default node)
     --threads N             gRPC completion-queue threads (default 4)
-    --workers N             worker threads for long operations: stage, unstage,
-                            cache population (default 4)
+    --workers N             worker threads for long operations, in each of two
+                            pools: one for stage and unstage, one for cache
+                            volume publishes (default 4)
     --max-volumes-per-node N  reported by NodeGetInfo; 0 = no limit (default 0)
     --mount-timeout SECS    how long a mounter may take to become ready (default 30)
     --unstage-grace SECS    how long NodeUnstageVolume waits for rclone to upload

@@ -222,6 +222,7 @@ pub fn run(cfg: Config) -> Result<()> {
         builder = builder.register_service(create_node(NodeService {
             node: node.clone(),
             workers: workers.clone(),
+            cache_workers: Arc::new(Workers::new("cache", cfg.workers)),
         }));
         Some(node)
     } else {

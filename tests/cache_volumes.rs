@@ -1213,3 +1213,57 @@ fn owner_variants_are_bounded_and_collected() {
     }
     wait_until("every variant collected", 30, || variants().is_empty());
 }
+
+/// A cache fill that takes long (held at a pause point) never delays another
+/// volume's stage, even with one worker thread: cache publishes run on a
+/// pool of their own.
+#[test]
+fn cache_fills_never_delay_a_stage() {
+    if !can_mount("cache_fills_never_delay_a_stage") {
+        return;
+    }
+    let s3 = S3Server::start(&["fill-bucket"]);
+    let mut n = cache_node(&std::env::temp_dir(), "copy", 2, 3, &["--workers=1"]);
+    let gate = n.d.scratch.path.join("fill-gate");
+    n.d.stop();
+    n.d.env = vec![
+        ("BINDERY_PAUSE_AT".into(), "cache_publish.filling".into()),
+        ("BINDERY_PAUSE_GATE".into(), gate.display().to_string()),
+    ];
+    fs::write(&gate, "").unwrap();
+    n.d.restart();
+    let staging =
+        n.d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/s3/globalmount");
+    thread::scope(|scope| {
+        let fill = scope.spawn(|| n.publish("pod-slow", &["cache=nm"]));
+        wait_until("the fill held at its pause point", 30, || {
+            n.d.log_text()
+                .contains("pause point cache_publish.filling: waiting")
+        });
+        let mut stage = vec![
+            "node-stage".to_string(),
+            "--volume-id".into(),
+            "fill-bucket/v".into(),
+            "--staging-path".into(),
+            staging.clone(),
+            "--access-mode".into(),
+            "multi-node-multi-writer".into(),
+            "--param=mounter=s3fs".into(),
+            "--timeout".into(),
+            "20".into(),
+        ];
+        stage.extend(s3.secret_args());
+        let out = n.d.csi(&args(&stage));
+        assert!(out.ok(), "the stage waited for the fill: {out:?}");
+        assert!(
+            !fill.is_finished(),
+            "the fill is still held while the stage is served"
+        );
+        fs::remove_file(&gate).unwrap();
+        let out = fill.join().unwrap();
+        assert!(out.ok(), "{out:?}");
+    });
+    assert!(n.unpublish("pod-slow").ok());
+    assert!(n.d.unstage("fill-bucket/v", &staging).ok());
+    assert!(mounts_below(&n.d.kubelet).is_empty());
+}

@@ -120,6 +120,7 @@ impl Node {
         rec.mut_publications().push(pending);
         self.journal.commit(&guard, rec)?;
         crash::point("cache_publish.recorded");
+        crash::pause("cache_publish.filling");
         match self.caches.publish(&creq, &target, readonly) {
             Ok(done) => {
                 crash::point("cache_publish.populated");

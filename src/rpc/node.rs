@@ -18,7 +18,11 @@ use crate::workers::Workers;
 #[derive(Clone)]
 pub struct NodeService {
     pub node: Arc<Node>,
+    /// Stage and unstage of S3 volumes.
     pub workers: Arc<Workers>,
+    /// Cache volume publishes: a fill or a variant build that takes minutes
+    /// never holds a thread that another volume's stage waits for.
+    pub cache_workers: Arc<Workers>,
 }
 
 impl NodeApi for NodeService {
@@ -63,7 +67,7 @@ impl NodeApi for NodeService {
     }
 
     /// A bind of a staged volume is short and answers inline; filling a cache
-    /// volume takes time and runs on the worker pool.
+    /// volume takes time and runs on the cache pool.
     fn node_publish_volume(
         &mut self,
         ctx: RpcContext,
@@ -77,7 +81,7 @@ impl NodeApi for NodeService {
             let admission = self.node.admit_cache_publish(&req);
             offload(
                 &ctx,
-                &self.workers,
+                &self.cache_workers,
                 "NodePublishVolume",
                 subject,
                 sink,
