@@ -15,6 +15,7 @@ mod proto;
 mod rpc;
 mod server;
 mod state;
+mod status;
 mod sys;
 #[cfg(test)]
 mod testkit;
@@ -58,6 +59,32 @@ enum Cmd {
     Build(String),
     /// `cache status`.
     Status,
+    /// `status [--output table|json]`: the node's volumes and caches.
+    NodeStatus { json: bool },
+}
+
+/// Split `--output FORMAT` (or `--output=FORMAT`) off `bindery status`'s
+/// arguments: whether JSON was asked for, and the daemon flags left.
+fn output_format(args: &[String]) -> Result<(bool, Vec<String>), String> {
+    let mut json = false;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = match a.strip_prefix("--output") {
+            Some("") => it.next().map(String::as_str),
+            Some(v) if v.starts_with('=') => Some(&v[1..]),
+            _ => {
+                rest.push(a.clone());
+                continue;
+            }
+        };
+        json = match value {
+            Some("json") => true,
+            Some("table") => false,
+            _ => return Err("--output: one of table, json".into()),
+        };
+    }
+    Ok((json, rest))
 }
 
 #[global_allocator]
@@ -66,6 +93,7 @@ static HEAP: alloc::Mimalloc = alloc::Mimalloc;
 fn main() -> ExitCode {
     alloc::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let owned: Vec<String>;
     if args.first().map(String::as_str) == Some("csi") {
         return ExitCode::from(client::main(&args[1..]).clamp(0, 255) as u8);
     }
@@ -78,14 +106,24 @@ fn main() -> ExitCode {
             (Cmd::Build(args[2].clone()), &args[3..])
         }
         (Some("cache"), Some("status")) => (Cmd::Status, &args[2..]),
+        (Some("status"), _) => match output_format(&args[1..]) {
+            Ok((json, rest)) => {
+                owned = rest;
+                (Cmd::NodeStatus { json }, &owned[..])
+            }
+            Err(e) => {
+                eprintln!("bindery status: {e}");
+                return ExitCode::from(64);
+            }
+        },
         (Some("cache"), _) => {
             eprintln!("usage: bindery cache build NAME [FLAGS]\n       bindery cache status [FLAGS]\n(FLAGS: the daemon's --kubelet-dir, --driver-name, --cache-config, --cache)");
             return ExitCode::from(64);
         }
         _ => (Cmd::Run, &args[..]),
     };
-    // Cache commands serve no node: they need no --node-id of their own.
-    let placeholder = matches!(cmd, Cmd::Build(_) | Cmd::Status)
+    // Cache and status commands serve no node: they need no --node-id of their own.
+    let placeholder = matches!(cmd, Cmd::Build(_) | Cmd::Status | Cmd::NodeStatus { .. })
         .then(|| "--node-id=bindery-cache-command".to_string());
     let cfg = match Config::parse(
         placeholder.into_iter().chain(flags.iter().cloned()),
@@ -118,6 +156,20 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)
+            };
+        }
+        Cmd::NodeStatus { json } => {
+            let report = status::gather(&cfg);
+            if json {
+                print!("{}", status::render_json(&report));
+            } else {
+                print!("{}", status::render_table(&report));
+            }
+            // 1: the state dir could not be read.
+            return if report.error.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             };
         }
         Cmd::Build(_) | Cmd::Run => {}

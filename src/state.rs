@@ -34,6 +34,10 @@ pub struct Quarantined {
     pub path: PathBuf,
 }
 
+/// A record file that is not a readable record of the volume its name
+/// says, and why.
+pub type BadRecord = (PathBuf, String);
+
 /// What `load_all` found.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -114,6 +118,15 @@ impl StateStore {
         Ok(StateStore { root, quarantine })
     }
 
+    /// The store in `state_dir` as it is, creating nothing: for readers
+    /// such as `bindery status`, which must not change the node.
+    pub fn at(state_dir: &Path) -> Self {
+        StateStore {
+            root: state_dir.join("volumes"),
+            quarantine: state_dir.join("quarantine"),
+        }
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.root.join(format!("{}.pb", volume_key(id)))
     }
@@ -145,24 +158,12 @@ impl StateStore {
     /// volume than its file name says, is moved to the quarantine directory
     /// and reported with the ones already there.
     pub fn load_all(&self) -> Result<Loaded> {
-        let mut out = Loaded::default();
-        let entries = fs::read_dir(&self.root).map_err(|e| Error::io("readdir", &self.root, e))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("pb") {
-                continue;
-            }
-            let reason = match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| VolumeRecord::parse_from_bytes(&b).map_err(|e| e.to_string()))
-            {
-                Ok(rec) if self.record_path(rec.get_volume_id()) == path => {
-                    out.records.push(rec);
-                    continue;
-                }
-                Ok(_) => "the record names another volume than its file name".to_string(),
-                Err(e) => format!("unreadable: {e}"),
-            };
+        let (records, bad) = self.read_records()?;
+        let mut out = Loaded {
+            records,
+            ..Loaded::default()
+        };
+        for (path, reason) in bad {
             match self.quarantine_file(&path) {
                 Ok(moved) => error!(
                     "state {}: {reason}; moved to {} (its volume's mounts are cleaned up by \
@@ -178,6 +179,32 @@ impl StateStore {
         }
         out.quarantined = self.quarantined();
         Ok(out)
+    }
+
+    /// Every record on disk, and each file that is not a readable record
+    /// of the volume its name says, with why. Reads only.
+    pub fn read_records(&self) -> Result<(Vec<VolumeRecord>, Vec<BadRecord>)> {
+        let (mut records, mut bad) = (Vec::new(), Vec::new());
+        let entries = fs::read_dir(&self.root).map_err(|e| Error::io("readdir", &self.root, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pb") {
+                continue;
+            }
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| VolumeRecord::parse_from_bytes(&b).map_err(|e| e.to_string()))
+            {
+                Ok(rec) if self.record_path(rec.get_volume_id()) == path => records.push(rec),
+                Ok(_) => bad.push((
+                    path,
+                    "the record names another volume than its file name".to_string(),
+                )),
+                Err(e) => bad.push((path, format!("unreadable: {e}"))),
+            }
+        }
+        records.sort_by(|a, b| a.get_volume_id().cmp(b.get_volume_id()));
+        Ok((records, bad))
     }
 
     /// Move a record file into the quarantine directory under its key.

@@ -1181,6 +1181,93 @@ fn a_stage_during_a_health_pass_is_not_taken_for_dead() {
     assert!(mounts_below(&d.kubelet).is_empty());
 }
 
+/// `bindery status` reads the node from the state dir and /proc: the
+/// volume, its mounter and pods while the daemon runs and after it stopped,
+/// a dead mounter, and a quarantined record; `--output json` is JSON.
+#[test]
+fn status_reads_the_node_without_the_daemon() {
+    if !can_mount("status_reads_the_node_without_the_daemon") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let mut d = Daemon::start(&[]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/st/globalmount");
+    let volume = format!("{BUCKET}/status");
+    assert!(d
+        .csi(&args(&stage_args(&s3, &volume, &staging, "s3fs")))
+        .ok());
+    for pod in ["p1", "p2"] {
+        let target = d.kpath(&format!("pods/{pod}/volumes/kubernetes.io~csi/data/mount"));
+        assert!(publish(&d, &volume, &staging, &target, false).ok());
+    }
+    let pid = mounter_pids(&staging)[0];
+    let status = |d: &Daemon, extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("status")
+            .arg(format!("--kubelet-dir={}", d.kubelet.display()))
+            .arg(format!("--state-dir={}", d.state.display()))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let row = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&volume))
+            .unwrap_or_else(|| panic!("no row for {volume}: {text}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let running = row(&status(&d, &[]));
+    assert_eq!(
+        running[1..7],
+        ["s3", "READY", "s3fs", &pid.to_string(), "yes", "2"]
+    );
+    d.stop();
+    assert_eq!(
+        row(&status(&d, &[]))[1..7],
+        running[1..7],
+        "the same with the daemon down"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_until("the mounter reported dead", 10, || {
+        row(&status(&d, &[]))[5] == "NO"
+    });
+    let json = status(&d, &["--output", "json"]);
+    let checked = std::process::Command::new("python3")
+        .args(["-c", "import json,sys; v=json.load(sys.stdin)['volumes']; print(v[0]['alive'], v[0]['pods'])"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(json.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stdout).trim(),
+        "False 2",
+        "{json}"
+    );
+    d.corrupt_record(&volume);
+    let text = status(&d, &[]);
+    assert!(
+        text.contains("unreadable: ") && !text.contains(&volume),
+        "{text}"
+    );
+    d.restart();
+    let text = status(&d, &[]);
+    assert!(text.contains("quarantined: "), "{text}");
+    d.stop();
+    unmount_below(&d.kubelet);
+}
+
 fn is_mount_point(p: &str) -> bool {
     mounts_below(Path::new(p)).iter().any(|m| m == Path::new(p))
 }

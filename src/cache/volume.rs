@@ -118,7 +118,7 @@ impl Caches {
     pub fn open(cfg: Arc<Config>) -> Result<Caches> {
         // The trash must be on the pods' filesystem (renames into it are the
         // O(1) unpublish) and outside any pod's volume dir.
-        let trash_dir = Self::plugin_dir(&cfg).join("trash");
+        let trash_dir = Self::trash_root(&cfg);
         fs::create_dir_all(&trash_dir).map_err(|e| Error::io("mkdir", &trash_dir, e))?;
         let trash = Trash::new(&trash_dir)?;
         let mut caches = Self::open_for_build(cfg)?;
@@ -129,6 +129,11 @@ impl Caches {
     /// `<kubelet-dir>/plugins/<driver-name>`: on the mount of the pods' volumes.
     fn plugin_dir(cfg: &Config) -> PathBuf {
         cfg.kubelet_dir.join("plugins").join(&cfg.driver_name)
+    }
+
+    /// Where unpublished pod trees wait for their deletion.
+    pub fn trash_root(cfg: &Config) -> PathBuf {
+        Self::plugin_dir(cfg).join("trash")
     }
 
     /// Where the golden store lives: beside the trash, on the pods' mount, so that
