@@ -14,6 +14,20 @@ if [ -z "${BINDERY_BENCH_NS:-}" ]; then
     bash "$script" "$@"
 fi
 
+# Start `rclone serve s3` on 127.0.0.1 serving the directory $1 with keys
+# $2/$3, logging to $1.log; sets PORT and SERVER (its pid), and fails unless
+# it accepts connections within 10 s. RCLONE (default: rclone on PATH).
+start_s3_server() {
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  RCLONE_CONFIG=/dev/null RCLONE_AUTH_KEY="\"$2,$3\"" \
+    "${RCLONE:-rclone}" serve s3 --addr "127.0.0.1:$PORT" --dir-cache-time 0 --etag-hash '' "$1" \
+    >"$1.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0; sleep 0.05; done
+  echo "S3 server did not start" >&2
+  return 1
+}
+
 # Mount points at or below $1 (a path prefix), as a count.
 mounts_under() { awk -v p="$1" 'index($5, p) == 1 {c++} END {print c + 0}' /proc/self/mountinfo; }
 

@@ -87,13 +87,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # -------------------------------------------------------------- S3 server --
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$W/s3/$BUCKET" "$W/kubelet"
-RCLONE_CONFIG=/dev/null RCLONE_AUTH_KEY="\"$AKID,$SECRET\"" \
-  rclone serve s3 --addr "127.0.0.1:$PORT" --etag-hash '' "$W/s3" >"$W/s3.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
-(exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || { echo "S3 server did not start" >&2; exit 1; }
+start_s3_server "$W/s3" "$AKID" "$SECRET"
 (umask 077 && printf 'accessKeyID=%s\nsecretAccessKey=%s\nendpoint=http://127.0.0.1:%s\n' \
   "$AKID" "$SECRET" "$PORT" >"$W/secrets")
 

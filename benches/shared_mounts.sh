@@ -125,16 +125,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # -------------------------------------------------------------- S3 server --
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-URL="http://127.0.0.1:$PORT"
 mkdir -p "$W/s3/$BUCKET/$PREFIX" "$W/kubelet" "$W/base"
 echo "hello from the bench" >"$W/s3/$BUCKET/$PREFIX/hello.txt"
-RCLONE_CONFIG=/dev/null RCLONE_AUTH_KEY="\"$AKID,$SECRET\"" \
-  "$RCLONE" serve s3 --addr "127.0.0.1:$PORT" --dir-cache-time 0 --etag-hash '' "$W/s3" \
-  >"$W/s3.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
-(exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || { echo "S3 server did not start" >&2; exit 1; }
+start_s3_server "$W/s3" "$AKID" "$SECRET"
+URL="http://127.0.0.1:$PORT"
 
 echo "bindery benchmark: $N pods, one S3 volume, mounter $MOUNTER"
 echo "binary:  $B"
