@@ -53,12 +53,15 @@ struct MntIdReq {
     param: u64,
 }
 
+// The kernel writes 256 bytes of struct statx, whatever it fills.
+const _: () = assert!(std::mem::size_of::<nix::libc::statx>() >= 256);
+
 /// Unique mount id of what `dirfd` + `path` (with `flags`) names; None when
 /// the kernel does not give one.
 fn unique_id(dirfd: libc::c_int, path: &CString, flags: libc::c_int) -> io::Result<Option<u64>> {
-    let mut buf = [0u64; 32]; // struct statx is 256 bytes
-                              // SAFETY: `path` is NUL-terminated and outlives the call; `buf` is 256
-                              // writable, 8-aligned bytes, the size of struct statx.
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stx` is a
+    // writable struct statx, which the kernel fills.
     let r = unsafe {
         libc::syscall(
             libc::SYS_statx,
@@ -66,15 +69,15 @@ fn unique_id(dirfd: libc::c_int, path: &CString, flags: libc::c_int) -> io::Resu
             path.as_ptr(),
             flags | libc::AT_STATX_DONT_SYNC | libc::AT_NO_AUTOMOUNT,
             libc::STATX_MNT_ID_UNIQUE,
-            buf.as_mut_ptr(),
+            stx.as_mut_ptr(),
         )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    // stx_mask is the first u32; stx_mnt_id sits at byte 144.
-    let mask = (buf[0] & 0xffff_ffff) as u32;
-    Ok((mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(buf[144 / 8]))
+    // SAFETY: zeroed, then filled by a successful statx: initialised.
+    let stx = unsafe { stx.assume_init() };
+    Ok((stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
