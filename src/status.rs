@@ -12,6 +12,7 @@ use crate::cache::volume::Caches;
 use crate::config::Config;
 use crate::lifecycle::{publish_phase, stage_phase};
 use crate::mounter;
+use crate::proto::bindery::PublishPhase;
 use crate::state::StateStore;
 use crate::sys::process;
 
@@ -27,7 +28,7 @@ pub struct VolumeRow {
     /// S3: the mounter's pid and whether that process (same start time) runs.
     pub pid: Option<i32>,
     pub alive: Option<bool>,
-    /// Pods bound to it.
+    /// S3: pods bound to it (Bound); cache: 1.
     pub pods: usize,
     pub path: String,
 }
@@ -88,7 +89,9 @@ pub fn gather(cfg: &Config) -> Report {
                 pods: rec
                     .get_publications()
                     .iter()
-                    .filter(|p| p.get_cache_name().is_empty())
+                    .filter(|p| {
+                        p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND
+                    })
                     .count(),
                 path: st.get_staging_path().to_string(),
             });
