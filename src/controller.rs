@@ -324,12 +324,15 @@ mod tests {
         );
         assert_ne!(a, prefix_for_name("sanity-node-full-1-8eff2ac8-b92c3188"));
         let long = prefix_for_name(&"x".repeat(128));
-        assert!(long.len() <= 100 && mounter::valid_prefix(&long), "{long}");
+        assert!(
+            long.len() <= 100 && crate::validate::valid_prefix(&long),
+            "{long}"
+        );
         assert_ne!(long, prefix_for_name(&"x".repeat(127)));
         for odd in ["../etc", "a/b", "ÄÖ", "-", "."] {
             let p = prefix_for_name(odd);
             assert!(
-                mounter::valid_prefix(&p) && !p.is_empty(),
+                crate::validate::valid_prefix(&p) && !p.is_empty(),
                 "{odd:?} -> {p:?}"
             );
         }

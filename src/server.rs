@@ -3,17 +3,14 @@
 //! recovery and the watchdog, and an orderly shutdown on SIGTERM/SIGINT.
 
 use std::fs;
-use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::pin::pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver};
 use grpcio::{EnvBuilder, ServerBuilder, ServerCredentials};
@@ -30,34 +27,8 @@ use crate::proto::csi_grpc::{create_controller, create_identity, create_node};
 use crate::rpc::controller::ControllerService;
 use crate::rpc::identity::IdentityService;
 use crate::rpc::node::NodeService;
+use crate::rpc::wait::wait_future;
 use crate::workers::Workers;
-
-struct ThreadWaker(thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Drive `f` on this thread until it completes or `timeout` passes. grpcio's
-/// own threads complete the futures it returns; this only waits for them.
-pub fn wait_future<F: Future>(f: F, timeout: Duration) -> Option<F::Output> {
-    let mut f = pin!(f);
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return Some(v);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        thread::park_timeout(deadline - now);
-    }
-}
 
 /// Make `path` free for a new socket: remove a stale socket, refuse when a
 /// live daemon answers there or when the path is not a socket at all.

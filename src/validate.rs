@@ -149,6 +149,28 @@ pub fn pod_dir<'p>(target: &'p Path, kubelet_dir: &Path) -> Option<&'p str> {
     }
 }
 
+/// S3 bucket names: 3–63 of [a-z0-9.-]; refuse anything else before it
+/// reaches a command line.
+pub fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// Prefixes: relative key paths without empty, `.` or `..` segments.
+pub fn valid_prefix(p: &str) -> bool {
+    p.is_empty()
+        || (p.len() <= 512
+            && p.split('/').all(|s| {
+                !s.is_empty()
+                    && s != "."
+                    && s != ".."
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.=+@".contains(c))
+            }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

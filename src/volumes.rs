@@ -194,7 +194,7 @@ impl<T: Default + Vacant> VolumeTable<T> {
         lock(&self.map).len()
     }
 
-    #[cfg(test)]
+    /// Whether no volume has an entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

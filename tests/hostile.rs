@@ -23,10 +23,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -768,7 +766,7 @@ impl World {
     fn fixtures(&mut self) {
         // The daemon mounts fusectl the first time it aborts a FUSE
         // connection: part of the node, not a side effect of a case.
-        if !mounts().values().any(|m| m.fstype == "fusectl") {
+        if !mounts().values().any(|m| m.fs_type == "fusectl") {
             let _ = nix::mount::mount(
                 Some("fusectl"),
                 "/sys/fs/fuse/connections",
@@ -845,7 +843,7 @@ impl World {
         }
         let left: Vec<Mount> = mounts()
             .into_values()
-            .filter(|m| roots.iter().any(|r| m.point.starts_with(r)))
+            .filter(|m| roots.iter().any(|r| m.mount_point.starts_with(r)))
             .collect();
         // Removing a tree with a mount still in it would delete what is behind it.
         assert!(
@@ -1103,7 +1101,7 @@ impl World {
 
     fn snap(&self) -> Snap {
         let mounts = mounts();
-        let points: BTreeSet<PathBuf> = mounts.values().map(|m| m.point.clone()).collect();
+        let points: BTreeSet<PathBuf> = mounts.values().map(|m| m.mount_point.clone()).collect();
         let trash = self.k.join("plugins/bindery.csi.dev/trash");
         Snap {
             procs: procs(&[
@@ -1228,12 +1226,7 @@ impl World {
 
 // ---------------------------------------------------------------- side effects
 
-#[derive(Clone, PartialEq, Eq, Debug)]
-struct Mount {
-    line: String,
-    point: PathBuf,
-    fstype: String,
-}
+type Mount = bindery::sys::mountinfo::MountInfo;
 
 type Listing = BTreeMap<PathBuf, String>;
 
@@ -1247,42 +1240,11 @@ struct Snap {
     log_len: u64,
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..=i + 3].iter().all(|c| (b'0'..=b'7').contains(c));
-        if octal {
-            out.push(u8::from_str_radix(&s[i + 1..=i + 3], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(OsString::from_vec(out))
-}
-
 fn mounts() -> BTreeMap<u32, Mount> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let id = f.first()?.parse().ok()?;
-            let dash = f.iter().position(|x| *x == "-")?;
-            Some((
-                id,
-                Mount {
-                    line: l.to_string(),
-                    point: unescape(f.get(4)?),
-                    fstype: f.get(dash + 1)?.to_string(),
-                },
-            ))
-        })
+    bindery::sys::mountinfo::read_self()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, m))
         .collect()
 }
 
@@ -1417,10 +1379,10 @@ fn side_effects(before: &Snap, after: &Snap, owns: &[PathBuf], w: &World) -> Vec
         match before.mounts.get(id) {
             None => p.push(format!(
                 "new mount {} ({})",
-                clip(&m.point.display().to_string(), 120),
-                m.fstype
+                clip(&m.mount_point.display().to_string(), 120),
+                m.fs_type
             )),
-            Some(b) if b != m => p.push(format!("mount changed: {}", clip(&m.line, 200))),
+            Some(b) if b != m => p.push(format!("mount changed: {}", clip(&format!("{m:?}"), 200))),
             Some(_) => {}
         }
     }
@@ -1428,8 +1390,8 @@ fn side_effects(before: &Snap, after: &Snap, owns: &[PathBuf], w: &World) -> Vec
         if !after.mounts.contains_key(id) {
             p.push(format!(
                 "mount gone: {} ({})",
-                clip(&m.point.display().to_string(), 120),
-                m.fstype
+                clip(&m.mount_point.display().to_string(), 120),
+                m.fs_type
             ));
         }
     }
@@ -1506,9 +1468,9 @@ fn restore(before: &Snap, daemon: i32) {
         .filter(|(id, _)| !before.mounts.contains_key(id))
         .map(|(_, m)| m)
         .collect();
-    new.sort_by_key(|m| std::cmp::Reverse(m.point.components().count()));
+    new.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
     for m in &new {
-        detach(&m.point);
+        detach(&m.mount_point);
     }
     let strays: Vec<i32> = procs(&[])
         .into_keys()
@@ -1531,11 +1493,11 @@ fn force_clean(paths: &[&str]) {
     for p in paths {
         let mut below: Vec<Mount> = mounts()
             .into_values()
-            .filter(|m| m.point.starts_with(p))
+            .filter(|m| m.mount_point.starts_with(p))
             .collect();
-        below.sort_by_key(|m| std::cmp::Reverse(m.point.components().count()));
+        below.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
         for m in &below {
-            detach(&m.point);
+            detach(&m.mount_point);
         }
         kill_processes_mentioning(Path::new(p));
     }
@@ -2768,8 +2730,11 @@ fn teardown(w: &mut World) -> Vec<String> {
     }
     let left: Vec<String> = mounts()
         .into_values()
-        .filter(|m| m.point.starts_with(&w.d.scratch.path) || m.point.starts_with(&w.outside.path))
-        .map(|m| m.point.display().to_string())
+        .filter(|m| {
+            m.mount_point.starts_with(&w.d.scratch.path)
+                || m.mount_point.starts_with(&w.outside.path)
+        })
+        .map(|m| m.mount_point.display().to_string())
         .collect();
     if !left.is_empty() {
         p.push(format!(

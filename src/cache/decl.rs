@@ -193,8 +193,8 @@ fn parse_source(name: &str, v: &str, keys: &HashMap<String, String>) -> Result<S
     }
     if let Some(rest) = v.strip_prefix("s3:") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if !crate::mounter::valid_bucket(bucket)
-            || !crate::mounter::valid_prefix(prefix.trim_matches('/'))
+        if !crate::validate::valid_bucket(bucket)
+            || !crate::validate::valid_prefix(prefix.trim_matches('/'))
         {
             return Err(bad(&field, format!("{rest:?} is not bucket[/prefix]")));
         }

@@ -82,39 +82,8 @@ pub(crate) mod testutil {
     use std::collections::BTreeMap;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicU64, Ordering};
 
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-
-    /// A fresh empty directory, removed when dropped.
-    pub struct TempDir(pub PathBuf);
-
-    impl TempDir {
-        pub fn new(tag: &str) -> TempDir {
-            Self::new_in(&std::env::temp_dir(), tag)
-        }
-
-        pub fn new_in(parent: &Path, tag: &str) -> TempDir {
-            let n = SEQ.fetch_add(1, Ordering::SeqCst);
-            let p = parent.join(format!("bindery-test-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            if self.0.exists() {
-                // Tests may leave read-only golden files and mode-000 dirs: we are root.
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-    }
+    pub use crate::testkit::Scratch as TempDir;
 
     pub fn is_root() -> bool {
         nix::unistd::geteuid().is_root()

@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::cache::decl::{CacheDecl, Choice, Namespaces};
+use crate::cache::decl::{CacheDecl, Choice, Loaded, Namespaces};
 use crate::cache::populate::Owner;
-use crate::cache::volume::Caches;
 use crate::error::{Error, Result};
 use crate::mounter;
 
@@ -105,8 +104,9 @@ pub fn is_cache_request(attrs: &HashMap<String, String>) -> bool {
     attrs.contains_key("cache")
 }
 
-impl Caches {
-    pub(super) fn declared(&self, name: &str) -> Result<&CacheDecl> {
+impl Loaded {
+    /// The declaration of cache `name`, or why a pod may not use it.
+    pub fn get(&self, name: &str) -> Result<&CacheDecl> {
         if let Some(why) = self.broken.get(name) {
             return Err(Error::invalid(
                 "volume_context.cache",
@@ -118,6 +118,11 @@ impl Caches {
             ));
         }
         self.decls.get(name).ok_or_else(|| self.unknown(name))
+    }
+
+    /// The declared caches' names.
+    pub fn names(&self) -> Vec<String> {
+        self.decls.keys().cloned().collect()
     }
 
     fn unknown(&self, name: &str) -> Error {
@@ -170,7 +175,7 @@ impl Caches {
             ));
         }
         let name = attrs.get("cache").map(String::as_str).unwrap_or("");
-        let decl = self.declared(name)?.clone();
+        let decl = self.get(name)?.clone();
         if decl.namespaces == Namespaces::Undeclared {
             return Err(Error::invalid(
                 "volume_context.cache",

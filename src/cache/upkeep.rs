@@ -101,7 +101,7 @@ impl Caches {
                 .extend(versions.iter().cloned());
         }
         let mut to_check: HashSet<(String, String)> = hardlinked.clone();
-        for name in self.decls.keys() {
+        for name in self.declared.decls.keys() {
             if let Ok(Some(v)) = self.store.current(name) {
                 to_check.insert((name.clone(), v.as_str().to_string()));
             }
@@ -142,7 +142,7 @@ impl Caches {
                     if let Err(e) = self.store.retire(&name, &v) {
                         warn!("cache {name:?}: retire failed: {e}");
                     }
-                    if self.decls.contains_key(&name) {
+                    if self.declared.decls.contains_key(&name) {
                         if let Err(e) = self.build_once(&name) {
                             warn!("cache {name:?}: rebuild failed: {e}");
                         }
@@ -152,7 +152,7 @@ impl Caches {
             }
         }
         let empty = HashSet::new();
-        for name in self.decls.keys() {
+        for name in self.declared.decls.keys() {
             match self.store.gc(name, in_use.get(name).unwrap_or(&empty)) {
                 Ok(gone) if !gone.is_empty() => {
                     lock(&self.confirmed)

@@ -14,7 +14,7 @@ use std::time::Instant;
 use log::{info, warn};
 use nix::errno::Errno;
 
-use crate::cache::decl::{self, CacheDecl, Choice, Namespaces, Source, TRUST_KEY};
+use crate::cache::decl::{self, Choice, Loaded, Namespaces, Source, TRUST_KEY};
 use crate::cache::golden::{self, GoldenStore, Pin, VariantLimit, Version, OWNER_VARIANT_PREFIX};
 use crate::cache::manifest::Confirmed;
 use crate::cache::populate::{self, Owner, Probe, Strategy};
@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::mounter::{self, VolumeFiles};
 use crate::proto::bindery::Publication;
 use crate::state::private_dir;
-use crate::sys::{self, mount, mountinfo};
+use crate::sys::{self, mount, mountinfo, mounts};
 
 /// The variant of a version that writable hardlink publishes link to: its own inodes,
 /// so that what such a pod writes never reaches the golden version.
@@ -48,9 +48,8 @@ struct Flight {
 
 pub struct Caches {
     pub(super) cfg: Arc<Config>,
-    pub(super) decls: BTreeMap<String, CacheDecl>,
-    /// Declarations that are wrong, by name, with the reason: those caches are disabled.
-    pub(super) broken: BTreeMap<String, String>,
+    /// The declarations; those that are wrong are disabled, with the reason.
+    pub(super) declared: Loaded,
     pub(super) store: GoldenStore,
     /// None for `bindery cache build`, which never removes pod trees.
     pub(super) trash: Option<Trash>,
@@ -190,8 +189,7 @@ impl Caches {
             .with_verity(verity.is_ok());
         Ok(Caches {
             cfg,
-            decls: loaded.decls,
-            broken: loaded.broken,
+            declared: loaded,
             store,
             trash: None,
             probes: Mutex::new(HashMap::new()),
@@ -203,18 +201,30 @@ impl Caches {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.decls.keys().cloned().collect()
+        self.declared.names()
+    }
+
+    /// Validate a cache publish request against the declarations (see
+    /// [`Loaded::request`]).
+    pub fn request(
+        &self,
+        attrs: &HashMap<String, String>,
+        mount_group: &str,
+        readonly: bool,
+        pod_dir: Option<&str>,
+    ) -> Result<CacheRequest> {
+        self.declared.request(attrs, mount_group, readonly, pod_dir)
     }
 
     /// Disabled caches and why (a bad declaration).
     #[allow(dead_code)] // node API (see the module doc)
     pub fn disabled(&self) -> &BTreeMap<String, String> {
-        &self.broken
+        &self.declared.broken
     }
 
     /// Build every declared cache that has no usable version yet.
     pub fn build_missing(&self) {
-        for name in self.decls.keys() {
+        for name in self.declared.decls.keys() {
             if let Err(e) = self.ensure_version(name) {
                 warn!("cache {name:?}: build failed: {e}");
             }
@@ -288,7 +298,7 @@ impl Caches {
 
     /// Build a new version of cache `name` from its source.
     pub fn build(&self, name: &str) -> Result<Version> {
-        let decl = self.declared(name)?;
+        let decl = self.declared.get(name)?;
         let started = Instant::now();
         let version = match &decl.source {
             Source::Dir(dir) => self.store.build_from_dir(name, dir)?,
@@ -446,7 +456,7 @@ impl Caches {
             owner.mode.map_or("x".to_string(), |m| format!("{m:o}")),
             if owner.group_writable { "g" } else { "n" }
         );
-        let max = self.decls.get(name).map_or(0, |d| d.max_variants);
+        let max = self.declared.decls.get(name).map_or(0, |d| d.max_variants);
         self.store.variant(
             name,
             version,
@@ -572,7 +582,7 @@ impl Caches {
         if !fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
             return Ok(Some(Lack::Tree));
         }
-        let here = mountinfo::lookup(root)?;
+        let here = mounts::lookup(root)?;
         let here = here.as_ref();
         if p.get_strategy() == "overlay" && !here.is_some_and(|m| m.fs_type == "overlay") {
             return Ok(Some(Lack::Overlay));
@@ -653,7 +663,7 @@ impl Caches {
         // reference, where the kernel's teardown of the tree happens.
         let mut held = Vec::new();
         for m in inside {
-            while mountinfo::is_mount_point(m)? {
+            while mounts::is_mount_point(m)? {
                 held.push(mount::detach_holding(m)?);
             }
         }

@@ -11,9 +11,10 @@ use crate::error::Result;
 use crate::state::{private_dir, write_atomic};
 
 use super::files::VolumeFiles;
+use super::kind::Kind;
 use super::options::has_rclone_flag;
 use super::spec::foreground_flag;
-use super::{Kind, MountSpec};
+use super::spec::MountSpec;
 
 /// rclone's VFS cache is bounded unless the volume's options say otherwise
 /// (`--vfs-cache-max-size`). rclone never evicts files waiting for upload,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+use super::kind::Kind;
 use super::values::{mask_secrets, Secrets};
-use super::Kind;
 
 /// A mounter log is cut to its last LOG_KEEP bytes once it grows past
 /// LOG_MAX (checked on every health check).

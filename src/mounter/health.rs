@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::sys::{mount, mountinfo, process};
+use crate::sys::{mount, mountinfo, mounts, process};
 
 use super::files::{LOG_KEEP, LOG_MAX};
 use super::probe::{Answer, Outcome, Prober};
-use super::run::Running;
+use crate::sys::process::Running;
 
 /// What a health check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,7 @@ pub fn serving(mnt: &Path, run: Running) -> Health {
 
 /// Process and mount table only: no call that touches the FUSE server.
 pub(super) fn process_and_table(mnt: &Path, run: Running) -> Health {
-    match mountinfo::lookup(mnt) {
+    match mounts::lookup(mnt) {
         Ok(here) => process_and_mount(mnt, run, here.as_ref()),
         Err(e) => Health::Abnormal(e.to_string()),
     }
@@ -155,7 +155,7 @@ pub(super) fn liveness(mnt: &Path, run: Running, timeout: Duration) -> Health {
         Answer::Done(Ok(_)) => Health::Ok,
         Answer::Done(Err(why)) => Health::Abnormal(why),
         Answer::Pending(after) => {
-            let waiting = mountinfo::fuse_minor_at(mnt)
+            let waiting = mounts::fuse_minor_at(mnt)
                 .and_then(mount::fuse_waiting)
                 .map(|n| format!(", {n} request(s) waiting"))
                 .unwrap_or_default();
@@ -214,7 +214,7 @@ pub(super) fn list(mnt: &Path, run: Running, timeout: Duration) -> std::result::
 /// lookup or listing in the mount's root waits behind any pod's listing of
 /// it (FUSE serialises directory operations on the inode), which for a big
 /// prefix takes minutes, in uninterruptible sleep that not even SIGKILL ends.
-/// The mount is looked up on its own (see `mountinfo::lookup`).
+/// The mount is looked up on its own (see `mounts::lookup`).
 pub fn observe(mnt: &Path, run: Running, endpoint: &str) -> (Condition, Option<mount::FsStats>) {
     process::reap(run.pid);
     observed(mnt, run, endpoint, process_and_table(mnt, run))

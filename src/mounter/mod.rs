@@ -14,13 +14,15 @@
 //! - `health`: alive / degraded / dead; `probe` runs the calls that may
 //!   hang on a FUSE server, on one small pool.
 //! - `files`: the volume's private directory and what may be removed when.
-
-use std::collections::HashMap;
+//! - `kind`: the mounter kinds and the CO's own parameter keys.
+//!
+//! The children import each other, never this file: it only re-exports.
 
 mod command;
 pub mod endpoint;
 mod files;
 mod health;
+mod kind;
 pub mod options;
 mod probe;
 mod run;
@@ -31,77 +33,31 @@ mod values;
 // "for the node") are new and wait for their callers; the allow keeps the
 // build warning-free until they switch.
 #[allow(unused_imports)]
+pub use crate::sys::process::Running;
+#[allow(unused_imports)]
 pub use command::{command, RCLONE_CACHE_MAX_SIZE};
 #[allow(unused_imports)]
 pub use files::{last_line, pending_uploads, wait_for_uploads, VolumeFiles, LOG_KEEP, LOG_MAX};
 #[allow(unused_imports)]
 pub use health::{check, forget, observe, observe_in, serving, Condition, Health, PROBE_TIMEOUT};
 #[allow(unused_imports)]
+pub use kind::{is_co_key, kind_of, Kind};
 pub use options::Policy;
 #[cfg(test)]
 use run::stop_with;
-#[allow(unused_imports)]
-pub use run::{abort, remove_cgroups, start, stop, terminate, Running, SELF_EXIT, TERM_GRACE};
+pub use run::{abort, remove_cgroups, start, stop, terminate, SELF_EXIT, TERM_GRACE};
 #[allow(unused_imports)]
 pub use spec::{
     apply_mount_group, foreground_flag, fuse_command, parse_spec, parse_spec_for, parse_spec_with,
-    shell_words, valid_bucket, valid_prefix, PARAM_KEYS, PLACEHOLDERS,
+    shell_words, MountSpec, PARAM_KEYS, PLACEHOLDERS,
 };
 #[allow(unused_imports)]
 pub use values::{mask_secrets, Secrets};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    S3fs,
-    Rclone,
-    Fuse,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::S3fs => "s3fs",
-            Kind::Rclone => "rclone",
-            Kind::Fuse => "fuse",
-        }
-    }
-}
-
-/// Keys the CO adds to volume contexts on its own (pod info on mount,
-/// ephemeral marker, provisioner metadata): accepted and ignored.
-pub fn is_co_key(key: &str) -> bool {
-    key.starts_with("csi.storage.k8s.io/") || key.starts_with("storage.kubernetes.io/")
-}
-
-/// The mounter kind recorded in already validated parameters.
-pub fn kind_of(params: &HashMap<String, String>) -> Kind {
-    match params.get("mounter").map(String::as_str) {
-        Some("rclone") => Kind::Rclone,
-        Some("fuse") => Kind::Fuse,
-        _ => Kind::S3fs,
-    }
-}
-
-/// A fully validated mount request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountSpec {
-    pub kind: Kind,
-    pub bucket: String,
-    pub prefix: String,
-    /// Mounter arguments from the allow-list (see `options`).
-    pub options: Vec<String>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub umask: Option<u32>,
-    pub command: Vec<String>,
-    pub secrets: Secrets,
-    /// fsGroup (`volume_mount_group`), set by `apply_mount_group`.
-    pub mount_group: Option<u32>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::fs;
     use std::path::Path;
 

@@ -63,7 +63,7 @@
 
 use crate::error::{quoted, Error, Result};
 
-use super::Kind;
+use super::kind::Kind;
 
 /// The shape a value must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

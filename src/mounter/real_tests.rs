@@ -231,7 +231,7 @@ fn failed_start_keeps_the_rclone_cache() {
     assert!(e.is_err(), "started against a dead endpoint");
     assert!(meta.exists() && data.exists(), "the cache was deleted");
     assert!(!files.passwd.exists() && !files.log.exists());
-    assert!(!mountinfo::is_mount_point(&mnt).unwrap_or(true));
+    assert!(!mounts::is_mount_point(&mnt).unwrap_or(true));
     let _ = fs::remove_dir_all(&root);
 }
 
@@ -304,7 +304,7 @@ fn bind_flags_are_kept_and_added() {
     }
 }
 
-use crate::sys::mountinfo;
+use crate::sys::{mountinfo, mounts};
 
 fn threads() -> usize {
     fs::read_to_string("/proc/self/status")
@@ -391,7 +391,7 @@ fn slow_listing_is_degraded_not_dead() {
             .start_ticks,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !mountinfo::is_mount_point(&mnt).unwrap_or(false) {
+    while !mounts::is_mount_point(&mnt).unwrap_or(false) {
         assert!(Instant::now() < deadline, "slowfs did not mount");
         thread::sleep(Duration::from_millis(20));
     }
@@ -433,7 +433,7 @@ fn a_program_that_daemonizes_is_refused() {
     let prog = slow_lister(&root, true);
     let files = VolumeFiles::new(root.join("files"));
     let e = start("bg", &fuse_spec(&prog), &mnt, &files, &config(10)).unwrap_err();
-    let mounted = mountinfo::is_mount_point(&mnt).unwrap_or(true);
+    let mounted = mounts::is_mount_point(&mnt).unwrap_or(true);
     let _ = Command::new("umount")
         .arg("-l")
         .arg(&mnt)
@@ -493,14 +493,14 @@ fn stop_aborts_only_its_own_fuse_connection() {
     let mut reused = 0;
     for _ in 0..3 {
         let run_a = start("a", &spec, &mnt_a, &files_a, &cfg).unwrap();
-        let minor_a = mountinfo::fuse_minor_at(&mnt_a).expect("A is a FUSE mount");
+        let minor_a = mounts::fuse_minor_at(&mnt_a).expect("A is a FUSE mount");
         let mut run_b = None;
         stop_with(&mnt_a, run_a, Duration::from_secs(2), || {
             run_b = Some(start("b", &spec, &mnt_b, &files_b, &cfg).unwrap());
         });
         let run_b = run_b.unwrap();
         let a_gone = !crate::sys::process::is_alive(run_a.pid, run_a.start_ticks);
-        let b_minor = mountinfo::fuse_minor_at(&mnt_b);
+        let b_minor = mounts::fuse_minor_at(&mnt_b);
         let b_health = check(&mnt_b, run_b, Duration::from_secs(5));
         let b_lists = fs::read_dir(&mnt_b).map(|d| d.count());
         stop(&mnt_b, run_b, Duration::from_secs(2));

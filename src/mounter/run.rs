@@ -10,19 +10,14 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state::volume_key;
 use crate::sys::mount::{self, FuseConnection};
-use crate::sys::{cgroup, mountinfo, process};
+use crate::sys::process::Running;
+use crate::sys::{cgroup, mounts, process};
 
 use super::command::command;
 use super::files::{last_line, VolumeFiles};
 use super::health::{self, Health};
-use super::{Kind, MountSpec};
-
-/// A running mounter.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Running {
-    pub pid: i32,
-    pub start_ticks: u64,
-}
+use super::kind::Kind;
+use super::spec::MountSpec;
 
 /// How long a mounter may take to exit by itself once its mount is gone
 /// before its connection is aborted and it is signalled.
@@ -107,7 +102,7 @@ pub fn start(
     // process bindery does not track.
     let daemonized = matches!(exit, Some(WaitStatus::Exited(_, 0)))
         && spec.kind == Kind::Fuse
-        && mountinfo::fuse_minor_at(mnt).is_some();
+        && mounts::fuse_minor_at(mnt).is_some();
     abort(mnt);
     stop(mnt, run, Duration::from_millis(200));
     let line = last_line(&files.log, &spec.secrets);

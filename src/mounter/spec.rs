@@ -6,10 +6,28 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::error::{quoted, Error, Result};
+use crate::validate::{valid_bucket, valid_prefix};
 
+use super::kind::{is_co_key, kind_of, Kind};
 use super::options::{self, Policy};
 use super::values::Secrets;
-use super::{is_co_key, kind_of, Kind, MountSpec};
+
+/// A fully validated mount request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub kind: Kind,
+    pub bucket: String,
+    pub prefix: String,
+    /// Mounter arguments from the allow-list (see `options`).
+    pub options: Vec<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub umask: Option<u32>,
+    pub command: Vec<String>,
+    pub secrets: Secrets,
+    /// fsGroup (`volume_mount_group`), set by `apply_mount_group`.
+    pub mount_group: Option<u32>,
+}
 
 /// Parameter keys a volume may carry. Anything else is refused by name.
 pub const PARAM_KEYS: &[&str] = &[
@@ -99,28 +117,6 @@ fn shell_words_of(field: &'static str, s: &str) -> Result<Vec<String>> {
         return Err(Error::invalid(field, "contains a control character"));
     }
     Ok(out)
-}
-
-/// S3 bucket names: 3–63 of [a-z0-9.-]; refuse anything else before it
-/// reaches a command line.
-pub fn valid_bucket(b: &str) -> bool {
-    (3..=63).contains(&b.len())
-        && b.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
-        && b.as_bytes()[0].is_ascii_alphanumeric()
-}
-
-/// Prefixes: relative key paths without empty, `.` or `..` segments.
-pub fn valid_prefix(p: &str) -> bool {
-    p.is_empty()
-        || (p.len() <= 512
-            && p.split('/').all(|s| {
-                !s.is_empty()
-                    && s != "."
-                    && s != ".."
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.=+@".contains(c))
-            }))
 }
 
 fn parse_id(field: &'static str, v: Option<&String>) -> Result<Option<u32>> {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::error::{quoted, Error, Result};
 
-use super::Kind;
+use super::kind::Kind;
 
 /// Longest endpoint URL accepted.
 pub const MAX_ENDPOINT: usize = 512;

@@ -3,6 +3,7 @@
 pub mod controller;
 pub mod identity;
 pub mod node;
+pub mod wait;
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,8 @@ use grpcio::{RpcContext, RpcStatus, UnarySink, UnarySinkResult};
 use log::{debug, error, info};
 
 use crate::error::{Error, Result};
-use crate::server::wait_future;
 use crate::workers::Workers;
+use wait::wait_future;
 
 /// What a mutating call is about, for its one log line.
 #[derive(Default, Clone)]

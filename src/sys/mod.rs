@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod fs;
 pub mod mount;
 pub mod mountinfo;
+pub mod mounts;
 pub mod nodepath;
 pub mod process;
 pub mod procscan;

@@ -8,7 +8,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statfs::statfs;
 
 use crate::error::{Error, Result};
-use crate::sys::mountinfo;
+use crate::sys::mounts;
 
 /// FUSE_SUPER_MAGIC from linux/magic.h.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -57,7 +57,7 @@ pub fn per_mount_flags(options: &str) -> MsFlags {
 /// The per-mount flags of the mount at `target`, read from mountinfo (not
 /// statvfs: that would ask a FUSE server, which may hang).
 pub fn mount_flags_of(target: &Path) -> Result<MsFlags> {
-    mountinfo::lookup(target)?
+    mounts::lookup(target)?
         .map(|m| per_mount_flags(&m.options))
         .ok_or_else(|| Error::sys("read mount flags", target, Errno::EINVAL))
 }
@@ -233,14 +233,14 @@ impl FuseConnection {
     /// the file opened belongs to that mount (nothing else mounts at a
     /// volume's path while its guard is held), not to a reused number.
     pub fn of_mount(mnt: &Path) -> Option<FuseConnection> {
-        let minor = mountinfo::fuse_minor_at(mnt)?;
+        let minor = mounts::fuse_minor_at(mnt)?;
         if let Err(e) = ensure_fusectl(minor) {
             log::warn!("FUSE connection of {}: {e}", mnt.display());
             return None;
         }
         let path = Path::new(FUSECTL).join(minor.to_string()).join("abort");
         let abort = std::fs::OpenOptions::new().write(true).open(&path).ok()?;
-        (mountinfo::fuse_minor_at(mnt) == Some(minor)).then_some(FuseConnection { minor, abort })
+        (mounts::fuse_minor_at(mnt) == Some(minor)).then_some(FuseConnection { minor, abort })
     }
 
     /// Abort the connection: calls blocked on a hung server, and every later

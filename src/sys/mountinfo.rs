@@ -1,14 +1,13 @@
 //! /proc/self/mountinfo, read through a function that takes a reader so that
 //! tests feed it text fixtures.
 
+use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
-use std::os::fd::BorrowedFd;
+use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::sys::statmount;
-use nix::libc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
@@ -43,42 +42,56 @@ impl MountInfo {
 }
 
 /// Undo the octal escapes (`\040` for space, `\012` for newline, `\134` for
-/// backslash) the kernel applies to paths in mountinfo.
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
+/// backslash) the kernel applies to paths in mountinfo. Every other byte is
+/// as the kernel has it, which need not be UTF-8.
+fn unescape_bytes(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let oct = &field[i + 1..(i + 4).min(field.len())];
-            if oct.len() == 3 && oct.bytes().all(|c| (b'0'..=b'7').contains(&c)) {
-                if let Ok(v) = u8::from_str_radix(oct, 8) {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|o| field[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            // Three octal digits are at most 0o777: only up to 0o377 is a byte.
+            Some(o) if o[0] <= b'3' => {
+                out.push((o[0] - b'0') << 6 | (o[1] - b'0') << 3 | (o[2] - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(field[i]);
+                i += 1;
             }
         }
-        out.push(b[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-fn parse_line(line: &str) -> Option<MountInfo> {
-    let (pre, post) = line.split_once(" - ")?;
-    let mut f = pre.split(' ');
-    let id = f.next()?.parse().ok()?;
-    let parent = f.next()?.parse().ok()?;
-    let (maj, min) = f.next()?.split_once(':')?;
-    let dev = (maj.parse().ok()?, min.parse().ok()?);
-    let root = PathBuf::from(unescape(f.next()?));
-    let mount_point = PathBuf::from(unescape(f.next()?));
-    let options = f.next()?.to_string();
-    let mut p = post.split(' ');
-    let fs_type = p.next()?.to_string();
-    let source = unescape(p.next().unwrap_or(""));
-    let super_options = p.next().unwrap_or("").to_string();
+fn unescape(field: &str) -> String {
+    String::from_utf8_lossy(&unescape_bytes(field.as_bytes())).into_owned()
+}
+
+fn unescape_path(field: &[u8]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(unescape_bytes(field)))
+}
+
+fn parse_line(line: &[u8]) -> Option<MountInfo> {
+    let dash = line.windows(3).position(|w| w == b" - ")?;
+    let (pre, post) = (&line[..dash], &line[dash + 3..]);
+    let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
+    let number = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u32>().ok();
+    let mut f = pre.split(|&c| c == b' ');
+    let id = number(f.next()?)?;
+    let parent = number(f.next()?)?;
+    let dev = f.next()?;
+    let colon = dev.iter().position(|&c| c == b':')?;
+    let dev = (number(&dev[..colon])?, number(&dev[colon + 1..])?);
+    let root = unescape_path(f.next()?);
+    let mount_point = unescape_path(f.next()?);
+    let options = text(f.next()?);
+    let mut p = post.split(|&c| c == b' ');
+    let fs_type = text(p.next()?);
+    let source = unescape(&text(p.next().unwrap_or_default()));
+    let super_options = text(p.next().unwrap_or_default());
     Some(MountInfo {
         id,
         parent,
@@ -92,13 +105,15 @@ fn parse_line(line: &str) -> Option<MountInfo> {
     })
 }
 
-/// Parse mountinfo text; malformed lines are skipped.
-pub fn parse(reader: impl Read) -> Vec<MountInfo> {
-    BufReader::new(reader)
-        .lines()
-        .map_while(|l| l.ok())
-        .filter_map(|l| parse_line(&l))
-        .collect()
+/// Parse mountinfo text; malformed lines are skipped. A line that is not
+/// UTF-8 (a mount point is any bytes but `/` and NUL) is parsed like any
+/// other and hides none of the lines after it.
+pub fn parse(mut reader: impl Read) -> Vec<MountInfo> {
+    let mut all = Vec::new();
+    if reader.read_to_end(&mut all).is_err() {
+        return Vec::new();
+    }
+    all.split(|&c| c == b'\n').filter_map(parse_line).collect()
 }
 
 /// The mount table of this process's mount namespace.
@@ -113,54 +128,15 @@ pub fn mount_at<'a>(table: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo
     table.iter().rev().find(|m| m.mount_point == path)
 }
 
-/// The topmost mount at exactly `path` right now: two syscalls where the
-/// kernel has statmount(2), else a read of the whole table.
-pub fn lookup(path: &Path) -> Result<Option<MountInfo>> {
-    match statmount::of_path(path) {
-        Some(Ok(m)) => Ok((m.mount_point == path).then_some(m)),
-        Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-            Ok(None)
-        }
-        // Anything else (a FUSE inode marked bad, a mount gone meanwhile):
-        // the table says what is there.
-        _ => Ok(mount_at(&read_self()?, path).cloned()),
-    }
-}
-
-/// The mount `fd` is on, whose id (`mnt_id` of the fd) is `id`, if it is
-/// still there: statmount(2) where the kernel has it, else the table.
-pub fn of_fd(fd: BorrowedFd<'_>, id: u32) -> Result<Option<MountInfo>> {
-    match statmount::of_fd(fd) {
-        Some(Ok(m)) if m.id == id => Ok(Some(m)),
-        _ => Ok(by_id(&read_self()?, id).cloned()),
-    }
-}
-
 /// The mount with id `id` (the `mnt_id` of an fd), if it is still there.
 pub fn by_id(table: &[MountInfo], id: u32) -> Option<&MountInfo> {
     table.iter().find(|m| m.id == id)
 }
 
-/// The FUSE connection number (device minor, as in /sys/fs/fuse/connections)
-/// of the FUSE mount at `path` right now. The kernel gives a freed number to
-/// the next mount at once: act on it only while the mount is known to be
-/// there (see `mount::FuseConnection`).
-pub fn fuse_minor_at(path: &Path) -> Option<u32> {
-    lookup(path)
-        .ok()
-        .flatten()
-        .filter(|m| m.is_fuse())
-        .map(|m| m.dev.1)
-}
-
-/// Whether anything is mounted at `path` right now.
-pub fn is_mount_point(path: &Path) -> Result<bool> {
-    Ok(lookup(path)?.is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     const FIXTURE: &str = "\
 22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -206,5 +182,20 @@ garbage line
     fn unescapes() {
         assert_eq!(unescape("a\\040b\\134c\\012"), "a b\\c\n");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
+        assert_eq!(unescape("\\777 \\08"), "\\777 \\08");
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_hides_nothing() {
+        let mut text = b"40 22 0:50 / /mnt/\xff\\040x rw - tmpfs tmpfs rw\n".to_vec();
+        text.extend_from_slice(FIXTURE.as_bytes());
+        let t = parse(&text[..]);
+        assert_eq!(t.len(), 6);
+        assert_eq!(
+            t[0].mount_point.as_os_str().as_bytes(),
+            b"/mnt/\xff x",
+            "the path's bytes, unescaped"
+        );
+        assert!(mount_at(&t, Path::new("/pod/mount")).is_some());
     }
 }

@@ -21,6 +21,7 @@ use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
 use crate::sys::mountinfo::{self, MountInfo};
+use crate::sys::mounts;
 
 /// O_PATH directory fds: no read access needed, only a handle on the inode
 /// and the mount it was reached through.
@@ -179,7 +180,7 @@ impl KubeletDir {
             if i + 1 < comps.len() || !last_may_be_fuse {
                 let id = mount_id_of(next.as_fd())?;
                 if id != cur_mount {
-                    if mountinfo::of_fd(next.as_fd(), id)?.is_some_and(|m| m.is_fuse()) {
+                    if mounts::of_fd(next.as_fd(), id)?.is_some_and(|m| m.is_fuse()) {
                         return Err(Error::invalid(
                             field,
                             format!("{} is inside a FUSE mount", walked.display()),
@@ -254,14 +255,14 @@ impl NodePath {
     }
 
     /// `mount_here` without a table in hand: the one mount is looked up
-    /// (see `mountinfo::of_fd`), at a cost that does not grow with the
+    /// (see `mounts::of_fd`), at a cost that does not grow with the
     /// number of mounts on the node.
     pub fn mount_here_now(&self, parent: &NodePath) -> Result<Option<MountInfo>> {
         let (mine, theirs) = (self.mount_id()?, parent.mount_id()?);
         if mine == theirs {
             return Ok(None);
         }
-        mountinfo::of_fd(self.fd.as_fd(), mine)
+        mounts::of_fd(self.fd.as_fd(), mine)
     }
 }
 

@@ -16,6 +16,14 @@ use nix::unistd::{setsid, Pid};
 
 use crate::error::{Error, Result};
 
+/// A running process, known by its pid AND its start time: a pid the
+/// kernel gave to another process since is never taken for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Running {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
 /// What /proc/PID/stat says about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {

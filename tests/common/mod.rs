@@ -9,75 +9,23 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use bindery::sys::mountinfo;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bindery");
 pub const ACCESS_KEY: &str = "bindery-test-akid";
 pub const SECRET_KEY: &str = "bindery-test-secret-Zq81x";
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A scratch directory removed (after unmounting anything below it) on drop.
-pub struct Scratch {
-    pub path: PathBuf,
-}
-
-impl Scratch {
-    pub fn new(tag: &str) -> Self {
-        Self::new_in(&std::env::temp_dir(), tag)
-    }
-
-    pub fn new_in(parent: &Path, tag: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = parent.join(format!("bindery-t-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        Scratch { path }
-    }
-}
-
-/// Mount points at or below `dir`, deepest first.
-pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    out
-}
+#[allow(unused_imports)]
+pub use bindery::testkit::{mounts_below, unmount_below, Scratch};
 
 /// The per-mount options ("rw,nosuid,nodev,relatime") of the topmost mount
 /// at exactly `path`.
 pub fn mount_options(path: &Path) -> Option<String> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .rev()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .map(|p| PathBuf::from(p.replace("\\040", " ")))
-                == Some(path.to_path_buf())
-        })
-        .find_map(|l| l.split(' ').nth(5))
-        .map(str::to_string)
-}
-
-pub fn unmount_below(dir: &Path) {
-    for m in mounts_below(dir) {
-        let _ = Command::new("umount").arg("-l").arg(&m).status();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        unmount_below(&self.path);
-        let _ = fs::remove_dir_all(&self.path);
-    }
+    let table = mountinfo::read_self().unwrap_or_default();
+    mountinfo::mount_at(&table, path).map(|m| m.options.clone())
 }
 
 pub fn is_root() -> bool {
@@ -86,10 +34,8 @@ pub fn is_root() -> bool {
 
 /// Tests that mount need root and a private mount namespace (.ci/test runs
 /// the suite under `unshare`). Returns false, printing why, when missing.
-#[path = "../../src/testkit.rs"]
-mod testkit;
 #[allow(unused_imports)]
-pub use testkit::{has_fusepy, prerequisite};
+pub use bindery::testkit::{has_fusepy, prerequisite};
 
 pub fn can_mount(test: &str) -> bool {
     prerequisite(test, is_root(), "needs root")
