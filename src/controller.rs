@@ -77,7 +77,7 @@ impl Controller {
         match fs::read(&path) {
             Ok(b) => CreatedVolume::parse_from_bytes(&b)
                 .map(Some)
-                .map_err(|e| Error::State {
+                .map_err(|e| Error::Record {
                     path,
                     reason: e.to_string(),
                 }),
@@ -194,7 +194,7 @@ impl Controller {
                 old
             }
             None => {
-                let bytes = wanted.write_to_bytes().map_err(|e| Error::State {
+                let bytes = wanted.write_to_bytes().map_err(|e| Error::Record {
                     path: self.record_path(&volume_id),
                     reason: e.to_string(),
                 })?;

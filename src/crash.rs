@@ -46,7 +46,11 @@ pub fn point(_name: &'static str) {}
 /// Pause points: where a test holds the daemon to make a race
 /// deterministic. Each sits between two steps whose order matters.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-pub const PAUSES: &[&str] = &["health.between_reads", "cache_publish.filling"];
+pub const PAUSES: &[&str] = &[
+    "health.between_reads",
+    "cache_publish.filling",
+    "cache.build",
+];
 
 /// With the feature, when BINDERY_PAUSE_AT names this point, log that it is
 /// reached and wait while the file BINDERY_PAUSE_GATE exists (at most 60 s).

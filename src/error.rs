@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use grpcio::RpcStatusCode;
 use nix::errno::Errno;
@@ -51,8 +52,28 @@ pub enum Error {
     /// The volume's mount cannot serve right now (its mounter died and is
     /// being replaced): the CO retries, and the health loop heals meanwhile.
     NotServing { volume: String, reason: String },
-    /// Persisted state could not be read or written.
-    State { path: PathBuf, reason: String },
+    /// A record of the node's state (a volume's or the controller's)
+    /// could not be encoded or decoded.
+    Record { path: PathBuf, reason: String },
+    /// A file the node wrote itself (a manifest, a kernel file it reads)
+    /// does not say what it must: its line or field is named.
+    Corrupt { path: PathBuf, reason: String },
+    /// What the call works on changed while it ran (a bind just made is
+    /// gone, a directory moved, a golden version collected, a path renamed
+    /// during its walk): nothing was done that a retry does not redo.
+    Changed { path: PathBuf, what: String },
+    /// What the node's records promise is no longer on disk (a golden
+    /// version, an overlay's dirs): the caller fills the volume anew.
+    Gone { path: PathBuf, what: String },
+    /// Something the call may not touch is in its way (a mount point
+    /// inside a tree to remove).
+    InTheWay { path: PathBuf, what: String },
+    /// A transition the volume lifecycle does not allow: a bug, refused
+    /// before anything was written.
+    IllegalTransition { volume: String, step: String },
+    /// A build of cache `cache` failed; every caller that waited for the
+    /// same build gets the same cause, with its code.
+    BuildFailed { cache: String, cause: Arc<Error> },
     /// A declared limit is reached (`what` names it): nothing was changed.
     Exhausted { what: String, reason: String },
 }
@@ -134,9 +155,16 @@ impl Error {
             Error::NotServing { .. } => RpcStatusCode::UNAVAILABLE,
             Error::Unimplemented(_) => RpcStatusCode::UNIMPLEMENTED,
             Error::Exhausted { .. } => RpcStatusCode::RESOURCE_EXHAUSTED,
-            Error::Sys { .. } | Error::Io { .. } | Error::Mounter { .. } | Error::State { .. } => {
-                RpcStatusCode::INTERNAL
-            }
+            Error::Changed { .. } => RpcStatusCode::UNAVAILABLE,
+            Error::InTheWay { .. } => RpcStatusCode::FAILED_PRECONDITION,
+            Error::BuildFailed { cause, .. } => cause.code(),
+            Error::Sys { .. }
+            | Error::Io { .. }
+            | Error::Mounter { .. }
+            | Error::Record { .. }
+            | Error::Corrupt { .. }
+            | Error::Gone { .. }
+            | Error::IllegalTransition { .. } => RpcStatusCode::INTERNAL,
         }
     }
 }
@@ -212,7 +240,17 @@ impl Error {
             Error::NotServing { volume, reason } => {
                 format!("volume {}: not serving: {reason}; retry", quoted(volume))
             }
-            Error::State { path, reason } => format!("state {}: {reason}", path.display()),
+            Error::Record { path, reason } => format!("state record {}: {reason}", path.display()),
+            Error::Corrupt { path, reason } => format!("{}: {reason}", path.display()),
+            Error::Changed { path, what } => format!("{}: {what}; retry", path.display()),
+            Error::Gone { path, what } => format!("{}: {what}", path.display()),
+            Error::InTheWay { path, what } => format!("{}: {what}", path.display()),
+            Error::IllegalTransition { volume, step } => {
+                format!("volume {}: illegal lifecycle step {step}", quoted(volume))
+            }
+            Error::BuildFailed { cache, cause } => {
+                format!("cache {}: build failed: {cause}", quoted(cache))
+            }
             Error::Exhausted { what, reason } => format!("{what}: {reason}"),
         }
     }
@@ -269,6 +307,28 @@ mod tests {
         assert_eq!(
             Error::Unimplemented("CreateSnapshot").code(),
             RpcStatusCode::UNIMPLEMENTED
+        );
+        assert_eq!(
+            Error::Changed {
+                path: "/t".into(),
+                what: "the bind just made is gone".into()
+            }
+            .code(),
+            RpcStatusCode::UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn a_shared_build_failure_keeps_its_code() {
+        let cause = Arc::new(Error::invalid("source", "no such bucket"));
+        let e = Error::BuildFailed {
+            cache: "c".into(),
+            cause: Arc::clone(&cause),
+        };
+        assert_eq!(e.code(), RpcStatusCode::INVALID_ARGUMENT);
+        assert_eq!(
+            e.to_string(),
+            "cache \"c\": build failed: source: no such bucket"
         );
     }
 

@@ -128,9 +128,9 @@ impl Journal {
         rec.set_volume_id(guard.id().to_string());
         let old = guard.data().clone();
         if let Err(step) = check_transition(&old, &rec) {
-            return Err(Error::State {
-                path: self.store.volume_dir(guard.id()),
-                reason: format!("illegal lifecycle step {step}"),
+            return Err(Error::IllegalTransition {
+                volume: guard.id().to_string(),
+                step,
             });
         }
         self.store.save(&rec)?;

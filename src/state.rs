@@ -147,7 +147,7 @@ impl StateStore {
                 Err(e) => Err(Error::io("remove", &path, e)),
             };
         }
-        let bytes = rec.write_to_bytes().map_err(|e| Error::State {
+        let bytes = rec.write_to_bytes().map_err(|e| Error::Record {
             path: path.clone(),
             reason: e.to_string(),
         })?;

@@ -1267,3 +1267,72 @@ fn cache_fills_never_delay_a_stage() {
     assert!(n.d.unstage("fill-bucket/v", &staging).ok());
     assert!(mounts_below(&n.d.kubelet).is_empty());
 }
+
+/// Pods that wait for a build another pod started get the build's own
+/// error code, not a generic INTERNAL: an s3: source whose credentials
+/// s3fs cannot take is INVALID_ARGUMENT for every pod.
+#[test]
+fn waiters_of_a_failed_build_get_its_code() {
+    if !can_mount("waiters_of_a_failed_build_get_its_code") {
+        return;
+    }
+    let conf_dir = Scratch::new("badcreds");
+    let creds = conf_dir.path.join("credentials");
+    fs::write(&creds, "accessKeyID=a:b\nsecretAccessKey=s\n").unwrap();
+    let conf = conf_dir.path.join("caches.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[cache models]\nsource = s3:models/m\nendpoint = http://127.0.0.1:9\n\
+             credentials = {}\nstrategy = copy\nnamespaces = *\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&[
+        &format!("--cache-config={}", conf.display()),
+        "--no-wait-for-caches",
+    ]);
+    let gate = d.scratch.path.join("build-gate");
+    d.stop();
+    d.env = vec![
+        ("BINDERY_PAUSE_AT".into(), "cache.build".into()),
+        ("BINDERY_PAUSE_GATE".into(), gate.display().to_string()),
+    ];
+    fs::write(&gate, "").unwrap();
+    d.restart();
+    let publish = |pod: &str| {
+        let target = d.kpath(&format!("pods/{pod}/volumes/kubernetes.io~csi/m/mount"));
+        d.csi(&[
+            "node-publish",
+            "--volume-id",
+            pod,
+            "--target-path",
+            &target,
+            "--param",
+            "cache=models",
+            "--param",
+            &format!("csi.storage.k8s.io/pod.uid={pod}"),
+        ])
+    };
+    thread::scope(|scope| {
+        let leader = scope.spawn(|| publish("pod-a"));
+        wait_until("the build held at its pause point", 30, || {
+            d.log_text().contains("pause point cache.build: waiting")
+        });
+        let waiter = scope.spawn(|| publish("pod-b"));
+        wait_until("the second pod waiting for the build", 30, || {
+            d.log_text()
+                .contains("cache \"models\": waiting for the build in flight")
+        });
+        fs::remove_file(&gate).unwrap();
+        for (who, out) in [
+            ("leader", leader.join().unwrap()),
+            ("waiter", waiter.join().unwrap()),
+        ] {
+            assert_eq!(out.code, 3, "{who}: INVALID_ARGUMENT: {out:?}");
+            assert!(out.stderr.contains("secrets.accessKeyID"), "{who}: {out:?}");
+        }
+    });
+    assert!(mounts_below(&d.kubelet).is_empty());
+}

@@ -543,9 +543,9 @@ impl GoldenStore {
         }
         let golden = self.path(name, version);
         if !golden.is_dir() {
-            return Err(Error::State {
+            return Err(Error::Gone {
                 path: golden,
-                reason: "golden version is gone".into(),
+                what: "golden version is gone".into(),
             });
         }
         let started = Instant::now();

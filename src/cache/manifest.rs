@@ -405,7 +405,7 @@ impl Manifest {
 
     pub fn read_from(path: &Path) -> Result<Manifest> {
         let f = std::fs::File::open(path).map_err(|e| Error::io("open manifest", path, e))?;
-        let bad = |n: usize, why: &str| Error::State {
+        let bad = |n: usize, why: &str| Error::Corrupt {
             path: path.to_path_buf(),
             reason: format!("line {n}: {why}"),
         };
@@ -509,7 +509,7 @@ impl Manifest {
             entries.push(e);
         }
         if entries.is_empty() {
-            return Err(Error::State {
+            return Err(Error::Corrupt {
                 path: path.to_path_buf(),
                 reason: "empty manifest".into(),
             });
@@ -873,7 +873,7 @@ mod tests {
             let p = d.path().join(format!("m{i}"));
             std::fs::write(&p, text).unwrap();
             let e = Manifest::read_from(&p).unwrap_err();
-            assert!(matches!(e, Error::State { .. }), "{text:?}: {e}");
+            assert!(matches!(e, Error::Corrupt { .. }), "{text:?}: {e}");
         }
     }
 }

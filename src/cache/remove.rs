@@ -67,9 +67,9 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::EXDEV) => {
-            return Err(Error::State {
+            return Err(Error::InTheWay {
                 path: path.to_path_buf(),
-                reason: "is a mount point: unmount it before removing the tree".into(),
+                what: "is a mount point: unmount it before removing the tree".into(),
             })
         }
         Err(e) => return Err(Error::sys("open directory", path, e)),
@@ -102,9 +102,9 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         );
     }
     let (first, why) = &walk.left[0];
-    Err(Error::State {
+    Err(Error::InTheWay {
         path: path.to_path_buf(),
-        reason: format!(
+        what: format!(
             "{} entries could not be removed, first {} ({why})",
             walk.left.len(),
             first.display()
@@ -358,17 +358,17 @@ impl Walk<'_> {
         let parent = &self.frames[self.frames.len() - 1];
         let path = self.path();
         let Some(child_fd) = &child.fd else {
-            return Err(Error::State {
+            return Err(Error::Changed {
                 path,
-                reason: "lost both a directory and its parent fd".into(),
+                what: "lost both a directory and its parent fd".into(),
             });
         };
         let fd = fs::open_parent(child_fd.as_fd()).map_err(|e| Error::sys("open ..", &path, e))?;
         let st = fs::fstat(fd.as_fd()).map_err(|e| Error::sys("fstat ..", &path, e))?;
         if (st.st_dev, st.st_ino) != (parent.dev, parent.ino) {
-            return Err(Error::State {
+            return Err(Error::Changed {
                 path,
-                reason: "directory moved during removal".into(),
+                what: "directory moved during removal".into(),
             });
         }
         Ok(fd)

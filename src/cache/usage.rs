@@ -52,9 +52,9 @@ pub struct Usage {
 /// mount) and the walk never leaves `target`.
 fn open_root(target: &Path, root: &Path) -> Result<OwnedFd> {
     let base = fs::open_dir(target)?;
-    let rel = root.strip_prefix(target).map_err(|_| Error::State {
+    let rel = root.strip_prefix(target).map_err(|_| Error::Corrupt {
         path: root.to_path_buf(),
-        reason: format!("not below its target {}", target.display()),
+        reason: format!("recorded as not below its target {}", target.display()),
     })?;
     if rel.as_os_str().is_empty() {
         return Ok(base);

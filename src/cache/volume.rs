@@ -19,7 +19,7 @@ use crate::cache::golden::{self, GoldenStore, Pin, VariantLimit, Version, OWNER_
 use crate::cache::manifest::Confirmed;
 use crate::cache::populate::{self, Owner, Probe, Strategy};
 use crate::cache::remove::Trash;
-use crate::cache::request::{short, CacheRequest};
+use crate::cache::request::CacheRequest;
 use crate::cache::usage::{self, UsageBudget, UsageTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -42,7 +42,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One build of a cache in flight: the others wait for its result.
 #[derive(Default)]
 struct Flight {
-    result: Mutex<Option<std::result::Result<Version, String>>>,
+    result: Mutex<Option<std::result::Result<Version, Arc<Error>>>>,
     done: Condvar,
 }
 
@@ -242,9 +242,9 @@ impl Caches {
             }
             self.build_once(name)?;
         }
-        Err(Error::State {
+        Err(Error::Changed {
             path: self.store.root().join(name),
-            reason: "no usable version after building".into(),
+            what: "each version built was collected or replaced before it could be pinned".into(),
         })
     }
 
@@ -263,15 +263,13 @@ impl Caches {
             }
         };
         if leader {
-            let r = self.build(name);
-            *lock(&flight.result) = Some(match &r {
-                Ok(v) => Ok(v.clone()),
-                Err(e) => Err(e.to_string()),
-            });
+            let r = self.build(name).map_err(Arc::new);
+            *lock(&flight.result) = Some(r.clone());
             lock(&self.builds).remove(name);
             flight.done.notify_all();
-            return r;
+            return r.map_err(|cause| self.build_failed(name, cause));
         }
+        info!("cache {name:?}: waiting for the build in flight");
         let mut res = lock(&flight.result);
         while res.is_none() {
             res = match flight.done.wait(res) {
@@ -281,11 +279,18 @@ impl Caches {
         }
         match res.as_ref() {
             Some(Ok(v)) => Ok(v.clone()),
-            Some(Err(why)) => Err(Error::State {
-                path: self.store.root().join(name),
-                reason: format!("build failed: {}", short(why)),
-            }),
+            Some(Err(cause)) => Err(self.build_failed(name, Arc::clone(cause))),
             None => unreachable!("waited until set"),
+        }
+    }
+
+    /// The error every caller of one build gets: the build's own, with its
+    /// code (a source that is not there is INVALID_ARGUMENT for every pod
+    /// that waited, not only for the one that started the build).
+    fn build_failed(&self, name: &str, cause: Arc<Error>) -> Error {
+        Error::BuildFailed {
+            cache: name.to_string(),
+            cause,
         }
     }
 
@@ -298,6 +303,7 @@ impl Caches {
 
     /// Build a new version of cache `name` from its source.
     pub fn build(&self, name: &str) -> Result<Version> {
+        crate::crash::pause("cache.build");
         let decl = self.declared.get(name)?;
         let started = Instant::now();
         let version = match &decl.source {
@@ -612,9 +618,9 @@ impl Caches {
     /// version): the caller then fills the volume anew.
     pub fn restore(&self, p: &Publication) -> Result<()> {
         let root = Path::new(p.get_cache_root());
-        let cannot = |what: String| Error::State {
+        let cannot = |what: String| Error::Gone {
             path: root.to_path_buf(),
-            reason: format!("cannot restore: {what}"),
+            what: format!("cannot restore: {what}"),
         };
         let mut lack = Self::lack(p)?;
         if lack == Some(Lack::Overlay) {
@@ -675,10 +681,9 @@ impl Caches {
                 warn!("no thread to finish unmounting in the background ({e}); finished inline");
             }
         }
-        let trash = self.trash.as_ref().ok_or_else(|| Error::State {
-            path: target.to_path_buf(),
-            reason: "no trash: only the daemon removes pod trees".into(),
-        })?;
+        let trash = self.trash.as_ref().ok_or(Error::Unimplemented(
+            "removing a pod's tree outside the daemon",
+        ))?;
         let started = Instant::now();
         trash.discard(target)?;
         let (upper, work) = Self::overlay_dirs(target);

@@ -268,9 +268,9 @@ impl Node {
                 mount::per_mount_flags(&m.options),
                 flags,
             ),
-            _ => Err(Error::State {
+            _ => Err(Error::Changed {
                 path: target.to_path_buf(),
-                reason: "the bind just made is not there".into(),
+                what: "the bind just made is gone".into(),
             }),
         };
         if let Err(e) = remounted {

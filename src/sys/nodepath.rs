@@ -57,13 +57,23 @@ fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
 
 /// One step of the walk: open `name` in `dir` without leaving `dir` and
 /// without following symlinks (openat2 refuses them with ELOOP/EXDEV).
+/// openat2 answers EAGAIN when a rename or mount elsewhere raced its
+/// lookup: asked again this many times before the walk gives up.
+const RACED_RETRIES: usize = 3;
+
 fn open_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
     let how = OpenHow::new().flags(PATH_FLAGS).resolve(
         ResolveFlag::RESOLVE_BENEATH
             | ResolveFlag::RESOLVE_NO_SYMLINKS
             | ResolveFlag::RESOLVE_NO_MAGICLINKS,
     );
-    fcntl::openat2(dir.as_raw_fd(), name, how).map(owned)
+    let mut left = RACED_RETRIES;
+    loop {
+        match fcntl::openat2(dir.as_raw_fd(), name, how) {
+            Err(Errno::EAGAIN) if left > 0 => left -= 1,
+            other => return other.map(owned),
+        }
+    }
 }
 
 /// Create one missing directory of a node path (EEXIST is fine: someone else
@@ -81,7 +91,8 @@ fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
 
 /// One checked step of a walk: `name` opened beneath `dir` (created first when
 /// `create`); a missing entry is None, a symlink, an escape or a
-/// non-directory INVALID_ARGUMENT naming `field` and `path` (the entry).
+/// non-directory INVALID_ARGUMENT naming `field` and `path` (the entry), a
+/// lookup raced by renames or mounts every time UNAVAILABLE (retry).
 fn open_entry(
     dir: BorrowedFd<'_>,
     name: &OsStr,
@@ -99,7 +110,11 @@ fn open_entry(
     match opened {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::ENOENT) => Ok(None),
-        Err(Errno::ELOOP | Errno::EXDEV | Errno::EAGAIN) => Err(Error::invalid(
+        Err(Errno::EAGAIN) => Err(Error::Changed {
+            path: path.to_path_buf(),
+            what: "renames or mounts kept racing its lookup".into(),
+        }),
+        Err(Errno::ELOOP | Errno::EXDEV) => Err(Error::invalid(
             field,
             format!("{} is a symlink or leaves the kubelet dir", path.display()),
         )),
@@ -319,7 +334,7 @@ pub fn rmdir_at(parent: &NodePath, name: &CString) -> Result<()> {
 fn mount_id_of(fd: BorrowedFd<'_>) -> Result<u32> {
     let p = PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
     let f = std::fs::File::open(&p).map_err(|e| Error::io("open", &p, e))?;
-    parse_mnt_id(f).ok_or_else(|| Error::State {
+    parse_mnt_id(f).ok_or_else(|| Error::Corrupt {
         path: p,
         reason: "no mnt_id".into(),
     })
