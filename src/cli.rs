@@ -72,7 +72,7 @@ fn output_format(args: &[String]) -> Result<(bool, Vec<String>), String> {
 pub fn main(args: Vec<String>) -> ExitCode {
     let owned: Vec<String>;
     if args.first().map(String::as_str) == Some("csi") {
-        return ExitCode::from(client::main(&args[1..]).clamp(0, 255) as u8);
+        return ExitCode::from(u8::try_from(client::main(&args[1..])).unwrap_or(u8::MAX));
     }
     let (cmd, flags) = match (
         args.first().map(String::as_str),

@@ -2,6 +2,9 @@
 //! tests/common), so that both follow one rule for missing prerequisites
 //! and clean up their scratch directories the same way.
 
+// Test helpers fail the test that called them by panicking.
+#![allow(clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -539,7 +539,7 @@ fn entry_from_stat(path: PathBuf, kind: Kind, st: &Stat, target: Option<OsString
         },
         uid: if kind == Kind::Symlink { 0 } else { st.st_uid },
         gid: if kind == Kind::Symlink { 0 } else { st.st_gid },
-        size: if file { st.st_size as u64 } else { 0 },
+        size: if file { fs::size_of(st) } else { 0 },
         ino: if file { st.st_ino } else { 0 },
         mtime: if file {
             (st.st_mtime, st.st_mtime_nsec)

@@ -594,7 +594,7 @@ impl Shared<'_> {
         )
         .map_err(|e| Error::sys("fchmod", dpath(), e))?;
         fs::set_times(dst.as_fd(), &sst).map_err(|e| Error::sys("futimens", dpath(), e))?;
-        stats.bytes += sst.st_size as u64;
+        stats.bytes += fs::size_of(&sst);
         Ok(())
     }
 }

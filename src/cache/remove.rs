@@ -223,6 +223,7 @@ impl Walk<'_> {
         match &self.top().fd {
             Some(fd) => fd,
             // The top frame's fd is always open: only ancestors are closed.
+            #[allow(clippy::unreachable)] // an invariant of the walk, not an input
             None => unreachable!("current directory fd closed"),
         }
     }

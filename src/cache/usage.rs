@@ -68,7 +68,7 @@ pub fn measure(target: &Path, root: &Path, max_entries: u64, deadline: Instant) 
     let fd = open_root(target, root)?;
     let st = fs::fstat(fd.as_fd()).map_err(|e| Error::sys("fstat", root, e))?;
     let mut u = Usage {
-        bytes: st.st_blocks as u64 * 512,
+        bytes: fs::allocated_bytes(&st),
         inodes: 1,
         complete: true,
         measured_at: SystemTime::now(),
@@ -92,7 +92,7 @@ pub fn measure(target: &Path, root: &Path, max_entries: u64, deadline: Instant) 
                 continue;
             };
             u.inodes += 1;
-            u.bytes += st.st_blocks as u64 * 512;
+            u.bytes += fs::allocated_bytes(&st);
             if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
                 // A mount point (EXDEV) or a directory we cannot open is not counted.
                 if let Ok(sub) = fs::open_dir_at_no_xdev(dir.as_fd(), name) {

@@ -271,16 +271,16 @@ impl Caches {
         }
         info!("cache {name:?}: waiting for the build in flight");
         let mut res = lock(&flight.result);
-        while res.is_none() {
+        loop {
+            match res.as_ref() {
+                Some(Ok(v)) => return Ok(v.clone()),
+                Some(Err(cause)) => return Err(self.build_failed(name, Arc::clone(cause))),
+                None => {}
+            }
             res = match flight.done.wait(res) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-        }
-        match res.as_ref() {
-            Some(Ok(v)) => Ok(v.clone()),
-            Some(Err(cause)) => Err(self.build_failed(name, Arc::clone(cause))),
-            None => unreachable!("waited until set"),
         }
     }
 
@@ -559,6 +559,7 @@ impl Caches {
                     started.elapsed()
                 );
             }
+            #[allow(clippy::unreachable)] // an invariant of resolve(), not an input
             Choice::Auto => unreachable!("resolve() never returns Auto"),
         }
         if readonly {

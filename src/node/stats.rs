@@ -17,9 +17,10 @@ use crate::volumes::Op;
 fn volume_usage(unit: VolumeUsage_Unit, total: u64, available: u64, used: u64) -> VolumeUsage {
     let mut u = VolumeUsage::new();
     u.set_unit(unit);
-    u.set_total(total as i64);
-    u.set_available(available as i64);
-    u.set_used(used as i64);
+    let wire = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    u.set_total(wire(total));
+    u.set_available(wire(available));
+    u.set_used(wire(used));
     u
 }
 

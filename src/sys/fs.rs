@@ -36,10 +36,21 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 /// `..`, to reopen a parent directory from a child's fd.
+#[allow(clippy::panic)] // evaluated at compile time: a bad literal fails the build
 const DOTDOT: &CStr = match CStr::from_bytes_with_nul(b"..\0") {
     Ok(c) => c,
     Err(_) => panic!("literal is NUL-terminated"),
 };
+
+/// A file's size in bytes (the kernel never reports a negative one).
+pub fn size_of(st: &Stat) -> u64 {
+    u64::try_from(st.st_size).unwrap_or(0)
+}
+
+/// The bytes a file takes on disk: its 512-byte blocks.
+pub fn allocated_bytes(st: &Stat) -> u64 {
+    u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512)
+}
 
 /// Turn a raw fd that a successful syscall just returned into an owned one.
 fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
@@ -91,10 +102,10 @@ pub fn xattrs(fd: BorrowedFd<'_>) -> nix::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let read = |get: &dyn Fn(*mut libc::c_void, usize) -> isize| -> nix::Result<Option<Vec<u8>>> {
         loop {
             let size = Errno::result(get(std::ptr::null_mut(), 0))?;
-            let mut buf = vec![0u8; size as usize];
+            let mut buf = vec![0u8; usize::try_from(size).map_err(|_| Errno::EOVERFLOW)?];
             match Errno::result(get(buf.as_mut_ptr().cast(), buf.len())) {
                 Ok(n) => {
-                    buf.truncate(n as usize);
+                    buf.truncate(usize::try_from(n).map_err(|_| Errno::EOVERFLOW)?);
                     return Ok(Some(buf));
                 }
                 Err(Errno::ERANGE) => continue,
@@ -282,7 +293,7 @@ pub fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: usize) -> nix::
             0u32,
         )
     };
-    Errno::result(n).map(|n| n as usize)
+    Errno::result(n).and_then(|n| usize::try_from(n).map_err(|_| Errno::EOVERFLOW))
 }
 
 /// Set owner and group of an open file or directory (None keeps it): population gives the pod its files.
@@ -441,7 +452,7 @@ pub fn random_bytes(buf: &mut [u8]) -> nix::Result<()> {
             )
         };
         match Errno::result(n) {
-            Ok(n) => done += n as usize,
+            Ok(n) => done += usize::try_from(n).map_err(|_| Errno::EOVERFLOW)?,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
         }

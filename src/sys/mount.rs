@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::sys::mounts;
 
 /// FUSE_SUPER_MAGIC from linux/magic.h.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
 
 /// Bind `source` onto `target`: how every pod gets its view of a staged volume.
 pub fn bind(source: &Path, target: &Path) -> Result<()> {
@@ -275,19 +275,22 @@ pub struct FsStats {
 
 /// statfs(2): what filesystem serves `path` and how full it is. ENOTCONN here
 /// is how a dead FUSE mount shows itself.
+// statfs field types differ between C libraries (i64 in glibc, u64 in
+// musl): the conversions are identities on one and checked on the other.
+#[allow(clippy::useless_conversion)]
 pub fn fs_stats(path: &Path) -> Result<FsStats> {
     let s = statfs(path).map_err(|e| Error::sys("statfs", path, e))?;
     // FUSE servers report whatever they like (s3fs: 2^24 blocks of 2^24
     // bytes): saturate instead of overflowing, and stay within i64 for CSI.
-    let bytes =
-        |blocks: u64| (blocks as u128 * s.block_size() as u128).min(i64::MAX as u128) as u64;
-    let total = bytes(s.blocks() as u64);
-    let free = bytes(s.blocks_free() as u64);
-    let avail = bytes(s.blocks_available() as u64);
-    let files = s.files() as u64;
-    let ffree = s.files_free() as u64;
+    let block = u64::try_from(s.block_size()).unwrap_or(0);
+    let bytes = |blocks: u64| blocks.saturating_mul(block).min(i64::MAX.unsigned_abs());
+    let total = bytes(s.blocks());
+    let free = bytes(s.blocks_free());
+    let avail = bytes(s.blocks_available());
+    let files = s.files();
+    let ffree = s.files_free();
     Ok(FsStats {
-        fuse: s.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC,
+        fuse: u64::try_from(s.filesystem_type().0).ok() == Some(FUSE_SUPER_MAGIC),
         total_bytes: total,
         available_bytes: avail,
         used_bytes: total.saturating_sub(free),

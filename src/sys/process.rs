@@ -75,7 +75,8 @@ pub fn spawn_session(mut cmd: Command, log: &Path) -> Result<(i32, u64)> {
     let child = cmd
         .spawn()
         .map_err(|e| Error::io("spawn", Path::new(&program), e))?;
-    let pid = child.id() as i32;
+    // A pid_t always fits; `Child::id` is u32 only by std's choice.
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     // The Child handle is dropped without waiting: reaping is done by pid
     // (reap()), also after a daemon restart when the process is no longer ours.
     drop(child);
@@ -165,7 +166,7 @@ pub fn cap_output(pid: i32, max: u64, keep: u64) -> io::Result<bool> {
         return Ok(false);
     }
     f.seek(SeekFrom::Start(meta.len().saturating_sub(keep)))?;
-    let mut tail = Vec::with_capacity(keep as usize);
+    let mut tail = Vec::with_capacity(usize::try_from(keep).unwrap_or(0));
     Read::by_ref(&mut f).take(keep).read_to_end(&mut tail)?;
     // Start at a line boundary.
     let start = tail.iter().position(|b| *b == b'\n').map_or(0, |p| p + 1);

@@ -25,7 +25,7 @@ fn session_of(stat: &str) -> Option<i32> {
 /// PIDs of session leaders (how bindery starts every mounter) with `arg`
 /// as one of their arguments exactly, other than this process.
 pub fn session_leaders_with_arg(arg: &Path) -> Vec<i32> {
-    let me = std::process::id() as i32;
+    let me = nix::unistd::getpid().as_raw();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };

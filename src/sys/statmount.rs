@@ -208,7 +208,7 @@ fn stat_mount(id: u64) -> io::Result<MountInfo> {
         if r == 0 {
             // SAFETY: `buf` is `size` initialised bytes; viewing them as u8
             // is always valid.
-            let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, size) };
+            let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), size) };
             return decode(bytes).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOSYS));
         }
         let e = io::Error::last_os_error();
