@@ -55,4 +55,30 @@ fn main() {
         ));
     }
     fs::write(out.join("mod.rs"), mods).expect("write mod.rs");
+    commit();
+}
+
+/// BINDERY_COMMIT for `bindery_build_info`: the commit being built, when the
+/// source is a git checkout ("unknown" otherwise, e.g. from a tarball).
+/// Rebuilt when HEAD moves: the git dir's HEAD and refs are watched where
+/// git says they are (a worktree's .git is a file, not that dir).
+fn commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=BINDERY_COMMIT={commit}");
+    for what in ["HEAD", "packed-refs", "refs/heads"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", what]) {
+            if Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
+    }
 }

@@ -55,6 +55,8 @@ pub struct Config {
     pub mounter_cgroups: Vec<PathBuf>,
     /// Limits of each mounter's own cgroup (below each `--mounter-cgroup`).
     pub mounter_limits: crate::sys::cgroup::CgroupLimits,
+    /// Where `/metrics` is served (off when None).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 pub const HELP: &str = "\
@@ -125,6 +127,9 @@ FLAGS (environment fallback in brackets):
     --no-wait-for-caches    build declared caches on first use, not in the
                             background from start (Probe is ready as soon as
                             state is recovered either way)
+    --metrics-address HOST:PORT  serve Prometheus metrics at
+                            http://HOST:PORT/metrics, e.g. 0.0.0.0:9810 or
+                            127.0.0.1:9810 (default: off)
     -h, --help              print this help
     -V, --version           print the version
 
@@ -235,6 +240,7 @@ impl Config {
         let mut mounter_cgroups = Vec::new();
         let mut mounter_limits = crate::sys::cgroup::CgroupLimits::default();
         let mut allow_credential_sources = false;
+        let mut metrics_address = None;
         let args: Vec<String> = args.into_iter().map(Into::into).collect();
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -299,6 +305,16 @@ impl Config {
                     caches.push(v);
                 }
                 "--no-wait-for-caches" => wait_for_caches = false,
+                "--metrics-address" => {
+                    let v = value()?;
+                    metrics_address = Some(v.parse::<std::net::SocketAddr>().map_err(|_| {
+                        format!(
+                            "{flag}: expected HOST:PORT with an IP address \
+                             (0.0.0.0:9810, [::1]:9810), got {}",
+                            crate::error::quoted(&v)
+                        )
+                    })?);
+                }
                 "--allow-credential-sources" => allow_credential_sources = true,
                 "--mounter-cgroup" => mounter_cgroups.push(abs_dir("--mounter-cgroup", &value()?)?),
                 "--mounter-memory-max" => {
@@ -373,6 +389,7 @@ impl Config {
             wait_for_caches,
             mounter_cgroups,
             mounter_limits,
+            metrics_address,
         })))
     }
 }
@@ -475,6 +492,22 @@ mod tests {
         for (args, needle) in cases {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(parse(&["--node-id=n"]).unwrap().metrics_address, None);
+        let c = parse(&["--node-id=n", "--metrics-address=127.0.0.1:9810"]).unwrap();
+        assert_eq!(c.metrics_address, Some("127.0.0.1:9810".parse().unwrap()));
+        let c = parse(&["--node-id=n", "--metrics-address", "[::1]:9"]).unwrap();
+        assert_eq!(c.metrics_address, Some("[::1]:9".parse().unwrap()));
+        for bad in ["localhost:9810", "9810", "1.2.3.4", "1.2.3.4:99999", ""] {
+            let e = parse(&["--node-id=n", &format!("--metrics-address={bad}")]).unwrap_err();
+            assert!(
+                e.starts_with("--metrics-address: expected HOST:PORT"),
+                "{bad}: {e}"
+            );
         }
     }
 

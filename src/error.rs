@@ -169,6 +169,33 @@ impl Error {
     }
 }
 
+/// The name of a gRPC status code, as a metric label ("OK", "NOT_FOUND").
+pub fn code_name(code: RpcStatusCode) -> &'static str {
+    const NAMES: [(RpcStatusCode, &str); 17] = [
+        (RpcStatusCode::OK, "OK"),
+        (RpcStatusCode::CANCELLED, "CANCELLED"),
+        (RpcStatusCode::UNKNOWN, "UNKNOWN"),
+        (RpcStatusCode::INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        (RpcStatusCode::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+        (RpcStatusCode::NOT_FOUND, "NOT_FOUND"),
+        (RpcStatusCode::ALREADY_EXISTS, "ALREADY_EXISTS"),
+        (RpcStatusCode::PERMISSION_DENIED, "PERMISSION_DENIED"),
+        (RpcStatusCode::RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
+        (RpcStatusCode::FAILED_PRECONDITION, "FAILED_PRECONDITION"),
+        (RpcStatusCode::ABORTED, "ABORTED"),
+        (RpcStatusCode::OUT_OF_RANGE, "OUT_OF_RANGE"),
+        (RpcStatusCode::UNIMPLEMENTED, "UNIMPLEMENTED"),
+        (RpcStatusCode::INTERNAL, "INTERNAL"),
+        (RpcStatusCode::UNAVAILABLE, "UNAVAILABLE"),
+        (RpcStatusCode::DATA_LOSS, "DATA_LOSS"),
+        (RpcStatusCode::UNAUTHENTICATED, "UNAUTHENTICATED"),
+    ];
+    NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or("UNKNOWN", |(_, n)| n)
+}
+
 /// Longest message an error renders to. gRPC C-core clients refuse status
 /// messages over 16 KiB (RESOURCE_EXHAUSTED, losing the real code), and a
 /// message is for a human: every error is capped here, in one place.

@@ -34,6 +34,7 @@ pub mod controller;
 pub mod crash;
 pub mod error;
 pub mod lifecycle;
+pub mod metrics;
 pub mod mounter;
 pub mod node;
 // Generated code: the lints are ours, not the generators'.

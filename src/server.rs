@@ -22,6 +22,7 @@ use crate::cache::usage::UsageBudget;
 use crate::config::Config;
 use crate::controller::Controller;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::node::Node;
 use crate::proto::csi_grpc::{create_controller, create_identity, create_node};
 use crate::rpc::controller::ControllerService;
@@ -224,6 +225,16 @@ pub fn run(cfg: Config) -> Result<()> {
     })?;
     fs::set_permissions(&cfg.endpoint, fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io("chmod", &cfg.endpoint, e))?;
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let mut background = Vec::new();
+    if let Some(addr) = cfg.metrics_address {
+        // Bound before the socket serves: a port in use stops the start.
+        let gauges = node.clone();
+        background.push(metrics::http::start(addr, &stop_rx, move || {
+            let gauges = gauges.as_ref().map(|n| n.gauges()).unwrap_or_default();
+            metrics::render(&gauges)
+        })?);
+    }
     server.start();
     info!(
         "bindery {} ({:?} mode) listening on {} with {} gRPC threads and {} workers",
@@ -238,10 +249,8 @@ pub fn run(cfg: Config) -> Result<()> {
     // checks run in the background and never make the node look dead.
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     info!("ready");
-    let (stop_tx, stop_rx) = bounded::<()>(0);
-    let mut background = Vec::new();
     if let Some(node) = node {
-        background = background_jobs(node, &cfg, &stop_rx)?;
+        background.extend(background_jobs(node, &cfg, &stop_rx)?);
     }
 
     let sig = signals.recv().unwrap_or(Signal::SIGTERM);

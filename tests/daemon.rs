@@ -602,3 +602,130 @@ fn queued_calls_past_their_deadline_are_dropped() {
     );
     assert!(!d.kubelet.join("plugins/second-vol/globalmount").exists());
 }
+
+/// One HTTP exchange with the metrics listener: the status line and the body.
+fn http(port: u16, request: &[u8]) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // A request the listener refuses early may close the connection before
+    // all of it is written: what it answered is what the test checks.
+    let _ = c.write_all(request);
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// `--metrics-address` serves the Prometheus text format: every call's
+/// latency by method and code, the node's gauges, the build; no volume id
+/// is ever a label. A client that sends nothing, too much or nonsense gets
+/// its answer or times out, and never holds up a CSI call.
+#[test]
+fn metrics_are_served_and_bad_clients_hurt_nothing() {
+    let port = free_port();
+    let d = Daemon::start(&[&format!("--metrics-address=127.0.0.1:{port}")]);
+    assert!(d.csi(&["node-info"]).ok());
+    let secret_id = "vol-never-a-label-7f3a";
+    let refused = d.csi(&[
+        "node-publish",
+        "--volume-id",
+        secret_id,
+        "--target-path",
+        "relative/path",
+    ]);
+    assert_eq!(refused.code, INVALID_ARGUMENT, "{refused:?}");
+
+    // A client that connects and sends nothing: CSI calls go on meanwhile.
+    let idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for _ in 0..3 {
+        let p = d.csi(&["probe"]);
+        assert!(p.ok(), "a silent metrics client held up a CSI call: {p:?}");
+    }
+    let (status, body) = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    drop(idle);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let count = |method: &str, code: &str| -> u64 {
+        let key =
+            format!("bindery_rpc_duration_seconds_count{{method=\"{method}\",code=\"{code}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("NodeGetInfo", "OK") >= 1, "{body}");
+    assert!(count("Probe", "OK") >= 3, "{body}");
+    assert_eq!(count("NodePublishVolume", "INVALID_ARGUMENT"), 1, "{body}");
+    for family in [
+        "# TYPE bindery_rpc_duration_seconds histogram",
+        "# TYPE bindery_volumes gauge",
+        "# TYPE bindery_mounters gauge",
+        "# TYPE bindery_mounter_restarts_total counter",
+        "# TYPE bindery_heal_duration_seconds histogram",
+        "# TYPE bindery_cache_build_duration_seconds histogram",
+        "# TYPE bindery_cache_publish_duration_seconds histogram",
+        "# TYPE bindery_cache_versions gauge",
+        "# TYPE bindery_trash_bytes gauge",
+        "# TYPE bindery_quarantined_records gauge",
+    ] {
+        assert!(body.contains(family), "{family} missing:\n{body}");
+    }
+    let info = format!(
+        "bindery_build_info{{version=\"{}\",commit=\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(body.contains(&info), "{body}");
+    assert!(
+        !body.contains(secret_id),
+        "a volume id in the metrics:\n{body}"
+    );
+
+    let (status, _) = http(port, b"POST /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let (status, _) = http(port, b"GET /other HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = http(
+        port,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    huge.extend(std::iter::repeat(b'a').take(1 << 20));
+    let (status, _) = http(port, &huge);
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+    // Still serving, and still answering CSI calls.
+    let (status, _) = http(port, b"GET /metrics HTTP/1.0\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(d.csi(&["probe"]).ok());
+}
+
+/// A metrics address that cannot be bound stops the start with a message
+/// that names it, rather than a daemon running without the metrics asked for.
+#[test]
+fn a_metrics_port_in_use_stops_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let scratch = Scratch::new("metrics-taken");
+    let out = Command::new(BIN)
+        .args(["--node-id=n", "--mode=controller"])
+        .arg(format!(
+            "--endpoint=unix://{}",
+            scratch.path.join("csi.sock").display()
+        ))
+        .arg(format!(
+            "--state-dir={}",
+            scratch.path.join("state").display()
+        ))
+        .arg(format!("--metrics-address=127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("metrics address 127.0.0.1:{port}")),
+        "{err}"
+    );
+}

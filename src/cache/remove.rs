@@ -420,9 +420,12 @@ pub fn move_to_trash(path: &Path, trash_dir: &Path) -> Result<Option<PathBuf>> {
 /// A trash directory and the background thread that empties it.
 pub struct Trash {
     dir: PathBuf,
-    tx: Sender<PathBuf>,
+    tx: Sender<(PathBuf, u64)>,
     /// Paths queued or being removed; the condvar signals when it drops to 0.
     pending: Arc<(Mutex<usize>, Condvar)>,
+    /// The bytes those paths used when last measured (a tree never measured,
+    /// or left from before a restart, counts 0).
+    bytes: Arc<AtomicU64>,
 }
 
 impl Trash {
@@ -431,14 +434,16 @@ impl Trash {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create trash dir", dir, e))?;
         let d = fs::open_dir(dir)?;
         fs::fchmod(d.as_fd(), 0o700).map_err(|e| Error::sys("fchmod", dir, e))?;
-        let (tx, rx) = unbounded::<PathBuf>();
+        let (tx, rx) = unbounded::<(PathBuf, u64)>();
         let pending = Arc::new((Mutex::new(0usize), Condvar::new()));
         let state = Arc::clone(&pending);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let left = Arc::clone(&bytes);
         std::thread::Builder::new()
             .name("bindery-trash".into())
             .spawn(move || {
                 // Ends when the Trash (the only sender) is dropped and the queue is empty.
-                for path in rx.iter() {
+                for (path, size) in rx.iter() {
                     let started = Instant::now();
                     match remove_tree(&path) {
                         Ok(()) => debug!(
@@ -448,6 +453,10 @@ impl Trash {
                         ),
                         Err(e) => warn!("trash: {e}"),
                     }
+                    // Saturating: never below zero, whatever the order.
+                    let _ = left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(size))
+                    });
                     let (lock, cv) = &*state;
                     let mut n = lock.lock().unwrap_or_else(|p| p.into_inner());
                     *n = n.saturating_sub(1);
@@ -461,12 +470,13 @@ impl Trash {
             dir: dir.to_path_buf(),
             tx,
             pending,
+            bytes,
         };
         let leftovers = std::fs::read_dir(dir).map_err(|e| Error::io("read trash dir", dir, e))?;
         let mut n = 0;
         for entry in leftovers {
             let entry = entry.map_err(|e| Error::io("read trash dir", dir, e))?;
-            trash.enqueue(entry.path());
+            trash.enqueue(entry.path(), 0);
             n += 1;
         }
         if n > 0 {
@@ -478,29 +488,40 @@ impl Trash {
         Ok(trash)
     }
 
-    fn enqueue(&self, path: PathBuf) {
+    fn enqueue(&self, path: PathBuf, size: u64) {
         let (lock, _) = &*self.pending;
         *lock.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        if let Err(e) = self.tx.send(path) {
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        if let Err(e) = self.tx.send((path, size)) {
             // Only if the trash thread died (a panic): the path stays for the next start.
             warn!(
                 "trash thread is gone; {} stays until restart",
-                e.into_inner().display()
+                e.into_inner().0.display()
             );
             *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
         }
     }
 
-    /// Move `path` into the trash and queue its deletion; returns at once. `false` if
-    /// `path` did not exist (idempotent unpublish).
-    pub fn discard(&self, path: &Path) -> Result<bool> {
+    /// Move `path` (which used `size` bytes when last measured) into the
+    /// trash and queue its deletion; returns at once. `false` if `path` did
+    /// not exist (idempotent unpublish).
+    pub fn discard(&self, path: &Path, size: u64) -> Result<bool> {
         match move_to_trash(path, &self.dir)? {
             Some(moved) => {
-                self.enqueue(moved);
+                self.enqueue(moved, size);
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// Trees queued or being removed, and the bytes they used when last
+    /// measured.
+    pub fn backlog(&self) -> (usize, u64) {
+        let (lock, _) = &*self.pending;
+        let n = *lock.lock().unwrap_or_else(|p| p.into_inner());
+        (n, self.bytes.load(Ordering::Relaxed))
     }
 
     /// Wait until nothing is queued or being removed; false on timeout.
@@ -707,9 +728,9 @@ mod tests {
         let vol = base.path().join("vol");
         stdfs::create_dir(&vol).unwrap();
         hostile_tree(&vol, o.path());
-        assert!(trash.discard(&vol).unwrap());
+        assert!(trash.discard(&vol, 0).unwrap());
         assert!(!vol.exists());
-        assert!(!trash.discard(&vol).unwrap());
+        assert!(!trash.discard(&vol, 0).unwrap());
         assert!(trash.wait_idle(Duration::from_secs(10)));
         assert_eq!(stdfs::read_dir(&trash_dir).unwrap().count(), 0);
         outside_intact(o.path());

@@ -135,9 +135,18 @@ impl UsageTable {
             });
     }
 
-    /// Stop watching every tree at or below `target`.
-    pub fn forget_below(&self, target: &Path) {
-        self.lock().retain(|p, _| !p.starts_with(target));
+    /// Stop watching every tree at or below `target`; returns the bytes
+    /// they used when last measured (0 for a tree never measured).
+    pub fn forget_below(&self, target: &Path) -> u64 {
+        let mut bytes = 0u64;
+        self.lock().retain(|p, w| {
+            let keep = !p.starts_with(target);
+            if !keep {
+                bytes = bytes.saturating_add(w.usage.map_or(0, |u| u.bytes));
+            }
+            keep
+        });
+        bytes
     }
 
     pub fn get(&self, root: &Path) -> Option<Usage> {

@@ -23,6 +23,7 @@ use crate::cache::request::CacheRequest;
 use crate::cache::usage::{self, UsageBudget, UsageTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::mounter::{self, VolumeFiles};
 use crate::proto::bindery::Publication;
 use crate::state::private_dir;
@@ -216,6 +217,21 @@ impl Caches {
         self.declared.request(attrs, mount_group, readonly, pod_dir)
     }
 
+    /// Per declared cache, how many golden versions the store holds (a
+    /// directory listing of the store: never a pod's tree, never FUSE).
+    pub fn version_counts(&self) -> Vec<(String, usize)> {
+        self.declared
+            .decls
+            .keys()
+            .map(|n| (n.clone(), self.store.versions(n).map_or(0, |v| v.len())))
+            .collect()
+    }
+
+    /// Pod trees waiting for their deletion, and their bytes as last measured.
+    pub fn trash_backlog(&self) -> (usize, u64) {
+        self.trash.as_ref().map_or((0, 0), Trash::backlog)
+    }
+
     /// Disabled caches and why (a bad declaration).
     #[allow(dead_code)] // node API (see the module doc)
     pub fn disabled(&self) -> &BTreeMap<String, String> {
@@ -304,6 +320,14 @@ impl Caches {
     /// Build a new version of cache `name` from its source.
     pub fn build(&self, name: &str) -> Result<Version> {
         crate::crash::pause("cache.build");
+        let started = Instant::now();
+        let built = self.build_from_source(name);
+        let result = if built.is_ok() { "ok" } else { "failed" };
+        metrics::CACHE_BUILD_DURATION.observe(&[name, result], started.elapsed());
+        built
+    }
+
+    fn build_from_source(&self, name: &str) -> Result<Version> {
         let decl = self.declared.get(name)?;
         let started = Instant::now();
         let version = match &decl.source {
@@ -656,7 +680,7 @@ impl Caches {
     /// rename the tree into the trash (O(1)) and let the trash thread delete
     /// it. Never follows the pod's symlinks, never touches the golden copy.
     pub fn unpublish(&self, target: &Path) -> Result<()> {
-        self.usage.forget_below(target);
+        let bytes = self.usage.forget_below(target);
         // Deepest mounts first: a read-only bind or overlay at the cache root.
         let table = mountinfo::read_self()?;
         let mut inside: Vec<&Path> = table
@@ -686,11 +710,11 @@ impl Caches {
             "removing a pod's tree outside the daemon",
         ))?;
         let started = Instant::now();
-        trash.discard(target)?;
+        trash.discard(target, bytes)?;
         let (upper, work) = Self::overlay_dirs(target);
         for d in [upper, work] {
             if d.exists() {
-                trash.discard(&d)?;
+                trash.discard(&d, 0)?;
             }
         }
         log::debug!(

@@ -6,6 +6,7 @@
 //!            to the trash → forget.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use log::warn;
 
@@ -14,6 +15,7 @@ use crate::cache::request::CacheRequest;
 use crate::crash;
 use crate::error::{Error, Result};
 use crate::lifecycle::publish_phase;
+use crate::metrics;
 use crate::proto::bindery::{Publication, PublishPhase, VolumeRecord};
 use crate::proto::csi::*;
 use crate::validate;
@@ -121,8 +123,11 @@ impl Node {
         self.journal.commit(&guard, rec)?;
         crash::point("cache_publish.recorded");
         crash::pause("cache_publish.filling");
+        let started = Instant::now();
         match self.caches.publish(&creq, &target, readonly) {
             Ok(done) => {
+                metrics::CACHE_PUBLISH_DURATION
+                    .observe(&[&creq.decl.name, done.get_strategy()], started.elapsed());
                 crash::point("cache_publish.populated");
                 self.set_phase(&guard, &target, PublishPhase::POPULATED, |p| {
                     p.set_readonly(done.get_readonly());

@@ -15,12 +15,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use log::{debug, info, warn};
 
 use super::{dev_string, running, Node};
 use crate::error::Result;
 use crate::lifecycle::{publish_phase, stage_phase};
+use crate::metrics;
 use crate::mounter::{self, Health};
 use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
 use nix::mount::MsFlags;
@@ -78,7 +80,11 @@ impl Node {
                 "volume {id:?}: {why}; starting a new mounter at {}",
                 staging.display()
             );
-            self.restart_mounter(guard, None)?;
+            let started = Instant::now();
+            let restarted = self.restart_mounter(guard, None);
+            let result = if restarted.is_ok() { "ok" } else { "failed" };
+            metrics::HEAL_DURATION.observe(&[result], started.elapsed());
+            restarted?;
             healed = true;
         }
         let rec = guard.data().clone();

@@ -6,6 +6,7 @@
 //! - quarantine.rs: cleanup by path for volumes whose record was unreadable
 //! - health.rs: the health loop (dead mounters healed, lost binds re-bound)
 //! - stats.rs: NodeGetVolumeStats
+//! - gauges.rs: the node's gauges for /metrics
 //!
 //! Every change to a volume goes through the state machine of
 //! src/lifecycle.rs: the phase is persisted before the side effect. Every
@@ -13,6 +14,7 @@
 //! capability, paths), then takes the volume guard, then looks at state.
 
 mod cache;
+mod gauges;
 mod health;
 mod publish;
 mod quarantine;

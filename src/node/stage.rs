@@ -15,6 +15,7 @@ use super::{mounters_by_argv, running, Node};
 use crate::crash;
 use crate::error::{Error, Result};
 use crate::lifecycle::stage_phase;
+use crate::metrics;
 use crate::mounter::{self, Health, MountSpec, Running};
 use crate::proto::bindery::{Stage, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
@@ -259,6 +260,7 @@ impl Node {
             run.pid,
             staging.display()
         );
+        metrics::MOUNTER_RESTARTS.inc(&[spec.kind.as_str()]);
         Ok(run)
     }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use grpcio::{RpcContext, RpcStatus, UnarySink, UnarySinkResult};
 use log::{debug, error, info};
 
-use crate::error::{Error, Result};
+use crate::error::{code_name, Error, Result};
+use crate::metrics;
 use crate::workers::Workers;
 use wait::wait_future;
 
@@ -122,6 +123,11 @@ fn reply<T>(
     result: Result<T>,
 ) -> UnarySinkResult {
     let took = started.elapsed();
+    let code = result
+        .as_ref()
+        .err()
+        .map_or(grpcio::RpcStatusCode::OK, Error::code);
+    metrics::RPC_DURATION.observe(&[method, code_name(code)], took);
     let send = match result {
         Ok(resp) => {
             match subject {
