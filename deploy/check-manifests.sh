@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Offline checks of the manifests under deploy/kubernetes:
+# Offline checks of the manifests: the Helm chart deploy/helm/bindery and the kustomize
+# manifests under deploy/kubernetes, whose base is rendered from the chart:
 #  (a) every YAML file parses (duplicate keys rejected) and every document validates
 #      strictly against the Kubernetes $K8S_VERSION schemas (kubernetes-validate); every
 #      kustomization renders (built-in renderer for the subset used here, compared with
 #      `kubectl kustomize` when kubectl is installed) and its output validates too;
+#  (h) the chart lints clean (Helm's linter, strict) with every values file it is checked
+#      with; deploy/kubernetes/base is what `deploy/render.py base` renders from it; the
+#      chart renders, and validates, with its defaults and with each values file of
+#      deploy/helm/bindery/ci and tests/e2e (the end-to-end suite installs with those);
+#      with the microk8s kubeletDir it renders what the microk8s overlay does; every
+#      rendered variant goes through (b) to (d) like the kustomizations;
 #  (b) the args of every container named "bindery" parse with the binary's own parser:
-#      "$BINDERY --check-args ARGS..." must exit 0 (skipped when BINDERY is unset);
+#      "$BINDERY --check-args ARGS..." must exit 0 (skipped when BINDERY is unset; args
+#      with a flag that the binary's --help does not list, like --metrics-address before
+#      the daemon has it, are skipped with the reason); every caches.conf of a ConfigMap
+#      declares no cache that `$BINDERY cache status` reports disabled;
 #  (c) socket and host paths agree: the registrar's --kubelet-registration-path is
 #      <kubelet-dir>/plugins/<driver-name>/csi.sock, the plugin-dir hostPath holds that
 #      socket, every --csi-address reaches bindery's --endpoint, the kubelet and state dirs
-#      are mounted at their host paths, the driver name matches the CSIDriver and examples;
+#      are mounted at their host paths, the driver name matches the CSIDriver and examples,
+#      the caches ConfigMap is the one the node mounts, ports on the host network are
+#      distinct and the metrics annotations name the metrics port;
 #  (d) lessons from the real kubelet (tests/e2e): the node has a startupProbe in front of
 #      its livenessProbe and a host /tmp; the controller can mount (reclaimData).
 # Usage: deploy/check-manifests.sh            BINDERY=target/release/bindery deploy/check-manifests.sh
@@ -19,27 +31,35 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=${PYTHON:-python3}
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# The version the committed base is rendered with: deploy/render.py pins it.
+HELM_PYTHON_SDK_VERSION=$(sed -n 's/^HELM_PYTHON_SDK_VERSION = "\(.*\)"$/\1/p' "$here/render.py")
+[[ -n $HELM_PYTHON_SDK_VERSION ]] || { echo "no HELM_PYTHON_SDK_VERSION in $here/render.py" >&2; exit 1; }
 export K8S_VERSION=${K8S_VERSION:-1.31}
 
-if ! "$PYTHON" - "$KUBERNETES_VALIDATE_VERSION" >/dev/null 2>&1 <<'EOF'
+# Installed at the pinned versions? (a question: a missing package is an answer, not an error)
+if ! "$PYTHON" - "$KUBERNETES_VALIDATE_VERSION" "$HELM_PYTHON_SDK_VERSION" >/dev/null 2>&1 <<'EOF'
 import importlib.metadata as m, sys
 assert m.version("kubernetes-validate") == sys.argv[1]
 assert m.version("PyYAML").split(".")[0] == "6"
+assert m.version("helm-python-sdk") == sys.argv[2]
 EOF
 then
-    echo "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION and PyYAML 6"
+    echo "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION, PyYAML 6 and helm-python-sdk==$HELM_PYTHON_SDK_VERSION"
     PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "PyYAML>=6,<7"
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "PyYAML>=6,<7" \
+        "helm-python-sdk==$HELM_PYTHON_SDK_VERSION"
 fi
 
 exec "$PYTHON" - "$here/kubernetes" <<'EOF'
 import copy
+import difflib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 from kubernetes_validate.utils import validate, ValidationError, SchemaNotFoundError, InvalidSchemaError
@@ -262,13 +282,191 @@ for path in yaml_files if len(rendered) == len(kustomizations) else []:
         fail(f"{rel(path)} is used", "no kustomization includes it")
 
 
-# Kustomizations that install the driver (base, overlays); examples/ only uses it.
-# Those that render the same documents are checked once below.
-driver_sets, same_as = [], {}
-for kdir in kustomizations:
+# ---------------------------------------------------------------- (h) the Helm chart
+REPO = os.path.dirname(os.path.dirname(ROOT))
+sys.path.insert(0, os.path.join(REPO, "deploy"))
+import render as chart  # deploy/render.py: the chart's renderer, shared with the e2e suite
+import helm_python
+
+CHART = chart.CHART
+
+
+def load_values(*paths):
+    vals = {}
+    for p in paths:
+        vals = chart.merge(vals, chart.values([p]))
+    return vals
+
+
+# Chart.yaml's appVersion (the default image tag) is the crate's version.
+with open(os.path.join(CHART, "Chart.yaml")) as f:
+    chart_meta = yaml.load(f, Loader=StrictLoader)
+with open(os.path.join(REPO, "Cargo.toml")) as f:
+    m = re.search(r'(?ms)^\[package\]\n(?:(?!^\[).)*?^version\s*=\s*"([^"]+)"', f.read())
+crate_version = m.group(1) if m else None
+check(f"chart appVersion {chart_meta.get('appVersion')} is Cargo.toml's version",
+      str(chart_meta.get("appVersion")) == crate_version, f"Cargo.toml says {crate_version}")
+
+# The values schema's cache keys are the README's cache declaration table (which
+# tests/readme_drift.rs holds to the daemon's parser).
+with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+sec, in_code, in_sec = [], False, False
+for line in readme.splitlines():
+    if line.startswith("```"):
+        in_code = not in_code
+    if not in_code and re.match(r"#{1,3} ", line):
+        in_sec = line == "### Cache volumes"
+    elif in_sec and not in_code:
+        sec.append(line)
+table_keys, in_table = set(), False
+for line in sec:  # the table whose first column is "key"
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if not line.lstrip().startswith("|"):
+        in_table = False
+    elif cells[0] == "key":
+        in_table = True
+    elif in_table and not set(cells[0]) <= set("-: "):
+        table_keys.update(re.findall(r"`([a-z_]+)`", cells[0]))
+with open(os.path.join(CHART, "values.schema.json")) as f:
+    schema = json.load(f)
+schema_keys = set(schema["properties"]["caches"]["additionalProperties"]["properties"])
+check("values.schema.json knows the cache keys of the README's table",
+      table_keys and schema_keys == table_keys,
+      f"only in the schema: {sorted(schema_keys - table_keys)}, "
+      f"only in the README: {sorted(table_keys - schema_keys)}")
+
+# Values the chart is checked with: its defaults, each ci/ file, the e2e suite's. The e2e
+# suite adds per-run values (tests/e2e/run.sh): stand-ins for them here.
+E2E = os.path.join(REPO, "tests", "e2e")
+e2e_run = {"controller": {"provisioner": {"env": [
+               {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+               {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}]}},
+           "caches": {"tools": {"source": "dir:/var/lib/bindery/sources/tools",
+                                "namespaces": ["default"],
+                                "strategies": ["auto", "reflink", "overlay", "copy", "hardlink"]}}}
+variants = {"chart defaults": {}}
+ci_dir = os.path.join(CHART, "ci")
+for f in sorted(os.listdir(ci_dir)):
+    if f.endswith(".yaml"):
+        variants[f"chart ci/{f}"] = [os.path.join(ci_dir, f)]
+variants["chart tests/e2e/values.yaml"] = [os.path.join(E2E, "values.yaml")]
+variants["chart tests/e2e/values.yaml + values-cgroup1.yaml"] = [
+    os.path.join(E2E, "values.yaml"), os.path.join(E2E, "values-cgroup1.yaml")]
+variant_values = {}
+for label, files in variants.items():
+    try:
+        vals = load_values(*files) if files else {}
+    except (OSError, helm_python.HelmError) as e:
+        fail(f"values of [{label}]", str(e).strip())
+        continue
+    if label.startswith("chart tests/e2e"):
+        vals = chart.merge(vals, e2e_run)
+    variant_values[label] = vals
+variant_values["chart base values"] = chart.BASE_VALUES
+
+kube_version = f"v{K8S_VERSION}.0"
+for label, vals in variant_values.items():
+    what = f"helm lint --strict [{label}]"
+    try:
+        report = helm_python.lint(CHART, vals, strict=True, namespace="bindery",
+                                  kube_version=kube_version)
+    except helm_python.HelmError as e:
+        fail(what, str(e).strip())
+        continue
+    bad = [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
+    bad += [e for e in report["errors"] if not any(e.strip() in b for b in bad)]
+    check(what, not bad, "; ".join(x.strip().replace("\n", " ") for x in bad))
+
+# deploy/kubernetes/base is the chart rendered by `deploy/render.py base`.
+what = "deploy/kubernetes/base is what `deploy/render.py base` renders from the chart"
+try:
+    want = chart.base_files()
+except (helm_python.HelmError, SystemExit) as e:
+    fail(what, str(e).strip())
+    want = None
+if want is not None:
+    base_dir = os.path.join(ROOT, "base")
+    have = {f for f in os.listdir(base_dir) if f.endswith((".yaml", ".yml"))}
+    problems = [f"{f} is missing" for f in sorted(set(want) - have)]
+    problems += [f"{f} is not rendered from the chart" for f in sorted(have - set(want))]
+    for f in sorted(set(want) & have):
+        with open(os.path.join(base_dir, f)) as fh:
+            text = fh.read()
+        if text != want[f]:
+            d = [l for l in difflib.unified_diff(want[f].splitlines(), text.splitlines(),
+                                                  "rendered", "committed", n=0, lineterm="")
+                 if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+            problems.append(f"{f} differs ({len(d)} lines; first: {d[0][:120]!r})")
+    check(what, not problems, "; ".join(problems) +
+          ". Edit deploy/helm/bindery, then run `python3 deploy/render.py base`")
+
+# Every variant renders; its documents go through the schema checks and (b) to (d).
+chart_sets = []
+for label, vals in variant_values.items():
+    if label == "chart base values":
+        continue  # that is deploy/kubernetes/base, checked above and below
+    try:
+        text = chart.stream(chart.render(vals))
+        rendered[label] = [d for d in yaml.load_all(text, Loader=StrictLoader) if d]
+        ok(f"render [{label}] ({len(rendered[label])} documents)")
+    except (helm_python.HelmError, SystemExit, yaml.YAMLError) as e:
+        fail(f"render [{label}]", str(e).strip().replace("\n", " "))
+        continue
+    chart_sets.append(label)
+    for doc in rendered[label]:
+        if canon(doc) not in validated:
+            validate_doc(f"{label} (rendered)", doc)
+            validated.add(canon(doc))
+    # values.caches become the [cache NAME] sections of the caches ConfigMap.
+    declared = sorted(name for d in rendered[label] if d.get("kind") == "ConfigMap"
+                      for name in re.findall(r"(?m)^\[cache ([^\]]+)\]$",
+                                             (d.get("data") or {}).get("caches.conf", "")))
+    check(f"[{label}] caches.conf declares the caches of the values",
+          declared == sorted(vals.get("caches") or {}),
+          f"declares {declared}, values name {sorted(vals.get('caches') or {})}")
+    # kubectl apply -f puts a namespaced object without a namespace in kubectl's current one.
+    cluster_scoped = {"Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding",
+                      "StorageClass", "PersistentVolume", "PriorityClass"}
+    stray = [doc_id(d) for d in rendered[label] if d.get("kind") not in cluster_scoped
+             and (d.get("metadata") or {}).get("namespace") != "bindery"]
+    check(f"[{label}] namespaced objects are in the release namespace", not stray,
+          f"without namespace bindery: {stray}")
+
+# controller.enabled=false leaves out the controller and its RBAC, nothing else.
+label = "chart ci/no-controller-values.yaml"
+if label in rendered and "chart defaults" in rendered:
+    left = [doc_id(d) for d in rendered[label]
+            if ((d.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "controller"]
+    gone = sorted({canon(d) for d in rendered["chart defaults"]
+                   if ((d.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") != "controller"}
+                  - {canon(d) for d in rendered[label]})
+    check(f"[{label}] renders no controller object and everything else",
+          not left and not gone, f"controller objects: {left}; missing: {len(gone)} documents")
+
+# The microk8s overlay and the chart with microk8s' kubeletDir install the same objects.
+label = "chart ci/microk8s-values.yaml"
+if label in variant_values and "overlays/microk8s" in rendered:
+    what = f"[{label}] with namespace.create=true renders what overlays/microk8s does"
+    try:
+        ours = chart.merge(variant_values[label], chart.BASE_VALUES)
+        docs = [d for d in yaml.load_all(chart.stream(chart.render(ours)), Loader=StrictLoader) if d]
+        a = {doc_id(d): canon(d) for d in docs}
+        b = {doc_id(d): canon(d) for d in rendered["overlays/microk8s"]}
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        check(what, not diff, f"differ: {diff}")
+    except (helm_python.HelmError, SystemExit, yaml.YAMLError) as e:
+        fail(what, str(e).strip())
+
+
+# Kustomizations and chart variants that install the driver (base, overlays, chart);
+# examples/ only uses it. Those that render the same documents are checked once below.
+driver_sets, same_as, set_of = [], {}, {}
+for kdir in kustomizations + chart_sets:
     if kdir not in rendered or not any(d.get("kind") == "CSIDriver" for d in rendered[kdir]):
         continue
     key = tuple(sorted(canon(d) for d in rendered[kdir]))
+    set_of[kdir] = same_as.get(key, kdir)
     if key in same_as:
         print(f"same  [{kdir}] renders what [{same_as[key]}] does")
     else:
@@ -392,10 +590,28 @@ for kdir in driver_sets:
                   f"undefined in env: {unresolved}")
             arg_lists.setdefault(tuple(expanded), where)
 
+# Flags the binary knows, from its --help: args with another flag (one the chart can
+# already set, like --metrics-address, before the daemon has it) are not run through it.
+known_flags = None
+if BINDERY:
+    try:
+        res = subprocess.run([BINDERY, "--help"], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=60)
+        known_flags = set(re.findall(r"(?m)^\s+(--[a-z0-9][a-z0-9-]*)", res.stdout))
+        check("bindery --help lists its flags", res.returncode == 0 and "--mode" in known_flags,
+              f"exit {res.returncode}: {(res.stderr or res.stdout).strip()[:200]}")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        fail("bindery --help", str(e))
+        known_flags = None
+
 for args, where in arg_lists.items():
     what = f"bindery --check-args {' '.join(args)}"
     if not BINDERY:
         skip(what, "set BINDERY=path/to/bindery to run it")
+        continue
+    unknown = sorted({a.split("=", 1)[0] for a in args} - (known_flags or set()))
+    if known_flags is not None and unknown:
+        skip(what, f"this bindery's --help does not list {', '.join(unknown)} ({where})")
         continue
     try:
         res = subprocess.run([BINDERY, "--check-args", *args], capture_output=True, text=True,
@@ -405,7 +621,49 @@ for args, where in arg_lists.items():
     except (OSError, subprocess.TimeoutExpired) as e:
         fail(what, str(e))
 
+# Every caches.conf the manifests declare: no cache that the binary reports disabled.
+confs = {}
+for kdir in driver_sets + (["examples"] if "examples" in rendered else []):
+    for d in rendered[kdir]:
+        if d.get("kind") == "ConfigMap" and "caches.conf" in (d.get("data") or {}):
+            confs.setdefault(d["data"]["caches.conf"], f"[{kdir}] {doc_id(d)}")
+for conf, where in confs.items():
+    what = f"{where}: bindery cache status finds no disabled cache"
+    if not BINDERY:
+        skip(what, "set BINDERY=path/to/bindery to run it")
+        continue
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "caches.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        os.mkdir(os.path.join(tmp, "kubelet"))
+        try:
+            res = subprocess.run([BINDERY, "cache", "status", f"--cache-config={path}",
+                                  f"--state-dir={tmp}/state", f"--kubelet-dir={tmp}/kubelet"],
+                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            fail(what, str(e))
+            continue
+    names = re.findall(r"(?m)^\[cache ([^\]]+)\]", conf)
+    rows = {l.split()[0]: l for l in res.stdout.splitlines()[1:] if l.strip()}
+    disabled = [l.strip() for l in rows.values() if re.match(r"\S+\s+disabled\b", l)]
+    check(what, res.returncode in (0, 3) and not disabled and sorted(rows) == sorted(names),
+          f"exit {res.returncode}; disabled: {disabled}; caches {sorted(rows)}, declared {sorted(names)}"
+          f"{'; ' + res.stderr.strip()[:200] if res.stderr.strip() else ''}")
+
 # ---------------------------------------------------------------- (c) paths agree
+def cache_configmaps(spec, container, path):
+    """Names of the ConfigMaps whose key caches.conf the container sees at path."""
+    hit = mount_for(container, path)
+    if not hit or hit[1] != "caches.conf":
+        return set()
+    vol = {v["name"]: v for v in spec.get("volumes", [])}.get(hit[0]["name"], {})
+    sources = [vol] + (vol.get("projected") or {}).get("sources", [])
+    return {s["configMap"]["name"] for s in sources if "configMap" in s
+            and not any(i.get("key") != "caches.conf" for i in s["configMap"].get("items", []))}
+
+
+node_cache_cms = {}
 driver_names = set()
 for kdir in driver_sets:
     docs = rendered[kdir]
@@ -436,6 +694,26 @@ for kdir in driver_sets:
             check(f"{w}: {name} --csi-address={addr} reaches bindery's socket",
                   volume_ref(spec, c, addr) == sock_ref,
                   f"{volume_ref(spec, c, addr)} != {sock_ref} (volume, path in volume)")
+        # On the host network every port is the node's: no two listeners share one.
+        if spec.get("hostNetwork"):
+            cports = [p["containerPort"] for c in cs.values() for p in c.get("ports", [])]
+            listeners = [int(flag(c, "--health-port")) for c in cs.values() if flag(c, "--health-port")]
+            listeners += [int(a.rsplit(":", 1)[1]) for a in [f.get("--metrics-address")] if a]
+            check(f"{w}: host network ports are distinct",
+                  len(set(cports)) == len(cports) and len(set(listeners)) == len(listeners),
+                  f"containerPorts {cports}, listeners (--health-port, --metrics-address) {listeners}")
+        # Metrics: the address bindery serves, the metrics containerPort and the scrape
+        # annotations agree (or there are none of them).
+        annotations = ((d.get("spec", {}).get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        maddr = f.get("--metrics-address")
+        mport = container_port(b, "metrics")
+        if maddr or mport or "prometheus.io/scrape" in annotations:
+            served = maddr.rsplit(":", 1)[1] if maddr else None
+            check(f"{w}: --metrics-address={maddr}, containerPort metrics and prometheus.io annotations agree",
+                  served is not None and str(mport) == served
+                  and annotations.get("prometheus.io/scrape") == "true"
+                  and annotations.get("prometheus.io/port") == served,
+                  f"containerPort metrics {mport}, annotations {annotations}")
         if f.get("--mode") == "controller":
             # DeleteVolume with reclaimData mounts the prefix: FUSE, mount(2), a state dir.
             check(f"{w}: controller can mount for reclaimData (privileged, /dev/fuse)",
@@ -473,6 +751,15 @@ for kdir in driver_sets:
         if f.get("--cache-config"):
             check(f"{w}: --cache-config {f['--cache-config']} is on a volume",
                   mount_for(b, f["--cache-config"]) is not None, "no volumeMount covers it")
+            # The ConfigMaps that can hold it, and the caches ConfigMap of this set.
+            mounted = cache_configmaps(spec, b, f["--cache-config"])
+            node_cache_cms.setdefault(kdir, set()).update(mounted)
+            for cm in docs:
+                if cm.get("kind") == "ConfigMap" and "caches.conf" in (cm.get("data") or {}):
+                    check(f"{w}: mounts {doc_id(cm)} at {f['--cache-config']}",
+                          cm["metadata"]["name"] in mounted
+                          and cm["metadata"].get("namespace") == d["metadata"].get("namespace"),
+                          f"the node reads ConfigMaps {sorted(mounted)}")
         # Mounters keep this container's mount namespace after it is gone; s3fs writes
         # its upload buffers to /tmp, which must not be the deleted container rootfs.
         check(f"{w}: /tmp is a host directory (mounters outlive the container)",
@@ -500,6 +787,13 @@ for d, spec in workloads(ex):
 for what, name in refs:
     check(f"[examples] {what} uses driver {name}", name in driver_names,
           f"installed driver is {sorted(driver_names)}")
+# ... and their cache declarations are what the base's node plugin reads.
+for d in ex:
+    if d.get("kind") == "ConfigMap" and "caches.conf" in (d.get("data") or {}):
+        check(f"[examples] {doc_id(d)} is what [base]'s node plugin reads",
+              d["metadata"]["name"] in node_cache_cms.get(set_of.get("base"), set())
+              and d["metadata"].get("namespace") == "bindery",
+              f"[base] reads ConfigMaps {sorted(node_cache_cms.get(set_of.get('base'), set()))} in bindery")
 
 summary = f"{counts['passed']} passed, {counts['failed']} failed"
 if counts["skipped"]:

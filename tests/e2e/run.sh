@@ -13,7 +13,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/tests/e2e
 KIT=${KIT:-$REPO/../shared/k8s}
 : "${BINDERY_BIN:?}" "${IMAGES:?}"
-# The kubelet dir is fixed because the overlay names it (tests/e2e/overlay).
+# The kubelet dir is fixed because the chart's values for the suite name it (tests/e2e/values.yaml).
 D=/var/tmp/bindery-e2e
 LOGS=${E2E_LOGS:-/var/tmp/bindery-e2e-logs}   # kept after the run: kubelet, bindery, csi-sanity
 DRIVER=bindery.csi.dev
@@ -194,33 +194,51 @@ for t in "$IMAGES"/*.tar; do $CTR images import "$t" > /dev/null || { echo "FAIL
 
 # ---------------------------------------------------------------- steps
 CACHE_SRC=/var/lib/bindery/sources/tools
+# bindery's manifests, rendered from the chart (deploy/helm/bindery) as `helm template` would:
+# the suite's values (tests/e2e/values.yaml), values-cgroup1.yaml on cgroup v1 hosts, and this
+# run's (written by install_bindery). The uninstall deletes what the install applied.
+bindery_manifests() {
+  local values=(-f "$HERE/values.yaml")
+  [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] || values+=(-f "$HERE/values-cgroup1.yaml")
+  python3 "$REPO/deploy/render.py" manifest --name bindery --namespace $NS "${values[@]}" -f "$D/values-run.yaml"
+}
 install_bindery() {
   mkdir -p "$CACHE_SRC/sub"
   echo hello > "$CACHE_SRC/hello.txt"; echo deep > "$CACHE_SRC/sub/deep.txt"
   ln -sf hello.txt "$CACHE_SRC/link"
   # The declaration: tenancy (namespaces) and every strategy allowed where the binary knows
   # those keys (probed with `bindery cache build` on a scratch store), else the older format.
-  local conf probe=$D/conf-probe
+  # $conf is the caches.conf that the chart renders from $caches (the value caches).
+  local conf caches probe=$D/conf-probe
   conf=$(printf '[cache tools]\nsource = dir:%s\nnamespaces = default\nstrategies = auto, reflink, overlay, copy, hardlink\n' "$CACHE_SRC")
+  caches="{tools: {source: \"dir:$CACHE_SRC\", namespaces: [default], strategies: [auto, reflink, overlay, copy, hardlink]}}"
   mkdir -p "$probe/kubelet"; printf '%s\n' "$conf" > "$probe/caches.conf"
   if ! "$BINDERY_BIN" cache build tools --cache-config="$probe/caches.conf" --state-dir="$probe/state" \
       --kubelet-dir="$probe/kubelet" > "$probe/out" 2>&1; then
     log "cache declaration: $(head -c 200 "$probe/out"); using the format without tenancy keys"
     conf=$(printf '[cache tools]\nsource = dir:%s\nstrategy = auto\n' "$CACHE_SRC")
+    caches="{tools: {source: \"dir:$CACHE_SRC\", strategy: auto}}"
   fi
   rm -rf "$probe"
-  # Caches and the S3 secret exist before the node plugin starts (it reads caches.conf once).
+  # The values of this run, on top of tests/e2e/values.yaml (see bindery_manifests).
+  cat > "$D/values-run.yaml" <<EOF
+# No kube-proxy: csi-provisioner reaches the apiserver on loopback (the pod is hostNetwork).
+controller:
+  provisioner:
+    env:
+      - {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}
+      - {name: KUBERNETES_SERVICE_PORT, value: "$API_PORT"}
+caches: $caches
+EOF
+  bindery_manifests > "$D/bindery.yaml" 2> "$D/render.log" ||
+    why "render the chart: $(tail -3 "$D/render.log" | tr '\n' ' ')" || return 1
+  # The namespace and the S3 secret exist first; the caches ConfigMap comes before the
+  # DaemonSet in the chart's stream (install order), so the node plugin, which reads
+  # caches.conf once, starts with it.
   kubectl apply -f - > /dev/null <<EOF || return 1
 apiVersion: v1
 kind: Namespace
 metadata: {name: $NS, labels: {pod-security.kubernetes.io/enforce: privileged}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: bindery-caches, namespace: $NS}
-data:
-  caches.conf: |
-$(sed 's/^/    /' <<<"$conf")
 ---
 apiVersion: v1
 kind: Secret
@@ -228,9 +246,7 @@ metadata: {name: bindery-s3, namespace: $NS}
 type: Opaque
 stringData: {accessKeyID: $AKID, secretAccessKey: $SECRET, endpoint: "$ENDPOINT", region: us-east-1}
 EOF
-  local overlay=$HERE/overlay
-  [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] || overlay=$HERE/overlay-cgroup1
-  kubectl kustomize "$overlay" | sed "s/@API_PORT@/$API_PORT/" | kubectl apply -f - > "$D/apply.log" 2>&1 ||
+  kubectl apply -f "$D/bindery.yaml" > "$D/apply.log" 2>&1 ||
     why "kubectl apply: $(grep -iE 'error|invalid' "$D/apply.log" | head -3)" || return 1
   kubectl get csidriver $DRIVER > /dev/null 2>&1 || why "no CSIDriver $DRIVER" || return 1
   kubectl rollout status -n $NS ds/bindery-node --timeout=150s > /dev/null 2>&1 ||
@@ -512,7 +528,7 @@ teardown_clean() {
     wait_until 30 bash -c "(( \$(find '$store/tools' -mindepth 1 -maxdepth 1 -type d ! -name '.*' | wc -l) <= 1 ))" ||
       why "golden versions of tools that no pod uses are kept: $(ls "$store/tools" | tr '\n' ' ')" || return 1
   done
-  kubectl kustomize "$HERE/overlay" | kubectl delete -f - --wait=true --timeout=90s > /dev/null 2>&1
+  kubectl delete -f "$D/bindery.yaml" --wait=true --timeout=90s > /dev/null 2>&1
   wait_until 60 bash -c "! kubectl get pods -n $NS --no-headers 2>/dev/null | grep -q ." || why "bindery pods left after uninstall" || return 1
   # mountinfo: the filesystem type is the field after the "-" that ends the optional fields
   local m; m=$(awk -v k="$KUBELET_DIR/" '{ t = ""; for (i = 7; i < NF; i++) if ($i == "-") { t = $(i + 1); break } }
