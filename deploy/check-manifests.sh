@@ -13,8 +13,8 @@
 #      rendered variant goes through (b) to (d) like the kustomizations;
 #  (b) the args of every container named "bindery" parse with the binary's own parser:
 #      "$BINDERY --check-args ARGS..." must exit 0 (skipped when BINDERY is unset; args
-#      with a flag that the binary's --help does not list, like --metrics-address before
-#      the daemon has it, are skipped with the reason); every caches.conf of a ConfigMap
+#      with a flag that the binary's --help does not list, i.e. a chart newer than the
+#      binary, are skipped with the reason); every caches.conf of a ConfigMap
 #      declares no cache that `$BINDERY cache status` reports disabled;
 #  (c) socket and host paths agree: the registrar's --kubelet-registration-path is
 #      <kubelet-dir>/plugins/<driver-name>/csi.sock, the plugin-dir hostPath holds that
@@ -590,8 +590,8 @@ for kdir in driver_sets:
                   f"undefined in env: {unresolved}")
             arg_lists.setdefault(tuple(expanded), where)
 
-# Flags the binary knows, from its --help: args with another flag (one the chart can
-# already set, like --metrics-address, before the daemon has it) are not run through it.
+# Flags the binary knows, from its --help: args with another flag (a chart newer than
+# the binary) are not run through it, and say so.
 known_flags = None
 if BINDERY:
     try:

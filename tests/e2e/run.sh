@@ -486,6 +486,34 @@ mounter_killed() {
     why "health metric stays '$(health_metric s3-shared)' after the stale pods left" || return 1
 }
 
+# bindery's own /metrics (the chart's metrics values; tests/e2e/values.yaml keeps it on
+# 127.0.0.1), scraped while the pods of the steps before still use their volumes.
+metrics_scraped() {
+  local body name want got
+  body=$(curl -fsS --max-time 10 "http://127.0.0.1:9810/metrics") ||
+    why "GET http://127.0.0.1:9810/metrics failed" || return 1
+  log "bindery /metrics: $(wc -l <<<"$body") lines; $(grep -c '^# TYPE bindery_' <<<"$body") families"
+  # Counted since the node plugin's restart (plugin_restart): the heal of mounter_killed,
+  # the publish of its pod, the node's staged volume and its mounter, the built cache.
+  for want in \
+    'bindery_rpc_duration_seconds_count{method="NodePublishVolume",code="OK"}' \
+    'bindery_mounter_restarts_total{mounter="s3fs"}' \
+    'bindery_heal_duration_seconds_count{result="ok"}' \
+    'bindery_volumes{kind="s3",phase="ready"}' \
+    'bindery_mounters{mounter="s3fs"}' \
+    'bindery_cache_versions{cache="tools"}'; do
+    got=$(awk -v k="$want" 'index($0, k " ") == 1 {print $2}' <<<"$body")
+    log "  $want = ${got:-none}"
+    [[ -n $got ]] && awk -v v="$got" 'BEGIN {exit !(v >= 1)}' ||
+      why "$want is '${got:-missing}', want >= 1" || return 1
+  done
+  grep -q '^bindery_build_info{version="[^"]*",commit="[^"]*"} 1$' <<<"$body" ||
+    why "no bindery_build_info" || return 1
+  # No volume id or path is a label.
+  name=$(grep -o 'e2e-static[^"]*' <<<"$body" | head -1)
+  [[ -z $name ]] || why "a volume id in the metrics: $name" || return 1
+}
+
 sanity() {
   local ctl cdir params secrets out
   cdir=$(kubectl get pod -n $NS -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.uid}')
@@ -550,6 +578,7 @@ step "cache volumes: copy, overlay, reflink, hardlink, auto, placeCacheAtPath" c
 step "non-root pod (uid 1000, fsGroup 2000) writes its cache and S3 volumes" non_root
 step "node plugin pod deleted: volumes keep working, new plugin adopts the mounter" plugin_restart
 step "s3fs killed: volume heals, VolumeCondition and kubelet health metric report it" mounter_killed
+step "bindery /metrics: RPCs, heal, volumes, mounters and caches scraped from the node" metrics_scraped
 step "csi-sanity against the node and controller sockets" sanity
 step "all pods deleted and bindery uninstalled: no mount, mounter, pod tree or stale golden version" teardown_clean
 
