@@ -18,7 +18,8 @@
 //! remove::remove_tree(path) -> Result<()>               never follows symlinks, never crosses mounts
 //! remove::move_to_trash(path, trash_dir) -> Result<Option<PathBuf>>
 //! remove::Trash::new(dir) -> Result<Trash>              empties leftovers in the background
-//!        .discard(path) -> Result<bool>                 rename into the trash + queue deletion
+//!        .discard(path, bytes) -> Result<bool>          rename into the trash + queue deletion
+//!        .backlog() -> (trees, bytes)                   what waits for deletion
 //!        .wait_idle(timeout) -> bool                    (tests) true when nothing is queued or running
 //!
 //! manifest::Manifest::scan(dir) -> Result<Manifest>     size/mtime/ctime/inode/mode/owner per file
@@ -44,7 +45,9 @@
 //!                                                       built once; past max_variants RESOURCE_EXHAUSTED
 //! volume::Caches (the node's API):
 //!        ::open(cfg)                                    bad declarations disable one cache each
-//!        .request(attrs, mount_group, readonly, pod_dir) -> CacheRequest   tenancy + strategy checks
+//!        .declarations().request(attrs, mount_group, readonly, pod_dir) -> CacheRequest
+//!                                                       tenancy + strategy checks
+//!        .version_counts() / .trash_backlog()           for the metrics
 //!        .publish(&req, target, readonly) / .unpublish(target)
 //!        .pin(name, version) -> Pin                     for publications in flight
 //!        .maintain(in_use, hardlinked)                  verify, retire/rebuild, gc

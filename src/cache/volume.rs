@@ -205,16 +205,10 @@ impl Caches {
         self.declared.names()
     }
 
-    /// Validate a cache publish request against the declarations (see
-    /// [`Loaded::request`]).
-    pub fn request(
-        &self,
-        attrs: &HashMap<String, String>,
-        mount_group: &str,
-        readonly: bool,
-        pod_dir: Option<&str>,
-    ) -> Result<CacheRequest> {
-        self.declared.request(attrs, mount_group, readonly, pod_dir)
+    /// The declarations, which check a cache publish request
+    /// ([`Loaded::request`]).
+    pub fn declarations(&self) -> &Loaded {
+        &self.declared
     }
 
     /// Per declared cache, how many golden versions the store holds (a

@@ -30,7 +30,7 @@ impl Node {
     ) -> Result<(Guard<VolumeRecord>, PathBuf, CacheRequest, bool)> {
         let (id, cap, target, _flags) = self.publish_request(req)?;
         let readonly = req.get_readonly() || validate::read_only_mode(cap);
-        let creq = self.caches.request(
+        let creq = self.caches.declarations().request(
             req.get_volume_context(),
             cap.get_mount().get_volume_mount_group(),
             readonly,
