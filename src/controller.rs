@@ -22,7 +22,7 @@ use crate::volumes::{Op, VolumeTable};
 
 /// StorageClass parameters the controller understands: the mount parameters
 /// plus `reclaimData`.
-const RECLAIM_KEY: &str = "reclaimData";
+pub const RECLAIM_KEY: &str = "reclaimData";
 
 pub struct Controller {
     cfg: Arc<Config>,

@@ -1,34 +1,13 @@
 //! Crash points for the fault-injection tests: with the cargo feature
 //! `fault-injection`, `point("stage.started")` kills the daemon with SIGKILL
 //! when the environment variable BINDERY_CRASH_AT names that point. Builds
-//! without the feature compile every point to nothing.
-
-/// Every crash point, in the order a volume meets them. The tests in
-/// tests/crash_points.rs kill the daemon at each one, restart it, retry the
-/// call and check the node.
-#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-pub const POINTS: &[&str] = &[
-    "stage.recorded",
-    "mounter.spawned",
-    "stage.started",
-    "publish.recorded",
-    "publish.bound",
-    "unpublish.recorded",
-    "unpublish.unbound",
-    "unstage.recorded",
-    "unstage.stopped",
-    "cache_publish.recorded",
-    "cache_publish.populated",
-    "cache_unpublish.recorded",
-    "cache_unpublish.removed",
-    "heal.recorded",
-];
+//! without the feature compile every point to nothing. The points are the
+//! volume lifecycle's steps (`lifecycle::Step`), fired by its transitions.
 
 #[cfg(feature = "fault-injection")]
 pub fn point(name: &'static str) {
     use std::sync::OnceLock;
     static AT: OnceLock<Option<String>> = OnceLock::new();
-    debug_assert!(POINTS.contains(&name), "unlisted crash point {name}");
     if AT
         .get_or_init(|| std::env::var("BINDERY_CRASH_AT").ok())
         .as_deref()

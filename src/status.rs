@@ -10,9 +10,8 @@ use crate::cache::golden::GoldenStore;
 use crate::cache::status::{self as cache_status, State};
 use crate::cache::volume::Caches;
 use crate::config::Config;
-use crate::lifecycle::{publish_phase, stage_phase};
+use crate::lifecycle::{bound_binds, publish_phase, stage_phase};
 use crate::mounter;
-use crate::proto::bindery::PublishPhase;
 use crate::state::StateStore;
 use crate::sys::process;
 
@@ -86,13 +85,7 @@ pub fn gather(cfg: &Config) -> Report {
                 serves: mounter::kind_of(st.get_parameters()).as_str().to_string(),
                 pid: (pid > 0).then_some(pid),
                 alive: Some(process::is_alive(pid, st.get_mounter_start_ticks())),
-                pods: rec
-                    .get_publications()
-                    .iter()
-                    .filter(|p| {
-                        p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND
-                    })
-                    .count(),
+                pods: bound_binds(rec).count(),
                 path: st.get_staging_path().to_string(),
             });
         }

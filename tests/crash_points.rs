@@ -401,7 +401,8 @@ fn cache_volumes_survive_a_crash_at_every_point() {
 #[test]
 fn every_crash_point_has_a_test() {
     let tests = include_str!("crash_points.rs");
-    for name in bindery::crash::POINTS {
+    for step in bindery::lifecycle::Step::ALL {
+        let name = step.point();
         assert!(
             tests.contains(&format!("\"{name}\"")),
             "crash point {name} has no test"

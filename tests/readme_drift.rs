@@ -5,14 +5,10 @@
 //! (`--help`, `--check-args`).
 //!
 //! Where the code's list is a constant (cache declaration keys, volume
-//! parameter keys), the constant is read from the source text: the crate is
-//! a binary, so an integration test cannot import it, and the binary does not
-//! print those lists. Reading the text is robust here because each list is
-//! one `const NAME: &[&str] = &[...]` of string literals, and the reader
-//! refuses anything else in it (a constant that moves or stops being plain
-//! literals fails the test, it is not silently read as empty). The cache keys
-//! are also fed to the real parser through `bindery --check-args --cache`,
-//! so a key that is listed but refused, or documented but refused, fails too.
+//! parameter keys, the lifecycle diagram), the test reads the library's own
+//! constant. The cache keys are also fed to the real parser through
+//! `bindery --check-args --cache`, so a key that is listed but refused, or
+//! documented but refused, fails too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -113,42 +109,10 @@ fn code_spans(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The string literals of `const NAME: &[&str] = &[ ... ];` in a source file.
-fn const_list(rel: &str, name: &str) -> BTreeSet<String> {
-    let src = read(rel);
-    let head = format!("const {name}: &[&str] = &[");
-    let start = src
-        .find(&head)
-        .unwrap_or_else(|| panic!("{rel}: no `{head}`"))
-        + head.len();
-    let body = &src[start..start + src[start..].find("];").expect("end of the list")];
-    let mut out = BTreeSet::new();
-    let mut rest = body;
-    loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ',');
-        if rest.is_empty() {
-            break;
-        }
-        let lit = rest.strip_prefix('"').unwrap_or_else(|| {
-            panic!("{rel}: {name} must list plain string literals, found {rest:?}")
-        });
-        let end = lit.find('"').expect("closing quote");
-        out.insert(lit[..end].to_string());
-        rest = &lit[end + 1..];
-    }
-    assert!(!out.is_empty(), "{rel}: {name} is empty");
-    out
-}
-
-/// The one string literal of `const NAME: &str = "...";`.
-fn const_str(rel: &str, name: &str) -> String {
-    let src = read(rel);
-    let head = format!("const {name}: &str = \"");
-    let start = src
-        .find(&head)
-        .unwrap_or_else(|| panic!("{rel}: no `{head}`"))
-        + head.len();
-    src[start..start + src[start..].find('"').unwrap()].to_string()
+/// A list constant of the library as a set.
+fn set_of(list: &[&str]) -> BTreeSet<String> {
+    assert!(!list.is_empty());
+    list.iter().map(|s| (*s).to_string()).collect()
 }
 
 fn diff(what: &str, readme: &BTreeSet<String>, code: &BTreeSet<String>, code_name: &str) {
@@ -319,7 +283,7 @@ fn cache_key_table_matches_the_parser() {
     let text = readme();
     let rows = table(&section(&text, "### Cache volumes"), "key");
     let documented: BTreeSet<String> = rows.iter().flat_map(|r| code_spans(&r[0])).collect();
-    let parser = const_list("src/cache/decl.rs", "KEYS");
+    let parser = set_of(bindery::cache::decl::KEYS);
     diff("cache keys", &documented, &parser, "src/cache/decl.rs KEYS");
 
     assert!(documented.contains("source"));
@@ -457,12 +421,23 @@ fn volume_parameter_table_matches_the_code() {
         "key",
     );
     let documented: BTreeSet<String> = rows.iter().flat_map(|r| code_spans(&r[0])).collect();
-    let mut code = const_list("src/mounter/spec.rs", "PARAM_KEYS");
-    code.insert(const_str("src/controller.rs", "RECLAIM_KEY"));
+    let mut code = set_of(bindery::mounter::PARAM_KEYS);
+    code.insert(bindery::controller::RECLAIM_KEY.to_string());
     diff(
         "volume parameters",
         &documented,
         &code,
         "PARAM_KEYS + RECLAIM_KEY",
+    );
+}
+
+/// (e) The README's life-of-a-volume diagram is the one src/lifecycle.rs
+/// checks against its state machine.
+#[test]
+fn lifecycle_diagram_matches_the_code() {
+    let block = format!("```\n{}```", bindery::lifecycle::DIAGRAM);
+    assert!(
+        readme().contains(&block),
+        "README's lifecycle diagram differs from bindery::lifecycle::DIAGRAM:\n{block}"
     );
 }

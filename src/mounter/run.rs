@@ -64,7 +64,7 @@ pub fn start(
     };
     let run = Running { pid, start_ticks };
     // The mounter runs, unrecorded, and has not mounted yet.
-    crate::crash::point("mounter.spawned");
+    crate::lifecycle::Step::MounterSpawned.reached();
     if let Err(e) = enter_cgroups(volume, pid, cfg) {
         stop(mnt, run, Duration::from_millis(200));
         remove_cgroups(volume, cfg);

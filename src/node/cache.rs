@@ -113,30 +113,18 @@ impl Node {
             ));
         }
         drop(dir);
-        let mut rec = guard.data().clone();
         let mut pending = Publication::new();
         pending.set_target_path(target.display().to_string());
         pending.set_fingerprint(creq.fingerprint.clone());
         pending.set_cache_name(creq.decl.name.clone());
-        pending.set_phase(PublishPhase::POPULATING);
-        rec.mut_publications().push(pending);
-        self.journal.commit(&guard, rec)?;
-        crash::point("cache_publish.recorded");
+        self.journal.populate_begin(&guard, pending)?;
         crash::pause("cache_publish.filling");
         let started = Instant::now();
         match self.caches.publish(&creq, &target, readonly) {
             Ok(done) => {
                 metrics::CACHE_PUBLISH_DURATION
                     .observe(&[&creq.decl.name, done.get_strategy()], started.elapsed());
-                crash::point("cache_publish.populated");
-                self.set_phase(&guard, &target, PublishPhase::POPULATED, |p| {
-                    p.set_readonly(done.get_readonly());
-                    p.set_cache_version(done.get_cache_version().to_string());
-                    p.set_strategy(done.get_strategy().to_string());
-                    p.set_cache_root(done.get_cache_root().to_string());
-                    p.set_overlay_lower(done.get_overlay_lower().to_string());
-                    p.set_complete(true);
-                })?;
+                self.journal.populated(&guard, &target, &done)?;
                 Ok(NodePublishVolumeResponse::new())
             }
             Err(e) => {
@@ -150,16 +138,12 @@ impl Node {
 
     /// Record Removing, remove the pod's tree (never the golden copy), forget.
     pub(super) fn cache_unpublish(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
-        let Some(p) = Self::publication(guard, target) else {
+        if Self::publication(guard, target).is_none() {
             return Ok(());
-        };
-        if publish_phase(&p) != PublishPhase::REMOVING {
-            self.set_phase(guard, target, PublishPhase::REMOVING, |_| {})?;
-            crash::point("cache_unpublish.recorded");
         }
+        self.journal.remove_begin(guard, target)?;
         self.caches.unpublish(target)?;
-        crash::point("cache_unpublish.removed");
-        self.forget(guard, target)?;
+        self.journal.remove_done(guard, target)?;
         self.cache_upkeep_due
             .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())

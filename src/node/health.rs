@@ -21,10 +21,10 @@ use log::{debug, info, warn};
 
 use super::{dev_string, running, Node};
 use crate::error::Result;
-use crate::lifecycle::{publish_phase, stage_phase};
+use crate::lifecycle::{bound_binds, is_ready};
 use crate::metrics;
 use crate::mounter::{self, Health};
-use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
+use crate::proto::bindery::VolumeRecord;
 use nix::mount::MsFlags;
 
 use super::publish::bind_flags;
@@ -41,7 +41,7 @@ impl Node {
     /// Whether a Ready stage's mounter is dead, or a Bound target lost its
     /// bind, by the mount table `table` read once for the whole pass.
     fn needs_healing(&self, rec: &VolumeRecord, table: &[MountInfo]) -> Option<String> {
-        if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
+        if !is_ready(rec) {
             return None;
         }
         let st = rec.get_stage();
@@ -54,9 +54,7 @@ impl Node {
         ) {
             return Some(why);
         }
-        rec.get_publications()
-            .iter()
-            .filter(|p| p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND)
+        bound_binds(rec)
             .find(|p| !self.is_mounted_in("target_path", Path::new(p.get_target_path()), table))
             .map(|p| format!("{} lost its bind", p.get_target_path()))
     }
@@ -66,7 +64,7 @@ impl Node {
     pub fn heal(&self, guard: &Guard<VolumeRecord>) -> Result<bool> {
         let id = guard.id().to_string();
         let rec = guard.data().clone();
-        if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
+        if !is_ready(&rec) {
             return Ok(false);
         }
         let staging = PathBuf::from(rec.get_stage().get_staging_path());
@@ -92,11 +90,7 @@ impl Node {
             return Ok(healed);
         };
         let stage_dev = dev_string(&stage_mount);
-        for p in rec
-            .get_publications()
-            .iter()
-            .filter(|p| p.get_cache_name().is_empty() && publish_phase(p) == PublishPhase::BOUND)
-        {
+        for p in bound_binds(&rec) {
             let target = PathBuf::from(p.get_target_path());
             let current = self.mount_at("target_path", &target)?;
             if current
@@ -137,10 +131,8 @@ impl Node {
                 _ => bind_flags(MsFlags::empty(), p.get_readonly()),
             };
             self.bind_into(&stage_np, &target, flags, &stage_dev)?;
-            let dev = stage_dev.clone();
-            self.set_phase(guard, &target, PublishPhase::BOUND, |p| {
-                p.set_mount_dev(dev)
-            })?;
+            self.journal
+                .bound_again(guard, &target, Some(stage_dev.clone()))?;
             info!("volume {id:?}: re-bound {}", target.display());
         }
         Ok(healed)
@@ -154,7 +146,7 @@ impl Node {
             .ids()
             .iter()
             .filter_map(|id| self.table.snapshot(id))
-            .filter(|rec| rec.has_stage() && stage_phase(rec.get_stage()) == StagePhase::READY)
+            .filter(is_ready)
             .filter_map(|rec| rec.get_stage().get_secrets().get("endpoint").cloned())
             .collect();
         mounter::endpoint::check_all(&endpoints, mounter::PROBE_TIMEOUT);

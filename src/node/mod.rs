@@ -31,9 +31,9 @@ use nix::mount::MsFlags;
 use crate::cache::volume::Caches;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::lifecycle::Journal;
+use crate::lifecycle::{mounter_of as running, Journal};
 use crate::mounter::{Running, VolumeFiles};
-use crate::proto::bindery::{Publication, Stage, VolumeRecord};
+use crate::proto::bindery::{Publication, VolumeRecord};
 use crate::proto::csi::*;
 use crate::state::StateStore;
 use crate::sys::mountinfo::MountInfo;
@@ -56,13 +56,6 @@ pub struct Node {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn running(stage: &Stage) -> Running {
-    Running {
-        pid: stage.get_mounter_pid(),
-        start_ticks: stage.get_mounter_start_ticks(),
-    }
 }
 
 /// Mounter processes found by the staging path in their argv (session

@@ -13,11 +13,10 @@ use nix::mount::MsFlags;
 
 use super::{dev_string, Node};
 use crate::cache::request as cachevol;
-use crate::crash;
 use crate::error::{Error, Result};
-use crate::lifecycle::{publish_phase, stage_phase};
+use crate::lifecycle::{is_ready, publish_phase};
 use crate::mounter;
-use crate::proto::bindery::{Publication, PublishPhase, StagePhase, VolumeRecord};
+use crate::proto::bindery::{Publication, PublishPhase, VolumeRecord};
 use crate::proto::csi::*;
 use crate::sys::mount;
 use crate::sys::nodepath::{self, NodePath};
@@ -97,7 +96,7 @@ impl Node {
 
         let guard = self.table.acquire(id, Op::Short("NodePublishVolume"))?;
         let rec = guard.data().clone();
-        if !rec.has_stage() || stage_phase(rec.get_stage()) != StagePhase::READY {
+        if !is_ready(&rec) {
             return Err(Self::not_staged(id));
         }
         let staged_at = PathBuf::from(rec.get_stage().get_staging_path());
@@ -178,7 +177,7 @@ impl Node {
         if let Some(p) = &existing {
             if ours_now && p.get_generation() == generation {
                 if publish_phase(p) == PublishPhase::BINDING {
-                    self.set_phase(&guard, &target, PublishPhase::BOUND, |_| {})?;
+                    self.journal.bound_again(&guard, &target, None)?;
                 }
                 return Ok(NodePublishVolumeResponse::new());
             }
@@ -198,24 +197,14 @@ impl Node {
             // Our bind without a record: only older versions left these.
             self.detach_ours(&target, &[&stage_dev])?;
         }
-        let mut rec = guard.data().clone();
-        rec.mut_publications()
-            .retain(|p| Path::new(p.get_target_path()) != target);
         let mut p = Publication::new();
         p.set_target_path(target.display().to_string());
         p.set_readonly(readonly);
         p.set_fingerprint(fingerprint);
-        p.set_phase(PublishPhase::BINDING);
         p.set_generation(generation);
         p.set_mount_dev(stage_dev.clone());
         p.set_mount_flags(flags.bits());
-        if let Some(e) = &existing {
-            // Same target again: keep its phase history legal (Bound → Bound).
-            p.set_phase(publish_phase(e));
-        }
-        rec.mut_publications().push(p);
-        self.journal.commit(&guard, rec)?;
-        crash::point("publish.recorded");
+        self.journal.bind_begin(&guard, p)?;
         if let Err(e) = self.bind_into(&stage_np, &target, flags, &stage_dev) {
             // A first bind that failed leaves nothing to remember. A target
             // the CO was already told is published stays Bound: the health
@@ -224,14 +213,13 @@ impl Node {
                 .as_ref()
                 .map_or(true, |p| publish_phase(p) == PublishPhase::BINDING);
             if first {
-                if let Err(undo) = self.forget(&guard, &target) {
+                if let Err(undo) = self.journal.bind_abandon(&guard, &target) {
                     warn!("volume {id:?}: recording the failed publish: {undo}");
                 }
             }
             return Err(e);
         }
-        crash::point("publish.bound");
-        self.set_phase(&guard, &target, PublishPhase::BOUND, |_| {})?;
+        self.journal.bound(&guard, &target)?;
         Ok(NodePublishVolumeResponse::new())
     }
 
@@ -280,34 +268,6 @@ impl Node {
             return Err(e);
         }
         Ok(())
-    }
-
-    /// Change one publication's phase (and fields) and persist it.
-    pub(super) fn set_phase(
-        &self,
-        guard: &Guard<VolumeRecord>,
-        target: &Path,
-        phase: PublishPhase,
-        edit: impl FnOnce(&mut Publication),
-    ) -> Result<()> {
-        let mut rec = guard.data().clone();
-        if let Some(p) = rec
-            .mut_publications()
-            .iter_mut()
-            .find(|p| Path::new(p.get_target_path()) == target)
-        {
-            p.set_phase(phase);
-            edit(p);
-        }
-        self.journal.commit(guard, rec)
-    }
-
-    /// Forget a publication (after its teardown is done).
-    pub(super) fn forget(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
-        let mut rec = guard.data().clone();
-        rec.mut_publications()
-            .retain(|p| Path::new(p.get_target_path()) != target);
-        self.journal.commit(guard, rec)
     }
 
     /// Detach every bind at `target` that shows one of `devs` (this volume's
@@ -375,10 +335,7 @@ impl Node {
         else {
             return Ok(());
         };
-        if publish_phase(p) != PublishPhase::UNBINDING {
-            self.set_phase(guard, target, PublishPhase::UNBINDING, |_| {})?;
-            crash::point("unpublish.recorded");
-        }
+        self.journal.unbind_begin(guard, target)?;
         let mut devs = vec![p.get_mount_dev().to_string()];
         if let Ok(Some((_, m))) = self.mount_at(
             "staging_target_path",
@@ -397,8 +354,7 @@ impl Node {
         if let Some((parent, name)) = self.kubelet.resolve_parent("target_path", target, false)? {
             nodepath::rmdir_at(&parent, &name)?;
         }
-        crash::point("unpublish.unbound");
-        self.forget(guard, target)?;
+        self.journal.unbind_done(guard, target)?;
         if n > 0 {
             info!("volume {:?}: unbound {}", guard.id(), target.display());
         } else {

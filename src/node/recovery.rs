@@ -122,12 +122,7 @@ impl Node {
                         run.pid,
                         staging.display()
                     );
-                    let mut rec = rec.clone();
-                    let st = rec.mut_stage();
-                    st.set_phase(StagePhase::READY);
-                    st.set_mounter_pid(run.pid);
-                    st.set_mounter_start_ticks(run.start_ticks);
-                    self.journal.commit(guard, rec)
+                    self.journal.stage_ready(guard, run)
                 }
                 None => {
                     info!(
@@ -154,10 +149,7 @@ impl Node {
                         run.pid,
                         staging.display()
                     );
-                    let mut rec = rec.clone();
-                    rec.mut_stage().set_mounter_pid(run.pid);
-                    rec.mut_stage().set_mounter_start_ticks(run.start_ticks);
-                    self.journal.commit(guard, rec)?;
+                    self.journal.heal_done(guard, run)?;
                 }
                 Ok(())
             }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use log::{info, warn};
 
 use super::{mounters_by_argv, running, Node};
-use crate::crash;
 use crate::error::{Error, Result};
 use crate::lifecycle::stage_phase;
 use crate::metrics;
@@ -98,23 +97,19 @@ impl Node {
                     "already staged with different parameters or capability",
                 ));
             }
-            match stage_phase(st) {
-                StagePhase::READY => {
-                    if mounter::check(&staging, running(st), mounter::PROBE_TIMEOUT) == Health::Ok {
-                        return self
-                            .rotate_secrets(&guard, req.get_secrets())
-                            .map(|()| NodeStageVolumeResponse::new());
-                    }
-                    warn!("volume {id:?}: its staged mount is not healthy, starting its mounter again");
-                    self.restart_mounter(&guard, Some(req.get_secrets()))?;
-                    return Ok(NodeStageVolumeResponse::new());
+            if stage_phase(st) == StagePhase::READY {
+                if mounter::check(&staging, running(st), mounter::PROBE_TIMEOUT) == Health::Ok {
+                    return self
+                        .rotate_secrets(&guard, req.get_secrets())
+                        .map(|()| NodeStageVolumeResponse::new());
                 }
-                // A start or a teardown that a crash interrupted (recovery
-                // normally settles these first): finish it, then start anew.
-                StagePhase::STARTING | StagePhase::STOPPING | StagePhase::STAGE_UNKNOWN => {
-                    self.teardown_stage(&guard)?;
-                }
+                warn!("volume {id:?}: its staged mount is not healthy, starting its mounter again");
+                self.restart_mounter(&guard, Some(req.get_secrets()))?;
+                return Ok(NodeStageVolumeResponse::new());
             }
+            // A start or a teardown that a crash interrupted (recovery
+            // normally settles these first): finish it, then start anew.
+            self.teardown_stage(&guard)?;
         }
         // Nothing recorded: the staging dir (created if missing) must be ours
         // to mount on.
@@ -143,7 +138,6 @@ impl Node {
         }
         drop((parent, dir));
         let mut stage = Stage::new();
-        stage.set_phase(StagePhase::STARTING);
         stage.set_staging_path(staging.display().to_string());
         stage.set_parameters(req.get_volume_context().clone());
         stage.set_secrets(req.get_secrets().clone());
@@ -154,11 +148,7 @@ impl Node {
                 .get_volume_mount_group()
                 .to_string(),
         );
-        stage.set_generation(1);
-        let mut rec = guard.data().clone();
-        rec.set_stage(stage);
-        self.journal.commit(&guard, rec.clone())?;
-        crash::point("stage.recorded");
+        self.journal.stage_begin(&guard, stage)?;
         let started = match adopted {
             Some(run) => Ok(run),
             None => mounter::start(
@@ -172,19 +162,13 @@ impl Node {
         let run = match started {
             Ok(run) => run,
             Err(e) => {
-                rec.clear_stage();
-                if let Err(undo) = self.journal.commit(&guard, rec) {
+                if let Err(undo) = self.journal.stage_abandon(&guard) {
                     warn!("volume {id:?}: recording the failed start: {undo}");
                 }
                 return Err(e);
             }
         };
-        crash::point("stage.started");
-        let st = rec.mut_stage();
-        st.set_phase(StagePhase::READY);
-        st.set_mounter_pid(run.pid);
-        st.set_mounter_start_ticks(run.start_ticks);
-        if let Err(e) = self.journal.commit(&guard, rec) {
+        if let Err(e) = self.journal.stage_ready(&guard, run) {
             mounter::stop(&staging, run, Duration::from_millis(200));
             // The record still says Starting: recovery or the retry cleans up.
             return Err(e);
@@ -204,12 +188,9 @@ impl Node {
         guard: &Guard<VolumeRecord>,
         secrets: &HashMap<String, String>,
     ) -> Result<()> {
-        let mut rec = guard.data().clone();
-        if rec.get_stage().get_secrets() == secrets {
+        if !self.journal.stage_secrets(guard, secrets)? {
             return Ok(());
         }
-        rec.mut_stage().set_secrets(secrets.clone());
-        self.journal.commit(guard, rec)?;
         info!(
             "volume {:?}: node-stage secrets updated for later remounts",
             guard.id()
@@ -229,29 +210,16 @@ impl Node {
         new_secrets: Option<&HashMap<String, String>>,
     ) -> Result<Running> {
         let id = guard.id().to_string();
-        let mut rec = guard.data().clone();
-        let staging = PathBuf::from(rec.get_stage().get_staging_path());
-        self.stop_own_mounters(&id, &staging, running(rec.get_stage()));
-        let st = rec.mut_stage();
-        if let Some(s) = new_secrets {
-            st.set_secrets(s.clone());
-        }
-        st.set_mounter_pid(0);
-        st.set_mounter_start_ticks(0);
-        st.set_generation(st.get_generation().max(1) + 1);
-        self.journal.commit(guard, rec.clone())?;
-        crash::point("heal.recorded");
-        let st = rec.get_stage();
+        let staging = PathBuf::from(guard.data().get_stage().get_staging_path());
+        self.stop_own_mounters(&id, &staging, running(guard.data().get_stage()));
+        let st = self.journal.heal_begin(guard, new_secrets)?;
         let mut spec =
             mounter::parse_spec_for(&id, st.get_parameters(), st.get_secrets(), &self.cfg)?;
         mounter::apply_mount_group(&mut spec, st.get_volume_mount_group())?;
         self.kubelet
             .resolve("staging_target_path", &staging, true)?;
         let run = mounter::start(&id, &spec, &staging, &self.volume_files(&id), &self.cfg)?;
-        let st = rec.mut_stage();
-        st.set_mounter_pid(run.pid);
-        st.set_mounter_start_ticks(run.start_ticks);
-        if let Err(e) = self.journal.commit(guard, rec) {
+        if let Err(e) = self.journal.heal_done(guard, run) {
             mounter::stop(&staging, run, Duration::from_millis(200));
             return Err(e);
         }
@@ -320,20 +288,14 @@ impl Node {
     /// Stopping record), and to settle an interrupted start or teardown.
     pub(super) fn teardown_stage(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
         let id = guard.id().to_string();
-        let mut rec = guard.data().clone();
+        let rec = guard.data().clone();
         if !rec.has_stage() {
             return Ok(());
         }
         let staging = PathBuf::from(rec.get_stage().get_staging_path());
-        if stage_phase(rec.get_stage()) == StagePhase::READY {
-            rec.mut_stage().set_phase(StagePhase::STOPPING);
-            self.journal.commit(guard, rec.clone())?;
-            crash::point("unstage.recorded");
-        }
+        self.journal.unstage_begin(guard)?;
         self.release_stage(&id, &staging, running(rec.get_stage()))?;
-        crash::point("unstage.stopped");
-        rec.clear_stage();
-        self.journal.commit(guard, rec)
+        self.journal.unstage_done(guard)
     }
 
     pub fn admit_unstage(
