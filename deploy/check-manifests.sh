@@ -21,7 +21,8 @@
 #      socket, every --csi-address reaches bindery's --endpoint, the kubelet and state dirs
 #      are mounted at their host paths, the driver name matches the CSIDriver and examples,
 #      the caches ConfigMap is the one the node mounts, ports on the host network are
-#      distinct and the metrics annotations name the metrics port;
+#      distinct and the metrics annotations name the metrics port; the README's table
+#      of chart values names keys of values.yaml with their defaults;
 #  (d) lessons from the real kubelet (tests/e2e): the node has a startupProbe in front of
 #      its livenessProbe and a host /tmp; the controller can mount (reclaimData).
 # Usage: deploy/check-manifests.sh            BINDERY=target/release/bindery deploy/check-manifests.sh
@@ -335,6 +336,49 @@ check("values.schema.json knows the cache keys of the README's table",
       table_keys and schema_keys == table_keys,
       f"only in the schema: {sorted(schema_keys - table_keys)}, "
       f"only in the README: {sorted(table_keys - schema_keys)}")
+
+# The README's table of chart values ("Install with Helm"): every value it names is a
+# key of values.yaml, and where it quotes the defaults (one `...` per value), they are
+# values.yaml's.
+with open(os.path.join(CHART, "values.yaml")) as f:
+    defaults = yaml.load(f, Loader=StrictLoader)
+helm_rows, in_code, in_sec = [], False, False
+for line in readme.splitlines():
+    if line.startswith("```"):
+        in_code = not in_code
+    if not in_code and re.match(r"#{1,3} ", line):
+        in_sec = line == "### Install with Helm"
+    elif in_sec and not in_code and line.startswith("| `"):
+        helm_rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+
+
+def lookup(tree, dotted):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return KeyError
+        tree = tree[part]
+    return tree
+
+
+def shown(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(shown(x) for x in v) + "]"
+    return str(v)
+
+
+check("the README's chart values table has rows", len(helm_rows) >= 5, f"{len(helm_rows)} rows")
+for cells in helm_rows:
+    names = re.findall(r"`([A-Za-z0-9_.]+)`", cells[0])
+    quoted = re.findall(r"`([^`]*)`", cells[1]) if len(cells) > 1 else []
+    missing = [n for n in names if lookup(defaults, n) is KeyError]
+    check(f"README chart values {', '.join(names)} are keys of values.yaml", names and not missing,
+          f"not in values.yaml: {missing}")
+    if names and not missing and len(quoted) == len(names):
+        actual = [shown(lookup(defaults, n)) for n in names]
+        check(f"README chart values {', '.join(names)} show values.yaml's defaults",
+              actual == quoted, f"README {quoted}, values.yaml {actual}")
 
 # Values the chart is checked with: its defaults, each ci/ file, the e2e suite's. The e2e
 # suite adds per-run values (tests/e2e/run.sh): stand-ins for them here.
