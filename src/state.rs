@@ -127,7 +127,8 @@ impl StateStore {
         }
     }
 
-    fn record_path(&self, id: &str) -> PathBuf {
+    /// Where volume `id`'s record is (whether or not it exists).
+    pub fn record_path(&self, id: &str) -> PathBuf {
         self.root.join(format!("{}.pb", volume_key(id)))
     }
 

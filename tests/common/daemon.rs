@@ -230,30 +230,11 @@ impl Daemon {
     }
 
     /// Overwrite volume `id`'s state record with bytes that do not parse
-    /// (a torn sector, a hand edit). Test ids are short and unique, so the
-    /// readable part of the file name (as src/state.rs makes it) finds it.
+    /// (a torn sector, a hand edit).
     pub fn corrupt_record(&self, id: &str) {
-        let readable: String = id
-            .chars()
-            .take(40)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let suffix = format!("-{readable}.pb");
-        let dir = self.state.join("volumes");
-        let found: Vec<PathBuf> = fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().ends_with(&suffix))
-            .collect();
-        assert_eq!(found.len(), 1, "one record of {id} in {}", dir.display());
-        fs::write(&found[0], b"\xff\xff\xff\xff\x0f not a record").unwrap();
+        let path = bindery::state::StateStore::at(&self.state).record_path(id);
+        assert!(path.is_file(), "no record of {id} at {}", path.display());
+        fs::write(&path, b"\xff\xff\xff\xff\x0f not a record").unwrap();
     }
 
     pub fn log_text(&self) -> String {
