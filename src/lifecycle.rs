@@ -432,14 +432,31 @@ impl Journal {
         })
     }
 
-    /// Bound → Unbinding (already Unbinding: nothing to write).
-    pub fn unbind_begin(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
-        if phase_at(guard, target) == Some(PublishPhase::UNBINDING) {
+    /// A publication's teardown begins: `phase` is written (unless it is
+    /// already the recorded one), then `step` is reached.
+    fn teardown_begin(
+        &self,
+        guard: &Guard<VolumeRecord>,
+        target: &Path,
+        phase: PublishPhase,
+        step: Step,
+    ) -> Result<()> {
+        if phase_at(guard, target) == Some(phase) {
             return Ok(());
         }
-        self.change_publication(guard, target, |p| p.set_phase(PublishPhase::UNBINDING))?;
-        Step::UnpublishRecorded.reached();
+        self.change_publication(guard, target, |p| p.set_phase(phase))?;
+        step.reached();
         Ok(())
+    }
+
+    /// Bound → Unbinding (already Unbinding: nothing to write).
+    pub fn unbind_begin(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+        self.teardown_begin(
+            guard,
+            target,
+            PublishPhase::UNBINDING,
+            Step::UnpublishRecorded,
+        )
     }
 
     /// Unbinding → (none): the bind and the target dir are gone.
@@ -480,12 +497,12 @@ impl Journal {
 
     /// Populating or Populated → Removing (already Removing: nothing to write).
     pub fn remove_begin(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
-        if phase_at(guard, target) == Some(PublishPhase::REMOVING) {
-            return Ok(());
-        }
-        self.change_publication(guard, target, |p| p.set_phase(PublishPhase::REMOVING))?;
-        Step::CacheUnpublishRecorded.reached();
-        Ok(())
+        self.teardown_begin(
+            guard,
+            target,
+            PublishPhase::REMOVING,
+            Step::CacheUnpublishRecorded,
+        )
     }
 
     /// Removing → (none): the pod's tree is in the trash.

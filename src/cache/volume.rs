@@ -47,6 +47,16 @@ struct Flight {
     done: Condvar,
 }
 
+/// The error every caller of one build gets: the build's own, with its
+/// code (a source that is not there is INVALID_ARGUMENT for every pod that
+/// waited, not only for the one that started the build).
+fn build_failed(name: &str, cause: Arc<Error>) -> Error {
+    Error::BuildFailed {
+        cache: name.to_string(),
+        cause,
+    }
+}
+
 pub struct Caches {
     pub(super) cfg: Arc<Config>,
     /// The declarations; those that are wrong are disabled, with the reason.
@@ -277,30 +287,20 @@ impl Caches {
             *lock(&flight.result) = Some(r.clone());
             lock(&self.builds).remove(name);
             flight.done.notify_all();
-            return r.map_err(|cause| self.build_failed(name, cause));
+            return r.map_err(|cause| build_failed(name, cause));
         }
         info!("cache {name:?}: waiting for the build in flight");
         let mut res = lock(&flight.result);
         loop {
             match res.as_ref() {
                 Some(Ok(v)) => return Ok(v.clone()),
-                Some(Err(cause)) => return Err(self.build_failed(name, Arc::clone(cause))),
+                Some(Err(cause)) => return Err(build_failed(name, Arc::clone(cause))),
                 None => {}
             }
             res = match flight.done.wait(res) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-        }
-    }
-
-    /// The error every caller of one build gets: the build's own, with its
-    /// code (a source that is not there is INVALID_ARGUMENT for every pod
-    /// that waited, not only for the one that started the build).
-    fn build_failed(&self, name: &str, cause: Arc<Error>) -> Error {
-        Error::BuildFailed {
-            cache: name.to_string(),
-            cause,
         }
     }
 
