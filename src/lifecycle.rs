@@ -427,8 +427,32 @@ impl Journal {
         self.change_publication(guard, target, |p| {
             p.set_phase(PublishPhase::BOUND);
             if let Some(dev) = dev {
+                // The pod's containers still show the old mount: remember
+                // it until they are re-bound (`consumers_rebound`).
+                let old = p.get_mount_dev().to_string();
+                if !old.is_empty() && old != dev && !p.get_stale_devs().contains(&old) {
+                    p.mut_stale_devs().push(old);
+                }
                 p.set_mount_dev(dev);
             }
+        })
+    }
+
+    /// The pod's containers were re-bound to the stage's current mount,
+    /// except those still showing `remaining` (devices of dead mounts). None
+    /// left: the publication is of the stage's current generation again.
+    pub fn consumers_rebound(
+        &self,
+        guard: &Guard<VolumeRecord>,
+        target: &Path,
+        remaining: Vec<String>,
+    ) -> Result<()> {
+        let generation = guard.data().get_stage().get_generation();
+        self.change_publication(guard, target, |p| {
+            if remaining.is_empty() {
+                p.set_generation(generation);
+            }
+            p.set_stale_devs(remaining.into());
         })
     }
 

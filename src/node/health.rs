@@ -28,11 +28,17 @@ use crate::proto::bindery::VolumeRecord;
 use nix::mount::MsFlags;
 
 use super::publish::bind_flags;
+use crate::sys::consumers::{self, Outcome};
 use crate::sys::mountinfo::{self, MountInfo};
+use crate::sys::nodepath::NodePath;
 use crate::volumes::{Guard, Op};
 
 /// Logged (at debug level) at the end of every health pass.
 pub const HEALTH_PASS_DONE: &str = "health pass done";
+
+/// How long re-binding one container's mounts may take before the heal
+/// gives up on it (the next pass tries again).
+const REBIND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Heals running at once; more wait for a later pass.
 const MAX_HEALS: usize = 8;
@@ -54,9 +60,19 @@ impl Node {
         ) {
             return Some(why);
         }
-        bound_binds(rec)
+        if let Some(p) = bound_binds(rec)
             .find(|p| !self.is_mounted_in("target_path", Path::new(p.get_target_path()), table))
-            .map(|p| format!("{} lost its bind", p.get_target_path()))
+        {
+            return Some(format!("{} lost its bind", p.get_target_path()));
+        }
+        bound_binds(rec)
+            .find(|p| !p.get_stale_devs().is_empty())
+            .map(|p| {
+                format!(
+                    "the containers of {} may still show a dead mount",
+                    p.get_target_path()
+                )
+            })
     }
 
     /// Heal one volume under its guard: a new mounter if the old one is dead,
@@ -135,7 +151,89 @@ impl Node {
                 .bound_again(guard, &target, Some(stage_dev.clone()))?;
             info!("volume {id:?}: re-bound {}", target.display());
         }
+        self.rebind_consumers(guard, &stage_np, &stage_mount);
         Ok(healed)
+    }
+
+    /// Replace the dead mounts that the pods' containers still show (the
+    /// devices each publication lists as stale) by the stage's current
+    /// mount, inside each container's mount namespace (see
+    /// `sys::consumers`). A publication whose containers all got it back is
+    /// of the current generation again; one a container of which could not
+    /// be re-bound keeps its stale devices: VolumeCondition reports it and
+    /// the next health pass tries again.
+    fn rebind_consumers(&self, guard: &Guard<VolumeRecord>, source: &NodePath, stage: &MountInfo) {
+        let id = guard.id();
+        let rec = guard.data().clone();
+        let mut stale: Vec<(u32, u32)> = bound_binds(&rec)
+            .flat_map(|p| p.get_stale_devs().iter())
+            .filter_map(|d| consumers::parse_dev(d))
+            .collect();
+        stale.sort_unstable();
+        stale.dedup();
+        if stale.is_empty() {
+            return;
+        }
+        // (pod uid if known, device, why) of every mount that could not be replaced.
+        let mut failed: Vec<(Option<String>, String, String)> = Vec::new();
+        for holder in consumers::holders(&stale, &stage.fs_type) {
+            let devs: std::collections::HashMap<_, _> = holder
+                .mounts
+                .iter()
+                .map(|m| (m.mount_point.clone(), dev_string(m)))
+                .collect();
+            for (at, result) in consumers::replace(&holder, source.fd(), REBIND_TIMEOUT) {
+                match result {
+                    Ok(Outcome::Replaced) => info!(
+                        "volume {id:?}: re-bound {} in the mount namespace of {}",
+                        at.display(),
+                        holder.describe()
+                    ),
+                    Ok(Outcome::Skipped(why)) => debug!(
+                        "volume {id:?}: {} of {} left alone: {why}",
+                        at.display(),
+                        holder.describe()
+                    ),
+                    Err(why) => {
+                        warn!(
+                            "volume {id:?}: could not re-bind {} of {}: {why}",
+                            at.display(),
+                            holder.describe()
+                        );
+                        let dev = devs.get(&at).cloned().unwrap_or_default();
+                        failed.push((holder.pod.clone(), dev, why));
+                    }
+                }
+            }
+        }
+        for p in bound_binds(&rec) {
+            if p.get_stale_devs().is_empty() {
+                continue;
+            }
+            let target = p.get_target_path();
+            // A failure counts against this publication if it was on one of
+            // its devices, in its pod's containers (or in a process of no
+            // known pod).
+            let remaining: Vec<String> = p
+                .get_stale_devs()
+                .iter()
+                .filter(|d| {
+                    failed.iter().any(|(pod, dev, _)| {
+                        dev == *d
+                            && pod
+                                .as_ref()
+                                .map_or(true, |uid| target.contains(&format!("/pods/{uid}/")))
+                    })
+                })
+                .cloned()
+                .collect();
+            if let Err(e) = self
+                .journal
+                .consumers_rebound(guard, Path::new(target), remaining)
+            {
+                warn!("volume {id:?}: recording the re-bound containers of {target}: {e}");
+            }
+        }
     }
 
     /// Connect to the S3 endpoint of every Ready volume and keep the answers

@@ -204,6 +204,17 @@ impl Node {
         p.set_generation(generation);
         p.set_mount_dev(stage_dev.clone());
         p.set_mount_flags(flags.bits());
+        // A bind made again after a heal: the pod's containers may still
+        // show the dead mounts the old record listed (the health loop
+        // re-binds them).
+        if let Some(old) = &existing {
+            let mut stale: Vec<String> = old.get_stale_devs().to_vec();
+            let dev = old.get_mount_dev();
+            if !dev.is_empty() && dev != stage_dev && !stale.iter().any(|d| d == dev) {
+                stale.push(dev.to_string());
+            }
+            p.set_stale_devs(stale.into());
+        }
         self.journal.bind_begin(&guard, p)?;
         if let Err(e) = self.bind_into(&stage_np, &target, flags, &stage_dev) {
             // A first bind that failed leaves nothing to remember. A target

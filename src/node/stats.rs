@@ -95,6 +95,13 @@ impl Node {
                 mounter::observe(Path::new(st.get_staging_path()), running(st), endpoint);
             let health = match condition {
                 Condition::Healthy => match publication {
+                    Some(p) if !p.get_stale_devs().is_empty() => Health::Abnormal(
+                        "the volume's mounter was restarted and a container of this pod \
+                         could not be re-bound to the new mount yet (bindery retries on \
+                         every health pass; the node's log says why): restarting the pod \
+                         also fixes it"
+                            .into(),
+                    ),
                     Some(p)
                         if p.get_generation() != 0 && p.get_generation() < st.get_generation() =>
                     {

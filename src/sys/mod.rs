@@ -1,6 +1,7 @@
 //! The only place that makes mount, process and filesystem system calls.
 
 pub mod cgroup;
+pub mod consumers;
 pub mod fs;
 pub mod mount;
 pub mod mountinfo;

@@ -233,6 +233,11 @@ impl KubeletDir {
 impl NodePath {
     /// `/proc/self/fd/N`: names exactly the inode (and mount) that was
     /// checked. Mounting onto it is what runc does against symlink swaps.
+    /// The fd this path was resolved to.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     pub fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
