@@ -117,8 +117,40 @@ fn background_jobs(
     let mut jobs = Vec::new();
     let interval = cfg.watchdog_interval;
     if !interval.is_zero() {
+        // A pass every interval, and at once when a mounter exits.
+        let (wake, woken) = crossbeam_channel::bounded::<()>(1);
         let n = node.clone();
-        jobs.push(periodic("health", interval, stop, move || n.health_pass())?);
+        let halt = stop.clone();
+        jobs.push(
+            thread::Builder::new()
+                .name("health".into())
+                .spawn(move || {
+                    let mut woken = woken;
+                    loop {
+                        crossbeam_channel::select! {
+                            recv(halt) -> _ => break,
+                            recv(woken) -> m => {
+                                // The watcher gave up: periodic passes only.
+                                if m.is_err() {
+                                    woken = crossbeam_channel::never();
+                                    continue;
+                                }
+                                n.health_pass()
+                            }
+                            default(interval) => n.health_pass(),
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("spawn thread", "health", e))?,
+        );
+        let n = node.clone();
+        let halt = stop.clone();
+        jobs.push(
+            thread::Builder::new()
+                .name("mounter-exits".into())
+                .spawn(move || n.watch_mounter_exits(&wake, &halt))
+                .map_err(|e| Error::io("spawn thread", "mounter-exits", e))?,
+        );
     }
     // Endpoint reachability for VolumeCondition, on a thread of its own: a
     // slow resolver or a black-holed address delays nothing else. It only

@@ -4,7 +4,9 @@
 //! - cache.rs: publish / unpublish of cache volumes
 //! - recovery.rs: reconciling persisted phases before the socket serves
 //! - quarantine.rs: cleanup by path for volumes whose record was unreadable
-//! - health.rs: the health loop (dead mounters healed, lost binds re-bound)
+//! - health.rs: the health loop (dead mounters healed, lost binds re-bound,
+//!   containers re-bound)
+//! - exits.rs: mounter exits seen at once (pidfds), waking the health loop
 //! - stats.rs: NodeGetVolumeStats
 //! - gauges.rs: the node's gauges for /metrics
 //!
@@ -14,6 +16,7 @@
 //! capability, paths), then takes the volume guard, then looks at state.
 
 mod cache;
+mod exits;
 mod gauges;
 mod health;
 mod publish;

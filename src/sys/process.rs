@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// A running process, known by its pid AND its start time: a pid the
 /// kernel gave to another process since is never taken for it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Running {
     pub pid: i32,
     pub start_ticks: u64,
@@ -54,6 +54,25 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
 pub fn is_alive(pid: i32, start_ticks: u64) -> bool {
     pid > 0
         && matches!(stat(pid), Some(s) if s.start_ticks == start_ticks && s.state != 'Z' && s.state != 'X')
+}
+
+/// A pidfd of `run` (pidfd_open, Linux 5.3): readable once the process has
+/// exited, whoever its parent is. None when the process is gone, or the pid
+/// now names another process (checked after the open, so the fd cannot
+/// name a process that reused the pid).
+pub fn pidfd(run: Running) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if run.pid <= 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open(2) with a pid and no flags returns a new fd or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, run.pid, 0) };
+    let fd = std::os::fd::RawFd::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by pidfd_open; nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    (stat(run.pid)?.start_ticks == run.start_ticks).then_some(fd)
 }
 
 /// Start `cmd` as the leader of a new session (setsid), so that it outlives
