@@ -190,6 +190,16 @@ fn running_containers_get_their_volume_back_after_a_mounter_dies() {
         ],
         &[&ta, &tb, &tother, &staging, &other_staging],
     );
+    // The kubelet's own bind of a subPath, in the node's namespace (the
+    // daemon's here), from which it binds the subPath into containers.
+    let subpath_bind = scratch.path().join("volume-subpaths/data/c/0");
+    fs::create_dir_all(&subpath_bind).unwrap();
+    assert!(Command::new("mount")
+        .args(["--bind", &sub_source])
+        .arg(&subpath_bind)
+        .status()
+        .unwrap()
+        .success());
     assert_eq!(a.read(&whole.join("f.txt")).unwrap(), "data");
     assert_eq!(a.read(&sub.join("g.txt")).unwrap(), "sub data");
     assert_eq!(b.read(&ro.join("f.txt")).unwrap(), "data");
@@ -210,6 +220,9 @@ fn running_containers_get_their_volume_back_after_a_mounter_dies() {
     let new = mounter_pids(&staging);
     assert_eq!(new.len(), 1);
     assert_ne!(new, old);
+    wait_until("the node's subPath bind reads again", 30, || {
+        fs::read_to_string(subpath_bind.join("g.txt")).is_ok_and(|s| s == "sub data")
+    });
     // Writes through the container reach the bucket through the new mounter.
     fs::write(a.path(&whole.join("new.txt")), "after").unwrap();
     assert_eq!(
@@ -243,6 +256,11 @@ fn running_containers_get_their_volume_back_after_a_mounter_dies() {
     assert!(log.contains("in the mount namespace of pid"), "{log}");
 
     drop((a, b));
+    assert!(Command::new("umount")
+        .arg(&subpath_bind)
+        .status()
+        .unwrap()
+        .success());
     for (v, t) in [(BUCKET, &ta), (BUCKET, &tb), ("other-bucket", &tother)] {
         assert!(d.unpublish(v, t).ok());
     }

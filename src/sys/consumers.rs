@@ -1,7 +1,8 @@
-//! The mounts a volume has in OTHER mount namespaces (its pods'
-//! containers): finding the ones that still show a dead FUSE connection of
-//! the volume, and replacing each one, inside its namespace, by a clone of
-//! the volume's new mount. This is how a running container gets its volume
+//! The mounts a volume has beyond its staging path and its pods' targets
+//! (in the pods' containers' mount namespaces, and the kubelet's subPath
+//! binds): finding the ones that still show a dead FUSE connection of the
+//! volume, and replacing each one, inside its namespace, by a clone of the
+//! volume's new mount. This is how a running container gets its volume
 //! back after the volume's mounter was restarted, without a pod restart and
 //! without mountPropagation in the pod spec.
 //!
@@ -59,8 +60,7 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// One mount namespace (other than ours) that holds mounts of the devices
-/// asked for.
+/// One mount namespace that holds mounts of the devices asked for.
 #[derive(Debug, Clone)]
 pub struct Holder {
     /// A process in the namespace, through which it is entered.
@@ -114,10 +114,12 @@ pub fn pod_of_cgroup(text: &str) -> Option<String> {
     })
 }
 
-/// The mount namespaces other than this process's that show a FUSE mount of
-/// type `fs_type` on one of `devs`, each once, with a process in it.
+/// The mount namespaces that show a FUSE mount of type `fs_type` on one of
+/// `devs`, each once, with a process in it. This process's own namespace
+/// is one of them when it still shows such a mount (a bind the kubelet made
+/// for a subPath, say): the pods' targets and the staging path were made
+/// anew by the heal and show the new mount.
 pub fn holders(devs: &[(u32, u32)], fs_type: &str) -> Vec<Holder> {
-    let mine = ns_of(Path::new("/proc/self/ns/mnt"));
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -131,7 +133,7 @@ pub fn holders(devs: &[(u32, u32)], fs_type: &str) -> Vec<Holder> {
         let Some(ns) = ns_of(&PathBuf::from(format!("/proc/{pid}/ns/mnt"))) else {
             continue;
         };
-        if Some(ns) == mine || !seen.insert(ns) {
+        if !seen.insert(ns) {
             continue;
         }
         let Ok(f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) else {
@@ -400,13 +402,23 @@ pub fn replace(
                 continue;
             }
         };
-        // Another mount on top of it (or it went away meanwhile): the
-        // container still holds it, out of reach for now; tried again on
-        // the next health pass.
         if mnt_id(proc.as_fd(), dead.as_fd()) != Some(m.id) {
+            // Gone meanwhile (unmounted, or replaced by propagation from a
+            // namespace done before): nothing left to do. Still listed:
+            // another mount covers it, out of reach for now; tried again on
+            // the next health pass.
+            let listed = std::fs::File::open(format!("/proc/{}/mountinfo", holder.pid))
+                .map(mountinfo::parse)
+                .unwrap_or_default()
+                .iter()
+                .any(|now| now.id == m.id && now.dev == m.dev);
             results.push((
                 m.mount_point.clone(),
-                Err("covered by another mount, or gone".into()),
+                if listed {
+                    Err("covered by another mount".into())
+                } else {
+                    Ok(Outcome::Skipped("gone"))
+                },
             ));
             continue;
         }

@@ -450,40 +450,59 @@ plugin_restart() {
   (( left == 3 )) || why "after s3-d left, $left bind mounts of e2e-static, want 3 (s3-a/b/c)" || return 1
 }
 
+# reader LOG POD FILE: a loop in POD that reads FILE every 200 ms, each answer ("ok" or
+# "fail") stamped on the host with nanoseconds since the epoch. Its pid is in $READER.
+reader() {
+  kubectl exec "$2" -- sh -c "while true; do if cat $3 > /dev/null 2>&1; then echo ok; else echo fail; fi; usleep 200000 2>/dev/null || sleep 0.2; done" 2>/dev/null |
+    while read -r l; do echo "$(date +%s%N) $l"; done > "$1" &
+  READER=$!
+}
+reads_after() { awk -v t="$2" -v w="$3" '$1 > t && $2 == w' "$1" | wc -l; } # log t ok|fail: answers after t
+oks_after() { (( $(reads_after "$1" "$2" ok) >= $3 )); }
+
 mounter_killed() {
-  local pid uid vpath stats old_ok metric
+  local pid uid vpath stats metric t_kill first_good fails p
   pid=$(pgrep -x s3fs | head -1)
   [[ -n $pid ]] || why "no s3fs running" || return 1
   uid=$(kubectl get pod s3-b -o jsonpath='{.metadata.uid}')
   vpath=$KUBELET_DIR/pods/$uid/volumes/kubernetes.io~csi/e2e-static/mount
+  # A pod that mounts a subPath of the volume, and a reader looping in a pod from before.
+  in_pod s3-a 'mkdir -p /data/sub && echo in-sub > /data/sub/s.txt' || why "cannot write /data/sub in s3-a" || return 1
+  pod s3-sub "$(pvc_vol data s3-shared)" '    - {name: data, mountPath: /data, subPath: sub}'
+  wait_until 60 pod_running s3-sub || why "subPath pod not Running: $(stuck s3-sub)" || return 1
+  [[ $(in_pod s3-sub 'cat /data/s.txt') == in-sub ]] || why "the subPath pod does not see s.txt" || return 1
+  reader "$D/reader.log" s3-b /data/s3-a.txt
+  wait_until 20 oks_after "$D/reader.log" 0 3 || why "the reader in s3-b never read /data/s3-a.txt" || return 1
+  t_kill=$(date +%s%N)
   kill -9 "$pid"
   wait_until 60 bash -c "p=\$(pgrep -x s3fs | head -1); [[ -n \$p && \$p != $pid ]]" ||
     why "no new s3fs within 60s of kill -9 $pid" || return 1
-  # a pod started now gets a healthy volume with the old data
+  # The pods from before the kill read their volume again, without a restart.
+  wait_until 60 oks_after "$D/reader.log" "$t_kill" 3 || why "s3-b never read its volume again after the kill: $(tail -3 "$D/reader.log" | tr '\n' ' ')" || return 1
+  kill "$READER" 2>/dev/null; pkill -f "kubectl exec s3-b -- sh -c while true" 2>/dev/null || true
+  first_good=$(awk -v t="$t_kill" '$1 > t && $2 == "ok" { print $1; exit }' "$D/reader.log")
+  fails=$(reads_after "$D/reader.log" "$t_kill" fail)
+  log "s3fs kill -9 under a reader (every 200 ms) in s3-b: $fails failed reads, kill to first good read $(( (first_good - t_kill) / 1000000 )) ms"
+  for p in s3-a s3-b s3-c; do
+    [[ $(in_pod $p 'cat /data/s3-a.txt') == from-s3-a ]] || why "$p does not read its volume after the heal" || return 1
+  done
+  [[ $(in_pod s3-sub 'cat /data/s.txt') == in-sub ]] || why "the subPath pod does not read s.txt after the heal" || return 1
+  in_pod s3-b 'echo healed > /data/healed.txt' || why "s3-b cannot write after the heal" || return 1
+  [[ $(cat "$S3/e2e-static/shared/healed.txt" 2>/dev/null) == healed ]] || why "write after heal not in the bucket" || return 1
+  # A pod started now gets the healed volume too.
   pod s3-e "$(pvc_vol data s3-shared)" "$(mnt data /data)"
   wait_until 60 pod_running s3-e || why "pod after heal not Running: $(stuck s3-e)" || return 1
-  [[ $(in_pod s3-e 'echo healed > /data/healed.txt; cat /data/s3-a.txt') == from-s3-a ]] || why "healed volume does not serve old data" || return 1
-  [[ $(cat "$S3/e2e-static/shared/healed.txt" 2>/dev/null) == healed ]] || why "write after heal not in the bucket" || return 1
-  # A pod from before the kill holds its own copy of the old bind: either it works again, or
-  # VolumeCondition (and the kubelet's health metric) must say it is abnormal.
-  sleep 2
-  old_ok=no; in_pod s3-b 'cat /data/healed.txt' > /dev/null 2>&1 && old_ok=yes
+  [[ $(in_pod s3-e 'cat /data/healed.txt') == healed ]] || why "s3-e does not read healed.txt" || return 1
+  # VolumeCondition says healthy, and so does the kubelet's metric.
   stats=$(csi node-stats --volume-id e2e-static/shared --target-path "$vpath" 2>&1 | tr '\n' ' ')
-  log "after heal: old pod s3-b reads its volume: $old_ok; NodeGetVolumeStats: $(grep -o 'volume_condition {[^}]*}' <<<"$stats")"
-  if [[ $old_ok == no ]]; then
-    grep -q 'abnormal: true' <<<"$stats" ||
-      why "s3-b's volume is dead (ENOTCONN in the pod) but NodeGetVolumeStats says: $(grep -o 'volume_condition {[^}]*}' <<<"$stats")" || return 1
-    wait_until 60 metric_is s3-shared 1 ||
-      why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)', want 1" || return 1
-  else
-    grep -q 'abnormal: true' <<<"$stats" && { why "s3-b reads its volume but VolumeCondition says abnormal"; return 1; }
-  fi
+  ! grep -q 'abnormal: true' <<<"$stats" ||
+    why "s3-b reads its volume but NodeGetVolumeStats says: $(grep -o 'volume_condition {[^}]*}' <<<"$stats")" || return 1
   metric=$(health_metric s3-shared)
   [[ -n $metric ]] || why "the kubelet exports no kubelet_volume_stats_health_status_abnormal for s3-shared" || return 1
-  # restarting the old pods brings everything back to health
-  kubectl delete pod s3-a s3-b s3-c --wait=true --timeout=60s > /dev/null 2>&1
   wait_until 60 metric_is s3-shared 0 ||
-    why "health metric stays '$(health_metric s3-shared)' after the stale pods left" || return 1
+    why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)' after the heal, want 0" || return 1
+  kubectl logs -n $NS "$(node_pod)" -c bindery 2>/dev/null | grep -q 'in the mount namespace of pod' ||
+    why "the node plugin logged no re-bind in a pod's mount namespace" || return 1
 }
 
 # bindery's own /metrics (the chart's metrics values; tests/e2e/values.yaml keeps it on
@@ -577,7 +596,7 @@ step "dynamic PVC (reclaimData true): new prefix, DeleteVolume removes the data"
 step "cache volumes: copy, overlay, reflink, hardlink, auto, placeCacheAtPath" cache_strategies
 step "non-root pod (uid 1000, fsGroup 2000) writes its cache and S3 volumes" non_root
 step "node plugin pod deleted: volumes keep working, new plugin adopts the mounter" plugin_restart
-step "s3fs killed: volume heals, VolumeCondition and kubelet health metric report it" mounter_killed
+step "s3fs killed under running pods (a reader, a subPath): they read again without a restart, healthy" mounter_killed
 step "bindery /metrics: RPCs, heal, volumes, mounters and caches scraped from the node" metrics_scraped
 step "csi-sanity against the node and controller sockets" sanity
 step "all pods deleted and bindery uninstalled: no mount, mounter, pod tree or stale golden version" teardown_clean
