@@ -467,7 +467,9 @@ mounter_killed() {
   uid=$(kubectl get pod s3-b -o jsonpath='{.metadata.uid}')
   vpath=$KUBELET_DIR/pods/$uid/volumes/kubernetes.io~csi/e2e-static/mount
   # A pod that mounts a subPath of the volume, and a reader looping in a pod from before.
-  in_pod s3-a 'mkdir -p /data/sub && echo in-sub > /data/sub/s.txt' || why "cannot write /data/sub in s3-a" || return 1
+  # (written into the bucket's directory: rclone's S3 server does not show s3fs a file
+  # written below a directory that s3fs made)
+  mkdir -p "$S3/e2e-static/shared/sub" && echo in-sub > "$S3/e2e-static/shared/sub/s.txt"
   pod s3-sub "$(pvc_vol data s3-shared)" '    - {name: data, mountPath: /data, subPath: sub}'
   wait_until 60 pod_running s3-sub || why "subPath pod not Running: $(stuck s3-sub)" || return 1
   [[ $(in_pod s3-sub 'cat /data/s.txt') == in-sub ]] || why "the subPath pod does not see s.txt" || return 1
