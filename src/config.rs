@@ -40,6 +40,9 @@ pub struct Config {
     pub max_volumes_per_node: i64,
     pub mount_timeout: Duration,
     pub unstage_grace: Duration,
+    /// How long a volume keeps its mounter after NodeUnstageVolume, unless
+    /// its unstageDelay parameter says otherwise (src/node/linger.rs).
+    pub unstage_delay: Duration,
     pub shutdown_grace: Duration,
     pub watchdog_interval: Duration,
     pub fuse_programs: Vec<String>,
@@ -96,6 +99,9 @@ FLAGS (environment fallback in brackets):
                             so that no acknowledged write is lost (default 30).
                             It also caps the stop of the mounts DeleteVolume
                             (reclaimData) and s3: cache builds make
+    --unstage-delay SECS    keep a volume's mounter this long after NodeUnstageVolume
+                            (at most 86400; 0 = none), for a pod that comes back; a
+                            volume's unstageDelay parameter overrides it (default 0)
     --shutdown-grace SECS   how long in-flight calls may run after SIGTERM (default 10)
     --watchdog-interval SECS  how often staged mounts are checked (default 5; 0 = off)
     --fuse-programs LIST    comma-separated programs that volumes with mounter
@@ -135,6 +141,9 @@ FLAGS (environment fallback in brackets):
 
 Logging is controlled by RUST_LOG (error, warn, info, debug; default info).
 ";
+
+/// The longest unstage delay (flag or parameter): a day.
+pub const MAX_UNSTAGE_DELAY: Duration = Duration::from_secs(86_400);
 
 fn parse_secs(flag: &str, v: &str) -> Result<Duration, String> {
     v.parse::<u64>()
@@ -229,6 +238,7 @@ impl Config {
         let mut max_volumes_per_node = 0i64;
         let mut mount_timeout = Duration::from_secs(30);
         let mut unstage_grace = Duration::from_secs(30);
+        let mut unstage_delay = Duration::ZERO;
         let mut shutdown_grace = Duration::from_secs(10);
         let mut watchdog_interval = Duration::from_secs(5);
         let mut fuse_programs: Vec<String> =
@@ -293,6 +303,15 @@ impl Config {
                 }
                 "--mount-timeout" => mount_timeout = parse_secs(&flag, &value()?)?,
                 "--unstage-grace" => unstage_grace = parse_secs(&flag, &value()?)?,
+                "--unstage-delay" => {
+                    unstage_delay = parse_secs(&flag, &value()?)?;
+                    if unstage_delay > MAX_UNSTAGE_DELAY {
+                        return Err(format!(
+                            "{flag}: at most {} seconds",
+                            MAX_UNSTAGE_DELAY.as_secs()
+                        ));
+                    }
+                }
                 "--shutdown-grace" => shutdown_grace = parse_secs(&flag, &value()?)?,
                 "--watchdog-interval" => watchdog_interval = parse_secs(&flag, &value()?)?,
                 "--cache-config" => cache_config = Some(abs_dir("--cache-config", &value()?)?),
@@ -380,6 +399,7 @@ impl Config {
             max_volumes_per_node,
             mount_timeout,
             unstage_grace,
+            unstage_delay,
             shutdown_grace,
             watchdog_interval,
             fuse_programs,
@@ -427,6 +447,11 @@ mod tests {
         assert!(!c.allow_credential_sources);
         let c = parse(&["--node-id=n", "--allow-credential-sources"]).unwrap();
         assert!(c.allow_credential_sources);
+        assert_eq!(c.unstage_delay, Duration::ZERO);
+        let c = parse(&["--node-id=n", "--unstage-delay=86400"]).unwrap();
+        assert_eq!(c.unstage_delay, MAX_UNSTAGE_DELAY);
+        let e = parse(&["--node-id=n", "--unstage-delay=86401"]).unwrap_err();
+        assert!(e.contains("--unstage-delay"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! stage:             (none) → Starting → Ready{pid} → Stopping → (none)
 //!                              └── rollback ──────────────────→ (none)
 //!                    heal:    Ready{pid} → Ready{no mounter} → Ready{new pid}
+//!                    linger:  Ready{pid} → Lingering{until} → Stopping
+//!                    revive:  Lingering{until} → Ready{pid}
 //! bind publication:  (none) → Binding → Bound → Unbinding → (none)
 //! cache publication: (none) → Populating → Populated{version} → Removing → (none)
 //! ```
@@ -70,11 +72,15 @@ pub enum Step {
     CacheUnpublishRemoved,
     /// A heal wrote "no mounter" and the next generation; no new mounter yet.
     HealRecorded,
+    /// Lingering is written (unstage answered with the mounter kept).
+    LingerRecorded,
+    /// A stage took a Lingering volume back: Ready is written.
+    LingerRevived,
 }
 
 impl Step {
     /// Every step, in the order a volume meets them.
-    pub const ALL: [Step; 14] = [
+    pub const ALL: [Step; 16] = [
         Step::StageRecorded,
         Step::MounterSpawned,
         Step::StageStarted,
@@ -89,6 +95,8 @@ impl Step {
         Step::CacheUnpublishRecorded,
         Step::CacheUnpublishRemoved,
         Step::HealRecorded,
+        Step::LingerRecorded,
+        Step::LingerRevived,
     ];
 
     /// The crash point's name (BINDERY_CRASH_AT).
@@ -108,6 +116,8 @@ impl Step {
             Step::CacheUnpublishRecorded => "cache_unpublish.recorded",
             Step::CacheUnpublishRemoved => "cache_unpublish.removed",
             Step::HealRecorded => "heal.recorded",
+            Step::LingerRecorded => "linger.recorded",
+            Step::LingerRevived => "linger.revived",
         }
     }
 
@@ -180,8 +190,11 @@ pub fn stage_step_allowed(from: Option<StagePhase>, to: Option<StagePhase>) -> b
             | (None, Some(STARTING))
             // the pid is recorded once spawned; a failed start is rolled back
             | (Some(STARTING), Some(STARTING | READY) | None)
-            // secrets rotated, a heal records its new mounter, unstage begins
-            | (Some(READY), Some(READY | STOPPING))
+            // secrets rotated, a heal records its new mounter, unstage
+            // begins, or answers with the mounter kept
+            | (Some(READY), Some(READY | STOPPING | LINGERING))
+            // a stage takes it back, or the delay is over
+            | (Some(LINGERING), Some(LINGERING | READY | STOPPING))
             | (Some(STOPPING), Some(STOPPING) | None)
     )
 }
@@ -372,10 +385,18 @@ impl Journal {
         })
     }
 
-    /// Ready → Stopping: unstage begins (already Stopping, or an
-    /// interrupted Starting being rolled back: nothing to write).
+    /// Ready or Lingering → Stopping: unstage begins (already Stopping, or
+    /// an interrupted Starting being rolled back: nothing to write).
     pub fn unstage_begin(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
-        if !is_ready(&guard.data()) {
+        let keeps_mounter = {
+            let rec = guard.data();
+            rec.has_stage()
+                && matches!(
+                    stage_phase(rec.get_stage()),
+                    StagePhase::READY | StagePhase::LINGERING
+                )
+        };
+        if !keeps_mounter {
             return Ok(());
         }
         self.change(guard, |rec| rec.mut_stage().set_phase(StagePhase::STOPPING))?;
@@ -387,6 +408,29 @@ impl Journal {
     pub fn unstage_done(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
         Step::UnstageStopped.reached();
         self.change(guard, VolumeRecord::clear_stage)
+    }
+
+    /// Ready → Lingering{until}: NodeUnstageVolume answers OK and the
+    /// mounter stays until `until` (seconds since the epoch).
+    pub fn linger_begin(&self, guard: &Guard<VolumeRecord>, until: u64) -> Result<()> {
+        self.change(guard, |rec| {
+            let st = rec.mut_stage();
+            st.set_phase(StagePhase::LINGERING);
+            st.set_linger_until(until);
+        })?;
+        Step::LingerRecorded.reached();
+        Ok(())
+    }
+
+    /// Lingering → Ready: a stage takes the volume back as it is.
+    pub fn linger_end(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
+        self.change(guard, |rec| {
+            let st = rec.mut_stage();
+            st.set_phase(StagePhase::READY);
+            st.set_linger_until(0);
+        })?;
+        Step::LingerRevived.reached();
+        Ok(())
     }
 
     // ------------------------------------------------------------ binds
@@ -542,6 +586,8 @@ pub const DIAGRAM: &str = "\
 stage:             (none) → Starting → Ready{pid} → Stopping → (none)
                              └── rollback ──────────────────→ (none)
                    heal:    Ready{pid} → Ready{no mounter} → Ready{new pid}
+                   linger:  Ready{pid} → Lingering{until} → Stopping
+                   revive:  Lingering{until} → Ready{pid}
 bind publication:  (none) → Binding → Bound → Unbinding → (none)
 cache publication: (none) → Populating → Populated{version} → Removing → (none)
 ";
@@ -559,6 +605,7 @@ mod tests {
             Some("Starting") => Some(Some(StagePhase::STARTING)),
             Some("Ready") => Some(Some(StagePhase::READY)),
             Some("Stopping") => Some(Some(StagePhase::STOPPING)),
+            Some("Lingering") => Some(Some(StagePhase::LINGERING)),
             _ => None,
         };
         let publication = |w: &str| match w.split('{').next() {
@@ -574,7 +621,10 @@ mod tests {
         let mut seen_stage = std::collections::HashSet::new();
         let mut seen_publication = std::collections::HashSet::new();
         for line in DIAGRAM.lines() {
-            let is_stage = line.starts_with("stage:") || line.trim_start().starts_with("heal:");
+            let is_stage = line.starts_with("stage:")
+                || ["heal:", "linger:", "revive:"]
+                    .iter()
+                    .any(|w| line.trim_start().starts_with(w));
             let chain: Vec<&str> = line
                 .split('→')
                 .map(|w| w.rsplit(':').next().unwrap_or("").trim())
@@ -601,7 +651,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen_stage.len(), 4, "(none) and every stage phase");
+        assert_eq!(seen_stage.len(), 5, "(none) and every stage phase");
         assert_eq!(seen_publication.len(), 7, "(none) and every publish phase");
         let doc: String = include_str!("lifecycle.rs")
             .lines()

@@ -164,6 +164,12 @@ fn background_jobs(
     jobs.push(periodic("endpoints", every, stop, move || {
         n.check_endpoints()
     })?);
+    // Volumes kept after their unstage (unstageDelay) end when due, with
+    // the watchdog off too.
+    let n = node.clone();
+    jobs.push(periodic("unstage-delay", every, stop, move || {
+        n.expire_lingering()
+    })?);
     if cfg.wait_for_caches {
         let n = node.clone();
         let builds = thread::Builder::new()

@@ -295,6 +295,43 @@ fn heal_survives_a_crash() {
     n.assert_clean(point);
 }
 
+/// unstageDelay: the daemon dies right after recording Lingering (the
+/// unstage answered with the mounter kept), then right after a stage took
+/// the volume back. Each time the restarted daemon keeps the very mounter,
+/// the retried call succeeds, and the volume ends cleanly once a last
+/// unstage's delay is over.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
+fn linger_survives_a_crash_at_every_point() {
+    let Some(mut n) = Node::new(&["--unstage-delay=600", "--watchdog-interval=1"]) else {
+        return;
+    };
+    n.must("stage", n.stage());
+    let kept = n.mounters();
+    assert_eq!(kept.len(), 1);
+    n.crash_at("linger.recorded", Node::unstage);
+    n.assert_staged("linger.recorded");
+    assert_eq!(n.mounters(), kept, "linger.recorded: the same mounter");
+    n.must("retried unstage", n.unstage());
+    n.crash_at("linger.revived", Node::stage);
+    n.assert_staged("linger.revived");
+    assert_eq!(n.mounters(), kept, "linger.revived: the same mounter");
+    n.must("retried stage", n.stage());
+    n.must("publish", n.publish());
+    n.assert_published("linger.revived");
+    n.must("unpublish", n.unpublish());
+    // An upgrade to a one-second delay; the last unstage keeps it that long.
+    n.d.stop();
+    n.d.args = vec!["--unstage-delay=1".into(), "--watchdog-interval=1".into()];
+    n.d.restart();
+    n.must("unstage", n.unstage());
+    wait_until("the delay ended", 30, || n.records() == 0);
+    n.assert_clean("linger");
+}
+
 /// A node with one declared cache built from a small tree.
 fn cache_daemon(src: &Scratch) -> Daemon {
     let source = src.path.join("tree");

@@ -1,4 +1,6 @@
-//! Running containers keep their volumes when the volume's mounter dies.
+//! Pods keep their volumes: running containers get their volume back when
+//! the volume's mounter dies, and a volume may keep its mounter for a while
+//! after its last pod left (unstageDelay), for the pod that comes back.
 //! A "container" here is what the runtime makes of a pod's volume: a
 //! process in a mount namespace of its own holding a bind of the pod's
 //! target (whole, or a subPath of it, read-write or read-only), with the
@@ -338,4 +340,119 @@ fn a_container_that_cannot_be_rebound_is_reported_then_retried() {
     drop(c);
     assert!(d.unpublish(BUCKET, &ta).ok());
     assert!(d.unstage(BUCKET, &staging).ok());
+}
+
+fn is_mount_point(path: &str) -> bool {
+    !mounts_below(Path::new(path))
+        .iter()
+        .all(|m| m.as_path() != Path::new(path))
+}
+
+fn record_exists(d: &Daemon, volume: &str) -> bool {
+    bindery::state::StateStore::open(&d.state)
+        .map(|s| s.record_path(volume).exists())
+        .unwrap_or(false)
+}
+
+/// unstageDelay: the unstage answers at once and the mounter stays; a stage
+/// before the delay is over takes the same mount back (the data, the same
+/// process); the next unstage's delay ends with the mounter stopped and
+/// nothing left. A daemon restart during the delay keeps the promise.
+#[test]
+fn a_volume_lingers_after_its_last_pod_and_comes_back_warm() {
+    if !can_mount("a_volume_lingers_after_its_last_pod_and_comes_back_warm") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let mut d = Daemon::start(&["--watchdog-interval=1"]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/l1/globalmount");
+    let target = d.kpath("pods/l/volumes/kubernetes.io~csi/v/mount");
+    let stage_with = |d: &Daemon, delay: &str| {
+        let mut extra = vec![
+            "--param".to_string(),
+            "mounter=s3fs".to_string(),
+            "--param".to_string(),
+            format!("unstageDelay={delay}"),
+        ];
+        extra.extend(s3.secret_args());
+        d.stage(BUCKET, &staging, &extra)
+    };
+    let out = stage_with(&d, "10m");
+    assert!(out.ok(), "{out:?}");
+    assert!(d.publish(BUCKET, &staging, &target, &[]).ok());
+    fs::write(Path::new(&target).join("job.txt"), "run 1").unwrap();
+    let pid = mounter_pids(&staging);
+    assert_eq!(pid.len(), 1);
+    assert!(d.unpublish(BUCKET, &target).ok());
+    assert!(d.unstage(BUCKET, &staging).ok());
+    // Kept: the same mounter still serves the staging path.
+    assert_eq!(mounter_pids(&staging), pid);
+    assert!(is_mount_point(&staging));
+    assert!(d.log_text().contains("keeps serving"));
+    // A repeated unstage is answered the same way.
+    assert!(d.unstage(BUCKET, &staging).ok());
+    // The daemon restarts during the delay: the promise holds.
+    d.kill9();
+    d.restart();
+    assert_eq!(mounter_pids(&staging), pid);
+    // The pod comes back: the same mount, its data, the same process.
+    let out = stage_with(&d, "10m");
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(mounter_pids(&staging), pid);
+    assert!(d.publish(BUCKET, &staging, &target, &[]).ok());
+    assert_eq!(
+        fs::read_to_string(Path::new(&target).join("job.txt")).unwrap(),
+        "run 1"
+    );
+    assert!(d.unpublish(BUCKET, &target).ok());
+    // A stage with other parameters while it lingers gets a new mounter.
+    assert!(d.unstage(BUCKET, &staging).ok());
+    let out = stage_with(&d, "1s");
+    assert!(out.ok(), "{out:?}");
+    let second = mounter_pids(&staging);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, pid);
+    // This one keeps its mounter one second: then nothing is left.
+    assert!(d.unstage(BUCKET, &staging).ok());
+    wait_until("the delay ended", 30, || {
+        mounter_pids(&staging).is_empty() && !record_exists(&d, BUCKET)
+    });
+    assert!(!is_mount_point(&staging));
+}
+
+/// A bad unstageDelay is refused by name before anything is mounted; a
+/// kept mounter that dies is cleaned up without waiting for the delay; the
+/// daemon-wide --unstage-delay applies to volumes without the parameter.
+#[test]
+fn unstage_delays_are_checked_and_a_dead_kept_mounter_is_cleaned_up() {
+    if !can_mount("unstage_delays_are_checked_and_a_dead_kept_mounter_is_cleaned_up") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let d = Daemon::start(&["--watchdog-interval=1", "--unstage-delay=600"]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/l2/globalmount");
+    let mut extra = vec!["--param".to_string(), "mounter=s3fs".to_string()];
+    extra.extend(s3.secret_args());
+    let mut bad = extra.clone();
+    bad.extend(["--param".to_string(), "unstageDelay=25h".to_string()]);
+    let out = d.stage(BUCKET, &staging, &bad);
+    assert!(!out.ok());
+    assert_eq!(out.code, 3, "INVALID_ARGUMENT: {out:?}");
+    assert!(
+        out.stderr.contains("volume_context.unstageDelay"),
+        "{out:?}"
+    );
+    assert!(mounter_pids(&staging).is_empty());
+    assert!(!is_mount_point(&staging));
+    // The daemon's default: kept after the unstage.
+    assert!(d.stage(BUCKET, &staging, &extra).ok());
+    let pid = mounter_pids(&staging);
+    assert!(d.unstage(BUCKET, &staging).ok());
+    assert_eq!(mounter_pids(&staging), pid);
+    // It dies while kept: nothing is left to keep warm.
+    kill9(pid[0]);
+    wait_until("the dead kept mounter cleaned up", 30, || {
+        !record_exists(&d, BUCKET) && !is_mount_point(&staging)
+    });
+    assert!(d.log_text().contains("its mounter had died"));
 }

@@ -30,8 +30,17 @@ pub struct MountSpec {
 }
 
 /// Parameter keys a volume may carry. Anything else is refused by name.
+/// (`unstageDelay` is the node's, not the mounter's: src/node/linger.rs.)
 pub const PARAM_KEYS: &[&str] = &[
-    "mounter", "bucket", "prefix", "options", "uid", "gid", "umask", "command",
+    "mounter",
+    "bucket",
+    "prefix",
+    "options",
+    "uid",
+    "gid",
+    "umask",
+    "command",
+    "unstageDelay",
 ];
 
 /// Longest `options` or `command` parameter accepted.

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use log::{debug, warn};
+use log::warn;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{running, Node};
@@ -21,15 +21,15 @@ use crate::sys::process::{self, Running};
 const REFRESH: Duration = Duration::from_millis(500);
 
 impl Node {
-    /// The recorded mounters of every Ready volume.
-    fn recorded_mounters(&self) -> HashSet<Running> {
+    /// The recorded mounters of every Ready volume, with the volume's id.
+    fn recorded_mounters(&self) -> HashMap<Running, String> {
         self.table
             .ids()
-            .iter()
-            .filter_map(|id| self.table.snapshot(id))
-            .filter(is_ready)
-            .map(|rec| running(rec.get_stage()))
-            .filter(|r| r.pid > 0)
+            .into_iter()
+            .filter_map(|id| self.table.snapshot(&id).map(|rec| (id, rec)))
+            .filter(|(_, rec)| is_ready(rec))
+            .map(|(id, rec)| (running(rec.get_stage()), id))
+            .filter(|(r, _)| r.pid > 0)
             .collect()
     }
 
@@ -42,9 +42,9 @@ impl Node {
         let mut exited: HashSet<Running> = HashSet::new();
         while let Err(TryRecvError::Empty) = stop.try_recv() {
             let want = self.recorded_mounters();
-            watched.retain(|r, _| want.contains(r));
-            exited.retain(|r| want.contains(r));
-            for r in want {
+            watched.retain(|r, _| want.contains_key(r));
+            exited.retain(|r| want.contains_key(r));
+            for &r in want.keys() {
                 if !watched.contains_key(&r) && !exited.contains(&r) {
                     match process::pidfd(r) {
                         Some(fd) => {
@@ -81,7 +81,8 @@ impl Node {
             };
             drop(fds);
             for r in ready {
-                debug!("mounter pid {} exited: health pass now", r.pid);
+                let id = want.get(&r).map_or("?", String::as_str);
+                warn!("volume {id:?}: mounter pid {} exited; healing now", r.pid);
                 watched.remove(&r);
                 exited.insert(r);
                 let _ = wake.try_send(());

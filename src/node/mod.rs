@@ -7,6 +7,7 @@
 //! - health.rs: the health loop (dead mounters healed, lost binds re-bound,
 //!   containers re-bound)
 //! - exits.rs: mounter exits seen at once (pidfds), waking the health loop
+//! - linger.rs: unstageDelay (a mounter kept after its last pod left)
 //! - stats.rs: NodeGetVolumeStats
 //! - gauges.rs: the node's gauges for /metrics
 //!
@@ -19,6 +20,7 @@ mod cache;
 mod exits;
 mod gauges;
 mod health;
+mod linger;
 mod publish;
 mod quarantine;
 mod recovery;

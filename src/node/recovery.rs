@@ -132,6 +132,25 @@ impl Node {
                     self.teardown_stage(guard)
                 }
             },
+            // Unstaged with its mounter kept: kept while it serves (the
+            // unstage-delay job ends it when due); after a reboot, gone.
+            StagePhase::LINGERING => match self.adoptable(&staging, running(st)) {
+                Some(run) if run == running(st) => {
+                    info!(
+                        "volume {id:?}: unstaged, mounter pid {} kept at {} (unstageDelay)",
+                        run.pid,
+                        staging.display()
+                    );
+                    Ok(())
+                }
+                _ => {
+                    info!(
+                        "volume {id:?}: unstaged with its mounter kept, which is gone: cleaning up {}",
+                        staging.display()
+                    );
+                    self.teardown_stage(guard)
+                }
+            },
             StagePhase::READY | StagePhase::STAGE_UNKNOWN if st.get_mounter_pid() != 0 => {
                 info!(
                     "volume {id:?}: staged at {}, mounter pid {} adopted (the health loop checks it)",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{mounters_by_argv, running, Node};
+use super::{linger, mounters_by_argv, running, Node};
 use crate::error::{Error, Result};
 use crate::lifecycle::stage_phase;
 use crate::metrics;
@@ -62,6 +62,7 @@ impl Node {
         let mut spec =
             mounter::parse_spec_for(id, req.get_volume_context(), req.get_secrets(), &self.cfg)?;
         mounter::apply_mount_group(&mut spec, cap.get_mount().get_volume_mount_group())?;
+        linger::delay_of(req.get_volume_context(), self.cfg.unstage_delay)?;
         let guard = self.table.acquire(id, Op::Long("NodeStageVolume"))?;
         Ok((guard, StageArgs { staging, spec }))
     }
@@ -79,7 +80,19 @@ impl Node {
         let staging = args.staging;
         let fingerprint = stage_fingerprint(req.get_volume_context(), req.get_volume_capability());
         let existing = guard.data().clone();
-        if existing.has_stage() {
+        if linger::is_lingering(&existing) {
+            let st = existing.get_stage();
+            let same =
+                Path::new(st.get_staging_path()) == staging && st.get_fingerprint() == fingerprint;
+            if same && self.revive(&guard)? {
+                return self
+                    .rotate_secrets(&guard, req.get_secrets())
+                    .map(|()| NodeStageVolumeResponse::new());
+            }
+            // No pod uses it: a stage that differs (or a dead kept mounter,
+            // torn down already) gets a new mounter.
+            self.teardown_stage(&guard)?;
+        } else if existing.has_stage() {
             let st = existing.get_stage();
             if Path::new(st.get_staging_path()) != staging {
                 return Err(Error::precondition(
@@ -357,9 +370,22 @@ impl Node {
                 format!("still published at {}", published.join(", ")),
             ));
         }
-        if stage_phase(st) == StagePhase::READY {
-            let kind = mounter::kind_of(st.get_parameters());
-            mounter::wait_for_uploads(&id, kind, &self.volume_files(&id), self.cfg.unstage_grace)?;
+        match stage_phase(st) {
+            // Already answered, the mounter kept: nothing more to do.
+            StagePhase::LINGERING => return Ok(NodeUnstageVolumeResponse::new()),
+            StagePhase::READY => {
+                if self.linger(&guard)? {
+                    return Ok(NodeUnstageVolumeResponse::new());
+                }
+                let kind = mounter::kind_of(st.get_parameters());
+                mounter::wait_for_uploads(
+                    &id,
+                    kind,
+                    &self.volume_files(&id),
+                    self.cfg.unstage_grace,
+                )?;
+            }
+            _ => {}
         }
         self.teardown_stage(&guard)?;
         Ok(NodeUnstageVolumeResponse::new())

@@ -30,7 +30,8 @@ pub struct Daemon {
     pub kubelet: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
-    args: Vec<String>,
+    /// Flags of the next (re)start (an upgrade may change them).
+    pub args: Vec<String>,
     /// Extra environment of the next (re)start, e.g. BINDERY_CRASH_AT.
     pub env: Vec<(String, String)>,
     pub scratch: Scratch,

@@ -197,10 +197,10 @@ CACHE_SRC=/var/lib/bindery/sources/tools
 # bindery's manifests, rendered from the chart (deploy/helm/bindery) as `helm template` would:
 # the suite's values (tests/e2e/values.yaml), values-cgroup1.yaml on cgroup v1 hosts, and this
 # run's (written by install_bindery). The uninstall deletes what the install applied.
-bindery_manifests() {
+bindery_manifests() { # [more helm arguments, e.g. -f VALUES]
   local values=(-f "$HERE/values.yaml")
   [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] || values+=(-f "$HERE/values-cgroup1.yaml")
-  python3 "$REPO/deploy/render.py" manifest --name bindery --namespace $NS "${values[@]}" -f "$D/values-run.yaml"
+  python3 "$REPO/deploy/render.py" manifest --name bindery --namespace $NS "${values[@]}" -f "$D/values-run.yaml" "$@"
 }
 install_bindery() {
   mkdir -p "$CACHE_SRC/sub"
@@ -262,7 +262,7 @@ EOF
 
 # static_pvc PV PREFIX PVC: a pre-provisioned s3fs volume (PREFIX of the
 # e2e-static bucket) and the claim bound to it.
-static_pvc() {
+static_pvc() { # pv prefix pvc [more volumeAttributes, e.g. ', unstageDelay: "15s"']
   kubectl apply -f - > /dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolume
@@ -275,7 +275,7 @@ spec:
   csi:
     driver: $DRIVER
     volumeHandle: e2e-static/$2
-    volumeAttributes: {mounter: s3fs, bucket: e2e-static, prefix: $2}
+    volumeAttributes: {mounter: s3fs, bucket: e2e-static, prefix: $2${4:-}}
     nodeStageSecretRef: {name: bindery-s3, namespace: $NS}
 ---
 apiVersion: v1
@@ -450,13 +450,13 @@ plugin_restart() {
   (( left == 3 )) || why "after s3-d left, $left bind mounts of e2e-static, want 3 (s3-a/b/c)" || return 1
 }
 
-# reader LOG POD FILE: a loop in POD that reads FILE every 200 ms, each answer ("ok" or
-# "fail") stamped on the host with nanoseconds since the epoch. Its pid is in $READER.
-reader() {
-  kubectl exec "$2" -- sh -c "while true; do if cat $3 > /dev/null 2>&1; then echo ok; else echo fail; fi; usleep 200000 2>/dev/null || sleep 0.2; done" 2>/dev/null |
+# io_loop LOG POD CMD: a loop in POD that runs CMD every 200 ms, each answer ("ok" or
+# "fail") stamped on the host with nanoseconds since the epoch. Stopped by stop_loops.
+io_loop() {
+  kubectl exec "$2" -- sh -c "while true; do if { $3; } > /dev/null 2>&1; then echo ok; else echo fail; fi; usleep 200000 2>/dev/null || sleep 0.2; done" 2>/dev/null |
     while read -r l; do echo "$(date +%s%N) $l"; done > "$1" &
-  READER=$!
 }
+stop_loops() { pkill -f "^kubectl exec .* -- sh -c while true; do if" 2>/dev/null || true; }
 reads_after() { awk -v t="$2" -v w="$3" '$1 > t && $2 == w' "$1" | wc -l; } # log t ok|fail: answers after t
 oks_after() { (( $(reads_after "$1" "$2" ok) >= $3 )); }
 
@@ -473,7 +473,7 @@ mounter_killed() {
   pod s3-sub "$(pvc_vol data s3-shared)" '    - {name: data, mountPath: /data, subPath: sub}'
   wait_until 60 pod_running s3-sub || why "subPath pod not Running: $(stuck s3-sub)" || return 1
   [[ $(in_pod s3-sub 'cat /data/s.txt') == in-sub ]] || why "the subPath pod does not see s.txt" || return 1
-  reader "$D/reader.log" s3-b /data/s3-a.txt
+  io_loop "$D/reader.log" s3-b "cat /data/s3-a.txt"
   wait_until 20 oks_after "$D/reader.log" 0 3 || why "the reader in s3-b never read /data/s3-a.txt" || return 1
   t_kill=$(date +%s%N)
   kill -9 "$pid"
@@ -481,7 +481,7 @@ mounter_killed() {
     why "no new s3fs within 60s of kill -9 $pid" || return 1
   # The pods from before the kill read their volume again, without a restart.
   wait_until 60 oks_after "$D/reader.log" "$t_kill" 3 || why "s3-b never read its volume again after the kill: $(tail -3 "$D/reader.log" | tr '\n' ' ')" || return 1
-  kill "$READER" 2>/dev/null; pkill -f "kubectl exec s3-b -- sh -c while true" 2>/dev/null || true
+  stop_loops
   first_good=$(awk -v t="$t_kill" '$1 > t && $2 == "ok" { print $1; exit }' "$D/reader.log")
   fails=$(reads_after "$D/reader.log" "$t_kill" fail)
   log "s3fs kill -9 under a reader (every 200 ms) in s3-b: $fails failed reads, kill to first good read $(( (first_good - t_kill) / 1000000 )) ms"
@@ -505,6 +505,70 @@ mounter_killed() {
     why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)' after the heal, want 0" || return 1
   kubectl logs -n $NS "$(node_pod)" -c bindery 2>/dev/null | grep -q 'in the mount namespace of pod' ||
     why "the node plugin logged no re-bind in a pod's mount namespace" || return 1
+}
+
+# A rollout restart of the node DaemonSet, then a rolling upgrade to another image tag,
+# while one pod writes and reads its S3 volume and another its cache volume every 200 ms.
+upgrade_under_load() {
+  local before after t0 p log fails oks image
+  pods_running s3-a cache-copy || why "s3-a or cache-copy not Running: $(stuck s3-a cache-copy)" || return 1
+  before=$(pgrep -x s3fs | sort -n | tr '\n' ' ')
+  [[ -n $before ]] || why "no s3fs running" || return 1
+  io_loop "$D/rw-s3.log" s3-a "echo w > /data/rw-a.txt && cat /data/rw-a.txt && cat /data/s3-b.txt"
+  io_loop "$D/rw-cache.log" cache-copy "echo w > /cache/rw.txt && cat /cache/rw.txt && cat /cache/hello.txt"
+  wait_until 20 oks_after "$D/rw-s3.log" 0 3 || why "the S3 loop in s3-a never succeeded" || return 1
+  wait_until 20 oks_after "$D/rw-cache.log" 0 3 || why "the cache loop in cache-copy never succeeded" || return 1
+  t0=$(date +%s%N)
+  kubectl rollout restart -n $NS ds/bindery-node > /dev/null || why "kubectl rollout restart failed" || return 1
+  kubectl rollout status -n $NS ds/bindery-node --timeout=120s > /dev/null 2>&1 || why "restarted plugin not ready" || return 1
+  # The upgrade: the same image under a new tag, applied as `helm upgrade --set image.tag` would.
+  $CTR images tag localhost/bindery:e2e localhost/bindery:e2e-next > /dev/null 2>&1 ||
+    $CTR images ls -q | grep -qx localhost/bindery:e2e-next || why "cannot tag localhost/bindery:e2e-next" || return 1
+  printf 'image:\n  tag: e2e-next\n' > "$D/values-next.yaml"
+  bindery_manifests -f "$D/values-next.yaml" > "$D/bindery-next.yaml" 2> "$D/render.log" ||
+    why "render the upgrade: $(tail -3 "$D/render.log" | tr '\n' ' ')" || return 1
+  kubectl apply -f "$D/bindery-next.yaml" > /dev/null || why "applying the upgrade failed" || return 1
+  kubectl rollout status -n $NS ds/bindery-node --timeout=120s > /dev/null 2>&1 || why "upgraded plugin not ready" || return 1
+  image=$(kubectl get pod -n $NS "$(node_pod)" -o jsonpath='{.spec.containers[?(@.name=="bindery")].image}')
+  [[ $image == localhost/bindery:e2e-next ]] || why "the node plugin runs $image after the upgrade" || return 1
+  # A few more rounds after the new plugin is ready, then the count.
+  p=$(date +%s%N)
+  wait_until 20 oks_after "$D/rw-s3.log" "$p" 3 || why "the S3 loop stopped succeeding after the upgrade" || return 1
+  wait_until 20 oks_after "$D/rw-cache.log" "$p" 3 || why "the cache loop stopped succeeding after the upgrade" || return 1
+  stop_loops
+  for log in "$D/rw-s3.log" "$D/rw-cache.log"; do
+    fails=$(reads_after "$log" "$t0" fail); oks=$(reads_after "$log" "$t0" ok)
+    log "restart + upgrade, $(basename "$log" .log): $oks writes+reads ok, $fails failed, over $(( ($(date +%s%N) - t0) / 1000000000 ))s"
+    (( fails == 0 )) || why "$fails failed writes/reads in $(basename "$log" .log) during the restart and upgrade" || return 1
+  done
+  after=$(pgrep -x s3fs | sort -n | tr '\n' ' ')
+  [[ $after == "$before" ]] || why "s3fs processes changed: before $before, after $after" || return 1
+}
+
+# unstageDelay: a Job-like pod leaves and comes back; the second finds the same s3fs.
+unstage_delay() {
+  local sha pid t_left
+  mkdir -p "$S3/e2e-static/job"
+  static_pvc e2e-linger job s3-job ', unstageDelay: "15s"' || return 1
+  sha=$(printf %s e2e-static/job | sha256sum | cut -d' ' -f1)
+  pod job-1 "$(pvc_vol data s3-job)" "$(mnt data /data)"
+  wait_until 60 pod_running job-1 || why "job-1 not Running: $(stuck job-1)" || return 1
+  in_pod job-1 'echo run-1 > /data/run.txt' || why "job-1 cannot write" || return 1
+  pid=$(pgrep -f "s3fs .*$sha" | head -1)
+  [[ -n $pid ]] || why "no s3fs for the job volume" || return 1
+  kubectl delete pod job-1 --wait=true --timeout=60s > /dev/null
+  wait_until 60 bash -c "kubectl logs -n $NS $(node_pod) -c bindery 2>/dev/null | grep -q 'keeps serving .*$sha'" ||
+    why "the kubelet's unstage of the job volume did not keep its mounter" || return 1
+  kill -0 "$pid" 2>/dev/null || why "s3fs $pid stopped at the unstage despite unstageDelay" || return 1
+  pod job-2 "$(pvc_vol data s3-job)" "$(mnt data /data)"
+  wait_until 60 pod_running job-2 || why "job-2 not Running: $(stuck job-2)" || return 1
+  [[ $(in_pod job-2 'cat /data/run.txt') == run-1 ]] || why "job-2 does not read run-1's file" || return 1
+  [[ $(pgrep -f "s3fs .*$sha" | head -1) == "$pid" ]] || why "job-2 got a new s3fs, not the kept $pid" || return 1
+  kubectl delete pod job-2 --wait=true --timeout=60s > /dev/null
+  t_left=$SECONDS
+  wait_until 90 bash -c "! kill -0 $pid 2>/dev/null" || why "the kept s3fs $pid still runs 90 s after the last pod left" || return 1
+  log "unstageDelay 15s: job-2 found s3fs pid $pid kept from job-1; stopped $((SECONDS - t_left)) s after job-2 left"
+  ! grep -q " [^ ]*$sha/globalmount " /proc/self/mountinfo || why "the job volume's staging path is still mounted" || return 1
 }
 
 # bindery's own /metrics (the chart's metrics values; tests/e2e/values.yaml keeps it on
@@ -599,7 +663,9 @@ step "cache volumes: copy, overlay, reflink, hardlink, auto, placeCacheAtPath" c
 step "non-root pod (uid 1000, fsGroup 2000) writes its cache and S3 volumes" non_root
 step "node plugin pod deleted: volumes keep working, new plugin adopts the mounter" plugin_restart
 step "s3fs killed under running pods (a reader, a subPath): they read again without a restart, healthy" mounter_killed
+step "unstageDelay: a pod that comes back finds the same s3fs; stopped after the delay" unstage_delay
 step "bindery /metrics: RPCs, heal, volumes, mounters and caches scraped from the node" metrics_scraped
+step "rollout restart and rolling upgrade of the node plugin under S3 and cache I/O: 0 failed, same s3fs" upgrade_under_load
 step "csi-sanity against the node and controller sockets" sanity
 step "all pods deleted and bindery uninstalled: no mount, mounter, pod tree or stale golden version" teardown_clean
 
