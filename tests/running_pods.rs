@@ -456,3 +456,38 @@ fn unstage_delays_are_checked_and_a_dead_kept_mounter_is_cleaned_up() {
     });
     assert!(d.log_text().contains("its mounter had died"));
 }
+
+/// A reboot during the delay: the daemon, the mounter and every mount are
+/// gone and the record stays. The restarted daemon cleans the record up at
+/// recovery; the next stage starts a new mounter.
+#[test]
+fn a_reboot_during_the_unstage_delay_leaves_nothing_stale() {
+    if !can_mount("a_reboot_during_the_unstage_delay_leaves_nothing_stale") {
+        return;
+    }
+    let s3 = S3Server::start(&[BUCKET]);
+    let mut d = Daemon::start(&["--watchdog-interval=1", "--unstage-delay=600"]);
+    let staging = d.kpath("plugins/kubernetes.io/csi/bindery.csi.dev/l3/globalmount");
+    stage(&d, &s3, BUCKET, &staging);
+    let pid = mounter_pids(&staging);
+    assert!(d.unstage(BUCKET, &staging).ok());
+    assert!(record_exists(&d, BUCKET));
+    // The "reboot": no daemon, no mounter, no mount.
+    d.kill9();
+    kill9(pid[0]);
+    wait_until("the mounter gone", 30, || mounter_pids(&staging).is_empty());
+    let _ = Command::new("umount").arg("-l").arg(&staging).status();
+    d.restart();
+    assert!(!record_exists(&d, BUCKET), "recovery cleaned the record up");
+    assert!(d.log_text().contains("which is gone: cleaning up"));
+    stage(&d, &s3, BUCKET, &staging);
+    let fresh = mounter_pids(&staging);
+    assert_eq!(fresh.len(), 1);
+    assert_ne!(fresh, pid);
+    // Without the delay (a restart with other flags), the unstage stops it.
+    d.args = vec!["--watchdog-interval=1".into()];
+    d.stop();
+    d.restart();
+    assert!(d.unstage(BUCKET, &staging).ok());
+    assert!(mounter_pids(&staging).is_empty());
+}

@@ -459,6 +459,7 @@ io_loop() {
 stop_loops() { pkill -f "^kubectl exec .* -- sh -c while true; do if" 2>/dev/null || true; }
 reads_after() { awk -v t="$2" -v w="$3" '$1 > t && $2 == w' "$1" | wc -l; } # log t ok|fail: answers after t
 oks_after() { (( $(reads_after "$1" "$2" ok) >= $3 )); }
+longest_gap() { awk -v t="$2" '$1 > t { if (p && $1 - p > g) g = $1 - p; p = $1 } END { printf "%d", g / 1000000 }' "$1"; } # log t: ms
 
 mounter_killed() {
   local pid uid vpath stats metric t_kill first_good fails p
@@ -485,6 +486,9 @@ mounter_killed() {
   first_good=$(awk -v t="$t_kill" '$1 > t && $2 == "ok" { print $1; exit }' "$D/reader.log")
   fails=$(reads_after "$D/reader.log" "$t_kill" fail)
   log "s3fs kill -9 under a reader (every 200 ms) in s3-b: $fails failed reads, kill to first good read $(( (first_good - t_kill) / 1000000 )) ms"
+  # Where the time went, from the node plugin's log: the exit seen, the new mounter, the re-binds.
+  kubectl logs -n $NS "$(node_pod)" -c bindery 2>/dev/null |
+    grep -E 'exited; healing now|needs healing|serves .* again|re-bound .* in the mount namespace' | tail -6 | cut -c1-200 | sed 's/^/  | /'
   for p in s3-a s3-b s3-c; do
     [[ $(in_pod $p 'cat /data/s3-a.txt') == from-s3-a ]] || why "$p does not read its volume after the heal" || return 1
   done
@@ -538,7 +542,7 @@ upgrade_under_load() {
   stop_loops
   for log in "$D/rw-s3.log" "$D/rw-cache.log"; do
     fails=$(reads_after "$log" "$t0" fail); oks=$(reads_after "$log" "$t0" ok)
-    log "restart + upgrade, $(basename "$log" .log): $oks writes+reads ok, $fails failed, over $(( ($(date +%s%N) - t0) / 1000000000 ))s"
+    log "restart + upgrade, $(basename "$log" .log): $oks writes+reads ok, $fails failed, over $(( ($(date +%s%N) - t0) / 1000000000 ))s, longest wait between answers $(longest_gap "$log" "$t0") ms"
     (( fails == 0 )) || why "$fails failed writes/reads in $(basename "$log" .log) during the restart and upgrade" || return 1
   done
   after=$(pgrep -x s3fs | sort -n | tr '\n' ' ')
