@@ -603,6 +603,69 @@ metrics_scraped() {
   [[ -z $name ]] || why "a volume id in the metrics: $name" || return 1
 }
 
+# A node reboot, simulated: the kubelet, every container, containerd's run state, every
+# mounter and every mount below the kubelet dir go; the disk stays (the kubelet dir and bindery's
+# state dir). containerd and the kubelet start again with the same flags; the kubelet's own
+# retries must bring every pod and its volumes back, with nothing stale left.
+node_reboot() {
+  local pods p m left dead
+  pods=$(kubectl get pods -n default -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}')
+  [[ -n $pods ]] || why "no pods to bring back" || return 1
+  kill -9 "$(cat "$D/pids/kubelet.pid")" 2>/dev/null
+  for p in $($CTR tasks ls -q 2>/dev/null); do $CTR tasks kill -s SIGKILL "$p" > /dev/null 2>&1; done
+  kill -9 "$(cat "$D/pids/containerd.pid")" 2>/dev/null
+  for p in /proc/[0-9]*; do
+    m=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+    [[ $m == *containerd-shim* || $m == s3fs* ]] && kill -9 "${p#/proc/}" 2>/dev/null
+  done
+  wait_until 30 bash -c '! pgrep -x s3fs && ! pgrep -f containerd-shi[m]' || why "processes survived the reboot" || return 1
+  for _ in 1 2 3; do
+    mapfile -t left < <(awk -v k="$KUBELET_DIR/" -v c="$D/containerd/" 'index($5, k) == 1 || index($5, c) == 1 {print $5}' /proc/self/mountinfo |
+      awk '{print length, $0}' | sort -rn | cut -d' ' -f2-)
+    (( ${#left[@]} )) || break
+    for m in "${left[@]}"; do umount -l "$(printf '%b' "$m")" 2>/dev/null; done
+  done
+  rm -rf "$D/containerd/state"  # /run is a tmpfs
+  log "reboot: ${#left[@]} mounts left after the unmounts; starting containerd and the kubelet"
+  setsid containerd --config "$D/containerd/config.toml" >> "$D/logs/containerd.log" 2>&1 < /dev/null &
+  echo $! > "$D/pids/containerd.pid"
+  wait_until 30 $CTR version || why "containerd did not come back" || return 1
+  mapfile -t args < "$D/kubelet.args"
+  setsid "$K8S_BIN/kubelet" "${args[@]}" >> "$D/logs/kubelet.log" 2>&1 < /dev/null &
+  echo $! > "$D/pids/kubelet.pid"
+  wait_until 120 kubectl rollout status -n $NS ds/bindery-node --timeout=2s || why "the node plugin did not come back" || return 1
+  # The apiserver still says Running from before: a pod is back once its new container runs
+  # (the old ones are gone with containerd's state), which the kubelet starts only after
+  # the pod's volumes are set up again.
+  for p in $pods; do
+    wait_until 240 kubectl exec "$p" -- true || why "pod $p not back after the reboot: $(stuck "$p")" || return 1
+  done
+  for p in s3-a s3-b s3-c s3-e; do
+    [[ $(in_pod $p 'cat /data/s3-a.txt') == from-s3-a ]] || why "$p does not read its S3 volume after the reboot" || return 1
+  done
+  [[ $(in_pod s3-sub 'cat /data/s.txt') == in-sub ]] || why "the subPath pod does not read s.txt after the reboot" || return 1
+  in_pod s3-b 'echo rebooted > /data/rebooted.txt' || why "s3-b cannot write after the reboot" || return 1
+  # Each writable cache pod keeps its own writes (the cache step changed hello.txt and wrote
+  # new.txt in each); the read-only hardlink pod and placeCacheAtPath show the original.
+  for p in copy overlay reflink auto; do
+    [[ $(in_pod cache-$p 'cat /cache/hello.txt /cache/new.txt /cache/sub/deep.txt' | tr '\n' ' ') == "changed mine deep " ]] ||
+      why "cache-$p after the reboot: $(in_pod cache-$p 'cat /cache/hello.txt /cache/new.txt /cache/sub/deep.txt' 2>&1 | tr '\n' ' ' | cut -c1-300)" || return 1
+  done
+  [[ $(in_pod cache-hardlink 'cat /cache/hello.txt') == hello ]] || why "cache-hardlink does not read the original after the reboot" || return 1
+  [[ $(in_pod cache-place 'cat /app/deps/tools/hello.txt') == hello ]] || why "cache-place does not read its placed cache after the reboot" || return 1
+  (( $(mounters) == 1 )) || why "$(mounters) s3fs processes after the reboot, want 1" || return 1
+  # No dead FUSE mount anywhere below the kubelet dir.
+  dead=""
+  while read -r m; do
+    timeout 5 stat -f "$(printf '%b' "$m")" > /dev/null 2>&1 || dead+=" $m"
+  done < <(awk -v k="$KUBELET_DIR/" '{ t = ""; for (i = 7; i < NF; i++) if ($i == "-") { t = $(i + 1); break } }
+    index($5, k) == 1 && t ~ /^fuse/ { print $5 }' /proc/self/mountinfo)
+  [[ -z $dead ]] || why "dead FUSE mounts after the reboot:$dead" || return 1
+  wait_until 60 metric_is s3-shared 0 ||
+    why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)' after the reboot, want 0" || return 1
+  log "reboot: $(wc -w <<<"$pods") pods back, one s3fs, every FUSE mount below the kubelet dir answers"
+}
+
 sanity() {
   local ctl cdir params secrets out
   cdir=$(kubectl get pod -n $NS -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.uid}')
@@ -670,6 +733,7 @@ step "s3fs killed under running pods (a reader, a subPath): they read again with
 step "unstageDelay: a pod that comes back finds the same s3fs; stopped after the delay" unstage_delay
 step "bindery /metrics: RPCs, heal, volumes, mounters and caches scraped from the node" metrics_scraped
 step "rollout restart and rolling upgrade of the node plugin under S3 and cache I/O: 0 failed, same s3fs" upgrade_under_load
+step "node reboot (simulated): every pod and its S3 and cache volumes come back, nothing stale" node_reboot
 step "csi-sanity against the node and controller sockets" sanity
 step "all pods deleted and bindery uninstalled: no mount, mounter, pod tree or stale golden version" teardown_clean
 
