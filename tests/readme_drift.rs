@@ -431,7 +431,7 @@ fn volume_parameter_table_matches_the_code() {
     );
 }
 
-/// (e) The README's life-of-a-volume diagram is the one src/lifecycle.rs
+/// (e) The README's life-of-a-volume diagram is the one src/lifecycle/
 /// checks against its state machine.
 #[test]
 fn lifecycle_diagram_matches_the_code() {

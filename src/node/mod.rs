@@ -12,7 +12,7 @@
 //! - gauges.rs: the node's gauges for /metrics
 //!
 //! Every change to a volume goes through the state machine of
-//! src/lifecycle.rs: the phase is persisted before the side effect. Every
+//! src/lifecycle/: the phase is persisted before the side effect. Every
 //! function validates its request in the fixed order (required fields,
 //! capability, paths), then takes the volume guard, then looks at state.
 
