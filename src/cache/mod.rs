@@ -11,7 +11,7 @@
 //! populate::Owner { uid, gid: Option<u32>, mode: Option<u32>, group_writable: bool }
 //! populate::Stats { files, dirs, symlinks, skipped, bytes: u64 }
 //! populate::populate(golden, dest, Strategy, &Owner, threads) -> Result<Stats>
-//! populate::ensure_probe_file(store) / probe_pair(store, dir) -> Probe { link, reflink }
+//! probe::ensure_probe_file(store) / probe_pair(store, dir) -> Probe { link, reflink }
 //!                                                       real linkat/FICLONE, never st_dev
 //! usage::measure(target, root, max_entries, deadline) -> Usage   bounded, fd-relative, no symlinks/mounts
 //!
@@ -71,6 +71,7 @@ pub mod decl;
 pub mod golden;
 pub mod manifest;
 pub mod populate;
+pub mod probe;
 pub mod remove;
 pub mod request;
 pub mod status;

@@ -17,7 +17,8 @@ use nix::errno::Errno;
 use crate::cache::decl::{self, Choice, Loaded, Namespaces, Source, TRUST_KEY};
 use crate::cache::golden::{self, GoldenStore, Pin, VariantLimit, Version, OWNER_VARIANT_PREFIX};
 use crate::cache::manifest::Confirmed;
-use crate::cache::populate::{self, Owner, Probe, Strategy};
+use crate::cache::populate::{self, Owner, Strategy};
+use crate::cache::probe::{self, Probe};
 use crate::cache::remove::Trash;
 use crate::cache::request::CacheRequest;
 use crate::cache::usage::{self, UsageBudget, UsageTable};
@@ -183,7 +184,7 @@ impl Caches {
             fs::create_dir_all(parent).map_err(|e| Error::io("mkdir", parent, e))?;
         }
         private_dir(&root)?;
-        populate::ensure_probe_file(&root)?;
+        probe::ensure_probe_file(&root)?;
         let verity = golden::probe_verity(&root);
         match verity {
             Ok(()) => info!(
@@ -371,7 +372,7 @@ impl Caches {
         if let Some(p) = key.and_then(|k| lock(&self.probes).get(&k).copied()) {
             return Ok(p);
         }
-        let p = populate::probe_pair(self.store.root(), dir)?;
+        let p = probe::probe_pair(self.store.root(), dir)?;
         if let Some(k) = key {
             lock(&self.probes).insert(k, p);
         }
@@ -383,7 +384,7 @@ impl Caches {
         let works = *self.store_reflink.get_or_init(|| {
             let dir = self.store.root().join(".probe-dir");
             let _ = fs::create_dir(&dir);
-            populate::probe_pair(self.store.root(), &dir)
+            probe::probe_pair(self.store.root(), &dir)
                 .map(|p| p.reflink.is_ok())
                 .unwrap_or(false)
         });
