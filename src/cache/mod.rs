@@ -43,7 +43,7 @@
 //!        .pin(name, version) -> Pin / .current_pinned(name) -> Option<(Version, Pin)>
 //!        .variant(name, &Version, key, Strategy, &Owner, VariantLimit) -> PathBuf
 //!                                                       built once; past max_variants RESOURCE_EXHAUSTED
-//! volume::Caches (the node's API):
+//! volume::Caches (the node's API; builds in build.rs, publishes in publish.rs):
 //!        ::open(cfg)                                    bad declarations disable one cache each
 //!        .declarations().request(attrs, mount_group, readonly, pod_dir) -> CacheRequest
 //!                                                       tenancy + strategy checks
@@ -67,11 +67,13 @@
 //! - Unpublish: `Trash::discard` (a rename, O(1)) and the trash thread deletes.
 //!   The trash dir must be on the pods' filesystem, outside the pod's volume dir.
 
+mod build;
 pub mod decl;
 pub mod golden;
 pub mod manifest;
 pub mod populate;
 pub mod probe;
+mod publish;
 pub mod remove;
 pub mod request;
 pub mod status;
