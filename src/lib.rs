@@ -33,6 +33,7 @@ pub mod config;
 pub mod controller;
 pub mod crash;
 pub mod error;
+pub mod host;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mounter;

@@ -88,7 +88,8 @@ impl Node {
         // Checked again under the guard: the pass looked at a snapshot, and
         // a stage or unstage may have run since.
         if let Health::Abnormal(why) =
-            mounter::check(&staging, running(rec.get_stage()), mounter::PROBE_TIMEOUT)
+            self.host
+                .check(&staging, running(rec.get_stage()), mounter::PROBE_TIMEOUT)
         {
             warn!(
                 "volume {id:?}: {why}; starting a new mounter at {}",

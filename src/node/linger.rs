@@ -26,7 +26,6 @@ use crate::error::{quoted, Error, Result};
 use crate::lifecycle::stage_phase;
 use crate::mounter::{self, Health};
 use crate::proto::bindery::{StagePhase, VolumeRecord};
-use crate::sys::process;
 use crate::volumes::{Guard, Op};
 
 /// The volume parameter that sets the delay (else `--unstage-delay`).
@@ -92,7 +91,11 @@ impl Node {
             return Ok(false);
         }
         let staging = PathBuf::from(st.get_staging_path());
-        if mounter::check(&staging, running(&st), mounter::PROBE_TIMEOUT) != Health::Ok {
+        if self
+            .host
+            .check(&staging, running(&st), mounter::PROBE_TIMEOUT)
+            != Health::Ok
+        {
             return Ok(false);
         }
         self.journal
@@ -113,7 +116,11 @@ impl Node {
     pub(super) fn revive(&self, guard: &Guard<VolumeRecord>) -> Result<bool> {
         let st = guard.data().get_stage().clone();
         let staging = Path::new(st.get_staging_path());
-        if mounter::check(staging, running(&st), mounter::PROBE_TIMEOUT) == Health::Ok {
+        if self
+            .host
+            .check(staging, running(&st), mounter::PROBE_TIMEOUT)
+            == Health::Ok
+        {
             self.journal.linger_end(guard)?;
             info!(
                 "volume {:?}: staged again; mounter pid {} kept from before serves {}",
@@ -140,14 +147,15 @@ impl Node {
             return Ok(());
         }
         let st = rec.get_stage();
-        let alive = process::is_alive(st.get_mounter_pid(), st.get_mounter_start_ticks());
+        let alive = self.host.is_alive(running(st));
         if alive && now_secs() < st.get_linger_until() {
             return Ok(());
         }
         let id = guard.id();
         if alive {
             let kind = mounter::kind_of(st.get_parameters());
-            mounter::wait_for_uploads(id, kind, &self.volume_files(id), self.cfg.unstage_grace)?;
+            self.host
+                .wait_for_uploads(id, kind, &self.volume_files(id), self.cfg.unstage_grace)?;
         }
         self.teardown_stage(guard)?;
         info!(
@@ -170,8 +178,7 @@ impl Node {
                 continue;
             }
             let st = rec.get_stage();
-            let due = now >= st.get_linger_until()
-                || !process::is_alive(st.get_mounter_pid(), st.get_mounter_start_ticks());
+            let due = now >= st.get_linger_until() || !self.host.is_alive(running(st));
             if !due {
                 continue;
             }

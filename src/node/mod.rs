@@ -26,6 +26,8 @@ mod quarantine;
 mod recovery;
 mod stage;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -36,14 +38,15 @@ use nix::mount::MsFlags;
 use crate::cache::volume::Caches;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::host::{Host, RealHost};
 use crate::lifecycle::{mounter_of as running, Journal};
-use crate::mounter::{Running, VolumeFiles};
+use crate::mounter::VolumeFiles;
 use crate::proto::bindery::{Publication, VolumeRecord};
 use crate::proto::csi::*;
 use crate::state::StateStore;
+use crate::sys::mount;
 use crate::sys::mountinfo::MountInfo;
 use crate::sys::nodepath::{KubeletDir, NodePath};
-use crate::sys::{mount, process, procscan};
 use crate::validate;
 use crate::volumes::{Guard, VolumeTable};
 
@@ -57,24 +60,12 @@ pub struct Node {
     cache_upkeep_due: AtomicBool,
     /// Volumes being healed on a heal thread (src/node/health.rs).
     healing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Mounter processes: the machine, or a test's fake (src/host.rs).
+    host: Arc<dyn Host>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Mounter processes found by the staging path in their argv (session
-/// leaders, with their start time): what a crash may have left unrecorded.
-fn mounters_by_argv(staging: &Path) -> Vec<Running> {
-    procscan::session_leaders_with_arg(staging)
-        .into_iter()
-        .filter_map(|pid| {
-            process::stat(pid).map(|s| Running {
-                pid,
-                start_ticks: s.start_ticks,
-            })
-        })
-        .collect()
 }
 
 /// "major:minor" of a mount: what identifies the filesystem a bind shows.
@@ -84,6 +75,11 @@ fn dev_string(m: &MountInfo) -> String {
 
 impl Node {
     pub fn new(cfg: Arc<Config>) -> Result<Self> {
+        Self::with_host(cfg, Arc::new(RealHost))
+    }
+
+    /// A node whose mounter processes go through `host`.
+    pub fn with_host(cfg: Arc<Config>, host: Arc<dyn Host>) -> Result<Self> {
         let store = StateStore::open(&cfg.state_dir)?;
         let caches = Arc::new(Caches::open(cfg.clone())?);
         let kubelet = KubeletDir::open(&cfg.kubelet_dir)?;
@@ -95,6 +91,7 @@ impl Node {
             caches,
             cache_upkeep_due: AtomicBool::new(true),
             healing: Default::default(),
+            host,
         })
     }
 

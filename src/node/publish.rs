@@ -148,8 +148,9 @@ impl Node {
         // Never bind a dead mount: the pod would start with a volume that
         // answers ENOTCONN. The health loop restarts the mounter; the
         // kubelet retries the publish.
-        if let mounter::Health::Abnormal(why) =
-            mounter::serving(&staged_at, super::running(rec.get_stage()))
+        if let mounter::Health::Abnormal(why) = self
+            .host
+            .serving(&staged_at, super::running(rec.get_stage()))
         {
             return Err(Error::not_serving(id, why));
         }

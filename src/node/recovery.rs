@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::{mounters_by_argv, running, Node};
+use super::{running, Node};
 use crate::error::Result;
 use crate::lifecycle::{publish_phase, stage_phase};
-use crate::mounter::{self, Health, Running};
+use crate::mounter::{Health, Running};
 use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
-use crate::sys::process;
 use crate::volumes::{Guard, Op};
 
 impl Node {
@@ -180,14 +179,14 @@ impl Node {
     /// and answering on a FUSE mount there.
     pub(super) fn adoptable(&self, staging: &Path, recorded: Running) -> Option<Running> {
         let mut candidates = vec![recorded];
-        candidates.extend(mounters_by_argv(staging));
+        candidates.extend(self.host.mounters_by_argv(staging));
         candidates.dedup();
         let alive: Vec<Running> = candidates
             .into_iter()
-            .filter(|r| r.pid > 0 && process::is_alive(r.pid, r.start_ticks))
+            .filter(|r| r.pid > 0 && self.host.is_alive(*r))
             .collect();
         match alive.as_slice() {
-            [one] if mounter::check(staging, *one, Duration::from_secs(2)) == Health::Ok => {
+            [one] if self.host.check(staging, *one, Duration::from_secs(2)) == Health::Ok => {
                 Some(*one)
             }
             _ => None,

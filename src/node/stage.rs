@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{linger, mounters_by_argv, running, Node};
+use super::{linger, running, Node};
 use crate::error::{Error, Result};
 use crate::lifecycle::stage_phase;
 use crate::metrics;
@@ -111,7 +111,11 @@ impl Node {
                 ));
             }
             if stage_phase(st) == StagePhase::READY {
-                if mounter::check(&staging, running(st), mounter::PROBE_TIMEOUT) == Health::Ok {
+                if self
+                    .host
+                    .check(&staging, running(st), mounter::PROBE_TIMEOUT)
+                    == Health::Ok
+                {
                     return self
                         .rotate_secrets(&guard, req.get_secrets())
                         .map(|()| NodeStageVolumeResponse::new());
@@ -164,7 +168,7 @@ impl Node {
         self.journal.stage_begin(&guard, stage)?;
         let started = match adopted {
             Some(run) => Ok(run),
-            None => mounter::start(
+            None => self.host.start_mounter(
                 &id,
                 &args.spec,
                 &staging,
@@ -182,7 +186,8 @@ impl Node {
             }
         };
         if let Err(e) = self.journal.stage_ready(&guard, run) {
-            mounter::stop(&staging, run, Duration::from_millis(200));
+            self.host
+                .stop_mounter(&staging, run, Duration::from_millis(200));
             // The record still says Starting: recovery or the retry cleans up.
             return Err(e);
         }
@@ -231,9 +236,12 @@ impl Node {
         mounter::apply_mount_group(&mut spec, st.get_volume_mount_group())?;
         self.kubelet
             .resolve("staging_target_path", &staging, true)?;
-        let run = mounter::start(&id, &spec, &staging, &self.volume_files(&id), &self.cfg)?;
+        let run =
+            self.host
+                .start_mounter(&id, &spec, &staging, &self.volume_files(&id), &self.cfg)?;
         if let Err(e) = self.journal.heal_done(guard, run) {
-            mounter::stop(&staging, run, Duration::from_millis(200));
+            self.host
+                .stop_mounter(&staging, run, Duration::from_millis(200));
             return Err(e);
         }
         info!(
@@ -259,18 +267,18 @@ impl Node {
     /// volume). Such a mounter never served an acknowledged write (it was
     /// never recorded as serving), so it gets no grace.
     pub(super) fn stop_own_mounters(&self, id: &str, staging: &Path, recorded: Running) {
-        for stray in mounters_by_argv(staging) {
+        for stray in self.host.mounters_by_argv(staging) {
             if stray != recorded {
                 warn!(
                     "volume {id:?}: stopping mounter pid {}, which no record names",
                     stray.pid
                 );
-                mounter::terminate(staging, stray, Duration::ZERO);
+                self.host.terminate_mounter(staging, stray, Duration::ZERO);
             }
         }
         if let Ok(Some((np, m))) = self.mount_at("staging_target_path", staging) {
             if m.is_fuse() {
-                mounter::abort(staging);
+                self.host.abort_connection(staging);
                 if let Err(e) = nodepath::detach(&np) {
                     warn!("volume {id:?}: {e}");
                 }
@@ -283,7 +291,8 @@ impl Node {
             }
         }
         if recorded.pid > 0 {
-            mounter::stop(staging, recorded, Duration::from_millis(500));
+            self.host
+                .stop_mounter(staging, recorded, Duration::from_millis(500));
         }
     }
 
@@ -292,7 +301,7 @@ impl Node {
     /// files. Shared by unstage and the cleanup of a quarantined volume.
     pub(super) fn release_stage(&self, id: &str, staging: &Path, recorded: Running) -> Result<()> {
         self.stop_own_mounters(id, staging, recorded);
-        mounter::remove_cgroups(id, &self.cfg);
+        self.host.remove_cgroups(id, &self.cfg);
         self.volume_files(id).remove()
     }
 
@@ -378,7 +387,7 @@ impl Node {
                     return Ok(NodeUnstageVolumeResponse::new());
                 }
                 let kind = mounter::kind_of(st.get_parameters());
-                mounter::wait_for_uploads(
+                self.host.wait_for_uploads(
                     &id,
                     kind,
                     &self.volume_files(&id),

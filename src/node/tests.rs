@@ -1,0 +1,236 @@
+//! The node's lifecycle logic against a recording fake of its mounter
+//! processes (src/host.rs): every transition of stage, unstage and the
+//! unstage delay, and their failure paths, without root and without a
+//! mounter. Mount handling is real here and finds no mount: the kubelet
+//! dir is a temporary directory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::Node;
+use crate::config::{Config, Parsed};
+use crate::host::fake::RecordingHost;
+use crate::lifecycle::stage_phase;
+use crate::proto::bindery::StagePhase;
+use crate::proto::csi::*;
+use crate::testkit::Scratch;
+
+const VOLUME: &str = "bucket/prefix";
+
+struct Fixture {
+    node: Node,
+    host: Arc<RecordingHost>,
+    staging: PathBuf,
+    _dir: Scratch,
+}
+
+fn fixture(flags: &[&str]) -> Fixture {
+    let dir = Scratch::new("node-unit");
+    let kubelet = dir.path().join("kubelet");
+    std::fs::create_dir_all(&kubelet).unwrap();
+    let mut args = vec![
+        "--node-id=unit".to_string(),
+        format!("--kubelet-dir={}", kubelet.display()),
+        format!("--state-dir={}", dir.path().join("state").display()),
+    ];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let Ok(Parsed::Run(cfg)) = Config::parse(args, &|_: &str| None) else {
+        panic!("test flags refused")
+    };
+    let host = Arc::new(RecordingHost::default());
+    let node = Node::with_host(Arc::new(*cfg), host.clone()).unwrap();
+    let staging = kubelet.join("plugins/kubernetes.io/csi/bindery.csi.dev/v/globalmount");
+    Fixture {
+        node,
+        host,
+        staging,
+        _dir: dir,
+    }
+}
+
+fn stage_request(staging: &Path, params: &[(&str, &str)]) -> NodeStageVolumeRequest {
+    let mut r = NodeStageVolumeRequest::new();
+    r.set_volume_id(VOLUME.into());
+    r.set_staging_target_path(staging.display().to_string());
+    let mut cap = VolumeCapability::new();
+    cap.set_mount(VolumeCapability_MountVolume::new());
+    let mut mode = VolumeCapability_AccessMode::new();
+    mode.set_mode(VolumeCapability_AccessMode_Mode::MULTI_NODE_MULTI_WRITER);
+    cap.set_access_mode(mode);
+    r.set_volume_capability(cap);
+    let mut ctx: HashMap<String, String> = HashMap::from([("mounter".into(), "s3fs".into())]);
+    ctx.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    r.set_volume_context(ctx);
+    r.set_secrets(HashMap::from([
+        ("accessKeyID".into(), "AKIDUNIT".into()),
+        ("secretAccessKey".into(), "secret-unit".into()),
+        ("endpoint".into(), "http://127.0.0.1:9".into()),
+    ]));
+    r
+}
+
+impl Fixture {
+    fn stage(&self, params: &[(&str, &str)]) -> crate::error::Result<()> {
+        let req = stage_request(&self.staging, params);
+        let (guard, args) = self.node.admit_stage(&req)?;
+        self.node.stage(&req, guard, args).map(|_| ())
+    }
+
+    fn unstage(&self) -> crate::error::Result<()> {
+        let mut req = NodeUnstageVolumeRequest::new();
+        req.set_volume_id(VOLUME.into());
+        req.set_staging_target_path(self.staging.display().to_string());
+        let (guard, staging) = self.node.admit_unstage(&req)?;
+        self.node.unstage(guard, staging).map(|_| ())
+    }
+
+    /// The recorded phase (None: no stage recorded), from the table and
+    /// from what the store would load after a restart.
+    fn phase(&self) -> Option<StagePhase> {
+        let rec = self.node.table.snapshot(VOLUME);
+        let on_disk = self.node.journal.store().record_path(VOLUME).exists();
+        let phase = rec
+            .filter(|r| r.has_stage())
+            .map(|r| stage_phase(r.get_stage()));
+        assert_eq!(phase.is_some(), on_disk, "table and store agree");
+        phase
+    }
+
+    fn s(&self) -> String {
+        self.staging.display().to_string()
+    }
+}
+
+#[test]
+fn stage_records_ready_with_the_mounter_it_started_and_unstage_stops_it() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    assert_eq!(f.phase(), Some(StagePhase::READY));
+    let live = f.host.live();
+    assert_eq!(live.len(), 1);
+    assert_eq!(f.host.take_calls(), [format!("start {}", f.s())]);
+    // The same stage again: its healthy mounter is kept.
+    f.stage(&[]).unwrap();
+    assert!(f.host.take_calls().is_empty());
+    f.unstage().unwrap();
+    assert_eq!(f.phase(), None);
+    assert!(f.host.live().is_empty());
+    assert_eq!(
+        f.host.take_calls(),
+        [
+            "wait for uploads".to_string(),
+            format!("stop {} {}", live[0].pid, f.s()),
+            format!("remove cgroups {VOLUME}"),
+        ]
+    );
+    // Unstage of what is not staged: OK, nothing done.
+    f.unstage().unwrap();
+    assert!(f.host.take_calls().is_empty());
+}
+
+#[test]
+fn a_failed_start_leaves_nothing_recorded() {
+    let f = fixture(&[]);
+    f.host
+        .fail_start
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = f.stage(&[]).unwrap_err();
+    assert!(e.to_string().contains("exited at once"), "{e}");
+    assert_eq!(f.phase(), None);
+    // The retry starts anew and succeeds.
+    f.stage(&[]).unwrap();
+    assert_eq!(f.phase(), Some(StagePhase::READY));
+}
+
+#[test]
+fn a_dead_mounter_is_replaced_by_a_retried_stage() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    let old = f.host.live()[0];
+    f.host.kill(old);
+    f.host.take_calls();
+    f.stage(&[]).unwrap();
+    let new = f.host.live();
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0], old);
+    assert_eq!(f.phase(), Some(StagePhase::READY));
+    let rec = f.node.table.snapshot(VOLUME).unwrap();
+    assert_eq!(rec.get_stage().get_mounter_pid(), new[0].pid);
+    assert_eq!(
+        rec.get_stage().get_generation(),
+        2,
+        "a heal is a new generation"
+    );
+}
+
+#[test]
+fn a_stage_with_other_parameters_is_refused_and_changes_nothing() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    f.host.take_calls();
+    let e = f.stage(&[("uid", "1000")]).unwrap_err();
+    assert_eq!(e.code(), grpcio::RpcStatusCode::ALREADY_EXISTS, "{e}");
+    assert!(f.host.take_calls().is_empty());
+    assert_eq!(f.phase(), Some(StagePhase::READY));
+}
+
+#[test]
+fn the_unstage_delay_keeps_the_mounter_and_a_stage_takes_it_back() {
+    let f = fixture(&["--unstage-delay=600"]);
+    f.stage(&[]).unwrap();
+    let kept = f.host.live();
+    f.host.take_calls();
+    f.unstage().unwrap();
+    assert_eq!(f.phase(), Some(StagePhase::LINGERING));
+    assert_eq!(f.host.live(), kept, "no process touched");
+    assert!(f.host.take_calls().is_empty());
+    // Not due: the expiry job leaves it.
+    f.node.expire_lingering();
+    assert_eq!(f.phase(), Some(StagePhase::LINGERING));
+    // A repeated unstage is answered the same way.
+    f.unstage().unwrap();
+    f.stage(&[]).unwrap();
+    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.host.live(), kept);
+    assert!(f.host.take_calls().is_empty(), "no new mounter");
+}
+
+#[test]
+fn a_lingering_volume_ends_when_its_mounter_dies_or_another_stage_comes() {
+    let f = fixture(&["--unstage-delay=600"]);
+    f.stage(&[]).unwrap();
+    f.unstage().unwrap();
+    // Another stage (other parameters) while it lingers: a new mounter.
+    let kept = f.host.live();
+    f.stage(&[("uid", "1000")]).unwrap();
+    let now = f.host.live();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, kept);
+    assert_eq!(f.phase(), Some(StagePhase::READY));
+    // The new one lingers, then dies: the expiry job cleans it up at once.
+    f.unstage().unwrap();
+    assert_eq!(f.phase(), Some(StagePhase::LINGERING));
+    f.host.kill(now[0]);
+    f.host.take_calls();
+    f.node.expire_lingering();
+    assert_eq!(f.phase(), None);
+    assert!(f
+        .host
+        .take_calls()
+        .contains(&format!("remove cgroups {VOLUME}")));
+}
+
+#[test]
+fn a_lingering_volume_whose_mounter_died_gets_a_new_one_on_stage() {
+    let f = fixture(&["--unstage-delay=600"]);
+    f.stage(&[]).unwrap();
+    f.unstage().unwrap();
+    let kept = f.host.live()[0];
+    f.host.kill(kept);
+    f.stage(&[]).unwrap();
+    let now = f.host.live();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], kept);
+    assert_eq!(f.phase(), Some(StagePhase::READY));
+}
