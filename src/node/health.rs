@@ -29,7 +29,7 @@ use nix::mount::MsFlags;
 
 use super::publish::bind_flags;
 use crate::sys::consumers::{self, Outcome};
-use crate::sys::mountinfo::{self, MountInfo};
+use crate::sys::mountinfo::MountInfo;
 use crate::sys::nodepath::NodePath;
 use crate::volumes::{Guard, Op};
 
@@ -268,7 +268,7 @@ impl Node {
         crate::crash::pause("health.between_reads");
         // One read of the mount table for the whole pass: per-volume reads
         // made a pass quadratic in the number of mounts.
-        let mounts = match mountinfo::read_self() {
+        let mounts = match self.host.mount_table() {
             Ok(t) => t,
             Err(e) => {
                 warn!("health pass skipped: {e}");

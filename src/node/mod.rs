@@ -139,7 +139,7 @@ impl Node {
         let Some(here) = parent.child(field, &name, false)? else {
             return Ok(None);
         };
-        Ok(here.mount_here_now(&parent)?.map(|m| (here, m)))
+        Ok(self.host.mount_here(&here, &parent)?.map(|m| (here, m)))
     }
 
     /// Whether something is mounted at `path` right now, in `table` (a mount
@@ -151,7 +151,7 @@ impl Node {
         let Ok(Some(here)) = parent.child(field, &name, false) else {
             return false;
         };
-        matches!(here.mount_here(&parent, table), Ok(Some(_)))
+        matches!(self.host.mount_here_in(&here, &parent, table), Ok(Some(_)))
     }
 
     /// The volume's publication at `target`, if it has one.

@@ -255,19 +255,18 @@ impl Node {
         let dir = parent
             .child("target_path", &name, true)?
             .ok_or_else(|| Error::invalid("target_path", "vanished while being created"))?;
-        nodepath::bind(stage, &dir)?;
+        self.host.bind(stage, &dir)?;
         drop(dir);
         let bound = parent.child("target_path", &name, false)?;
         let here = match &bound {
-            Some(b) => b.mount_here_now(&parent)?,
+            Some(b) => self.host.mount_here(b, &parent)?,
             None => None,
         };
         let remounted = match (&bound, here) {
-            (Some(b), Some(m)) if dev_string(&m) == dev => mount::remount_bind_keeping(
-                &b.proc_path(),
-                mount::per_mount_flags(&m.options),
-                flags,
-            ),
+            (Some(b), Some(m)) if dev_string(&m) == dev => {
+                self.host
+                    .remount_bind(b, mount::per_mount_flags(&m.options), flags)
+            }
             _ => Err(Error::Changed {
                 path: target.to_path_buf(),
                 what: "the bind just made is gone".into(),
@@ -275,7 +274,7 @@ impl Node {
         };
         if let Err(e) = remounted {
             if let Some(b) = &bound {
-                let _ = nodepath::detach(b);
+                let _ = self.host.detach(b);
             }
             return Err(e);
         }
@@ -290,7 +289,7 @@ impl Node {
         while n < MAX_STACKED {
             match self.mount_at("target_path", target)? {
                 Some((np, m)) if devs.contains(&dev_string(&m).as_str()) => {
-                    nodepath::detach(&np)?;
+                    self.host.detach(&np)?;
                     n += 1;
                 }
                 Some((_, m)) => {

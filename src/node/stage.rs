@@ -18,7 +18,6 @@ use crate::metrics;
 use crate::mounter::{self, Health, MountSpec, Running};
 use crate::proto::bindery::{Stage, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
-use crate::sys::nodepath;
 use crate::validate;
 use crate::volumes::{Guard, Op};
 
@@ -143,7 +142,7 @@ impl Node {
             Some(record) => self.stage_by_path(&guard, &record, &staging)?,
             None => None,
         };
-        if let (None, Some(m)) = (adopted, dir.mount_here_now(&parent)?) {
+        if let (None, Some(m)) = (adopted, self.host.mount_here(&dir, &parent)?) {
             return Err(Error::precondition(
                 &id,
                 format!(
@@ -279,7 +278,7 @@ impl Node {
         if let Ok(Some((np, m))) = self.mount_at("staging_target_path", staging) {
             if m.is_fuse() {
                 self.host.abort_connection(staging);
-                if let Err(e) = nodepath::detach(&np) {
+                if let Err(e) = self.host.detach(&np) {
                     warn!("volume {id:?}: {e}");
                 }
             } else {

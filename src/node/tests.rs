@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::Node;
 use crate::config::{Config, Parsed};
 use crate::host::fake::RecordingHost;
+use crate::host::Host;
 use crate::lifecycle::stage_phase;
 use crate::proto::bindery::StagePhase;
 use crate::proto::csi::*;
@@ -97,6 +98,40 @@ impl Fixture {
         phase
     }
 
+    fn target(&self, pod: &str) -> PathBuf {
+        self.staging
+            .ancestors()
+            .nth(6)
+            .unwrap()
+            .join(format!("pods/{pod}/volumes/kubernetes.io~csi/v/mount"))
+    }
+
+    fn publish(&self, target: &Path, readonly: bool) -> crate::error::Result<()> {
+        let mut r = NodePublishVolumeRequest::new();
+        r.set_volume_id(VOLUME.into());
+        r.set_staging_target_path(self.s());
+        r.set_target_path(target.display().to_string());
+        r.set_volume_capability(
+            stage_request(&self.staging, &[])
+                .get_volume_capability()
+                .clone(),
+        );
+        r.set_readonly(readonly);
+        self.node.publish(&r).map(|_| ())
+    }
+
+    fn unpublish(&self, target: &Path) -> crate::error::Result<()> {
+        let mut r = NodeUnpublishVolumeRequest::new();
+        r.set_volume_id(VOLUME.into());
+        r.set_target_path(target.display().to_string());
+        self.node.unpublish(&r).map(|_| ())
+    }
+
+    /// The device shown at the top of `path` ("major:minor").
+    fn dev_at(&self, path: &Path) -> Option<(u32, u32)> {
+        self.host.mounts_at(path).pop().map(|m| m.dev)
+    }
+
     fn s(&self) -> String {
         self.staging.display().to_string()
     }
@@ -116,10 +151,13 @@ fn stage_records_ready_with_the_mounter_it_started_and_unstage_stops_it() {
     f.unstage().unwrap();
     assert_eq!(f.phase(), None);
     assert!(f.host.live().is_empty());
+    assert!(f.host.mounts_at(&f.staging).is_empty());
     assert_eq!(
         f.host.take_calls(),
         [
             "wait for uploads".to_string(),
+            format!("abort {}", f.s()),
+            format!("detach {}", f.s()),
             format!("stop {} {}", live[0].pid, f.s()),
             format!("remove cgroups {VOLUME}"),
         ]
@@ -233,4 +271,117 @@ fn a_lingering_volume_whose_mounter_died_gets_a_new_one_on_stage() {
     assert_eq!(now.len(), 1);
     assert_ne!(now[0], kept);
     assert_eq!(f.phase(), Some(StagePhase::READY));
+}
+
+#[test]
+fn publish_binds_the_staged_mount_and_unpublish_detaches_only_that_bind() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    let (a, b) = (f.target("a"), f.target("b"));
+    f.publish(&a, false).unwrap();
+    f.publish(&b, true).unwrap();
+    let dev = f.dev_at(&f.staging);
+    assert!(dev.is_some());
+    assert_eq!(f.dev_at(&a), dev);
+    assert_eq!(f.dev_at(&b), dev);
+    assert!(
+        f.host.mounts_at(&b)[0].options.starts_with("ro"),
+        "read-only bind"
+    );
+    // The same publish again: nothing more is mounted.
+    f.publish(&a, false).unwrap();
+    assert_eq!(f.host.mounts_at(&a).len(), 1);
+    // Unstage while published is refused and changes nothing.
+    let e = f.unstage().unwrap_err();
+    assert_eq!(e.code(), grpcio::RpcStatusCode::FAILED_PRECONDITION, "{e}");
+    assert_eq!(f.host.live().len(), 1);
+    f.unpublish(&a).unwrap();
+    assert!(f.host.mounts_at(&a).is_empty());
+    assert!(!a.exists(), "the target dir is removed");
+    assert_eq!(f.dev_at(&b), dev, "the other pod keeps its bind");
+    f.unpublish(&b).unwrap();
+    f.unstage().unwrap();
+    assert_eq!(f.phase(), None);
+    assert!(
+        f.host.mount_table().unwrap().is_empty(),
+        "nothing left mounted"
+    );
+}
+
+#[test]
+fn a_failed_bind_leaves_no_publication_and_a_dead_mounter_is_never_bound() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    let a = f.target("a");
+    f.host
+        .fail_bind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(f.publish(&a, false).is_err());
+    assert!(f.host.mounts_at(&a).is_empty());
+    let rec = f.node.table.snapshot(VOLUME).unwrap();
+    assert!(
+        rec.get_publications().is_empty(),
+        "the first bind failed: forgotten"
+    );
+    // The mounter dies: a publish answers UNAVAILABLE and binds nothing.
+    f.host.kill(f.host.live()[0]);
+    let e = f.publish(&a, false).unwrap_err();
+    assert_eq!(e.code(), grpcio::RpcStatusCode::UNAVAILABLE, "{e}");
+    assert!(f.host.mounts_at(&a).is_empty());
+}
+
+#[test]
+fn heal_replaces_a_dead_mounter_and_binds_every_target_again() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    let (a, b) = (f.target("a"), f.target("b"));
+    f.publish(&a, false).unwrap();
+    f.publish(&b, true).unwrap();
+    let old = f.host.live()[0];
+    let old_dev = f.dev_at(&f.staging);
+    f.host.kill(old);
+    let guard = f
+        .node
+        .table
+        .acquire(VOLUME, crate::volumes::Op::Long("heal"))
+        .unwrap();
+    assert!(f.node.heal(&guard).unwrap(), "healed");
+    drop(guard);
+    let new = f.host.live();
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0], old);
+    let new_dev = f.dev_at(&f.staging);
+    assert_ne!(new_dev, old_dev);
+    assert_eq!(
+        f.host.mounts_at(&f.staging).len(),
+        1,
+        "the dead mount detached"
+    );
+    for t in [&a, &b] {
+        assert_eq!(f.host.mounts_at(t).len(), 1, "{}: one bind", t.display());
+        assert_eq!(
+            f.dev_at(t),
+            new_dev,
+            "{}: bound to the new mount",
+            t.display()
+        );
+    }
+    assert!(
+        f.host.mounts_at(&b)[0].options.starts_with("ro"),
+        "still read-only"
+    );
+    // No container held the dead mount: every publication is current.
+    let rec = f.node.table.snapshot(VOLUME).unwrap();
+    assert_eq!(rec.get_stage().get_generation(), 2);
+    for p in rec.get_publications() {
+        assert_eq!(p.get_generation(), 2, "{}", p.get_target_path());
+        assert!(p.get_stale_devs().is_empty());
+    }
+    // A healthy volume is left alone.
+    let guard = f
+        .node
+        .table
+        .acquire(VOLUME, crate::volumes::Op::Long("heal"))
+        .unwrap();
+    assert!(!f.node.heal(&guard).unwrap());
 }
