@@ -385,3 +385,98 @@ fn heal_replaces_a_dead_mounter_and_binds_every_target_again() {
         .unwrap();
     assert!(!f.node.heal(&guard).unwrap());
 }
+
+impl Fixture {
+    /// The daemon restarts (after a crash): a new node on the same state
+    /// dir and the same machine, recovered before it serves.
+    fn restart(&self) -> Node {
+        let node = Node::with_host(self.node.cfg.clone(), self.host.clone()).unwrap();
+        node.recover();
+        node
+    }
+}
+
+fn phase_of(node: &Node) -> Option<StagePhase> {
+    node.table
+        .snapshot(VOLUME)
+        .filter(|r| r.has_stage())
+        .map(|r| stage_phase(r.get_stage()))
+}
+
+#[test]
+fn recovery_keeps_a_serving_stage_and_finishes_an_interrupted_unstage() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    let a = f.target("a");
+    f.publish(&a, false).unwrap();
+    let live = f.host.live();
+    // A restart with everything serving: nothing is touched.
+    f.host.take_calls();
+    let node = f.restart();
+    assert_eq!(phase_of(&node), Some(StagePhase::READY));
+    assert_eq!(f.host.live(), live);
+    assert!(f.host.take_calls().is_empty(), "recovery touched nothing");
+    // The daemon died right after recording Stopping (the bind gone first).
+    f.unpublish(&a).unwrap();
+    let guard = node
+        .table
+        .acquire(VOLUME, crate::volumes::Op::Long("unstage"))
+        .unwrap();
+    node.journal.unstage_begin(&guard).unwrap();
+    drop(guard);
+    let node = f.restart();
+    assert_eq!(phase_of(&node), None, "the unstage was finished");
+    assert!(f.host.live().is_empty());
+    assert!(f.host.mounts_at(&f.staging).is_empty());
+}
+
+#[test]
+fn recovery_adopts_or_rolls_back_an_interrupted_start() {
+    let f = fixture(&[]);
+    // The daemon died after spawning the mounter, before recording it: the
+    // mounter found by its argv serves, and is adopted.
+    f.stage(&[]).unwrap();
+    let run = f.host.live()[0];
+    let guard = f
+        .node
+        .table
+        .acquire(VOLUME, crate::volumes::Op::Long("stage"))
+        .unwrap();
+    let mut st = guard.data().get_stage().clone();
+    st.set_mounter_pid(0);
+    st.set_mounter_start_ticks(0);
+    // Rewrite the record as the crash left it: Starting, no mounter named.
+    let mut rec = guard.data().clone();
+    st.set_phase(StagePhase::STARTING);
+    rec.set_stage(st);
+    f.node.journal.store().save(&rec).unwrap();
+    drop(guard);
+    let node = f.restart();
+    assert_eq!(phase_of(&node), Some(StagePhase::READY));
+    let adopted = node.table.snapshot(VOLUME).unwrap();
+    assert_eq!(adopted.get_stage().get_mounter_pid(), run.pid);
+    // The same crash, with the mounter dead meanwhile: rolled back.
+    f.host.kill(run);
+    f.node.journal.store().save(&rec).unwrap();
+    let node = f.restart();
+    assert_eq!(phase_of(&node), None, "the start was rolled back");
+    assert!(
+        f.host.mounts_at(&f.staging).is_empty(),
+        "its dead mount detached"
+    );
+}
+
+#[test]
+fn recovery_cleans_up_a_lingering_volume_whose_mounter_is_gone() {
+    let f = fixture(&["--unstage-delay=600"]);
+    f.stage(&[]).unwrap();
+    f.unstage().unwrap();
+    // A restart during the delay keeps it.
+    let node = f.restart();
+    assert_eq!(phase_of(&node), Some(StagePhase::LINGERING));
+    // A reboot: the mounter and its mount are gone.
+    let run = f.host.live()[0];
+    f.host.kill(run);
+    let node = f.restart();
+    assert_eq!(phase_of(&node), None);
+}
