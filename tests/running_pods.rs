@@ -324,6 +324,17 @@ fn a_container_that_cannot_be_rebound_is_reported_then_retried() {
         cond.contains("abnormal: true") && cond.contains("could not be re-bound"),
         "{cond}"
     );
+    // The retries (every pass) never turn the volume's calls away: stats
+    // asked back to back across three passes all answer.
+    let passes = || d.log_text().matches("health pass done").count();
+    let start = passes();
+    let mut asked = 0;
+    wait_until("three passes of retries", 30, || {
+        assert!(condition(&d, BUCKET, &ta).contains("abnormal: true"));
+        asked += 1;
+        passes() >= start + 3
+    });
+    assert!(asked > 3, "{asked} calls");
     // The cover goes: the next pass re-binds the container.
     let status = Command::new("nsenter")
         .args(["-t", &c.child.id().to_string(), "-m", "umount"])

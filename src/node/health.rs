@@ -45,8 +45,10 @@ const MAX_HEALS: usize = 8;
 
 impl Node {
     /// Whether a Ready stage's mounter is dead, or a Bound target lost its
-    /// bind, by the mount table `table` read once for the whole pass.
-    fn needs_healing(&self, rec: &VolumeRecord, table: &[MountInfo]) -> Option<String> {
+    /// bind, or a pod's containers may still show a dead mount, by the mount
+    /// table `table` read once for the whole pass; with the operation the
+    /// volume is taken for.
+    fn needs_healing(&self, rec: &VolumeRecord, table: &[MountInfo]) -> Option<(String, Op)> {
         if !is_ready(rec) {
             return None;
         }
@@ -58,19 +60,28 @@ impl Node {
             endpoint,
             table,
         ) {
-            return Some(why);
+            return Some((why, Op::Long("heal")));
         }
         if let Some(p) = bound_binds(rec)
             .find(|p| !self.is_mounted_in("target_path", Path::new(p.get_target_path()), table))
         {
-            return Some(format!("{} lost its bind", p.get_target_path()));
+            return Some((
+                format!("{} lost its bind", p.get_target_path()),
+                Op::Long("heal"),
+            ));
         }
+        // Only containers to re-bind (a retry of one that could not be):
+        // quick, and retried every pass while it fails, so the volume's
+        // calls wait for it instead of being turned away.
         bound_binds(rec)
             .find(|p| !p.get_stale_devs().is_empty())
             .map(|p| {
-                format!(
-                    "the containers of {} may still show a dead mount",
-                    p.get_target_path()
+                (
+                    format!(
+                        "the containers of {} may still show a dead mount",
+                        p.get_target_path()
+                    ),
+                    Op::Short("re-bind containers"),
                 )
             })
     }
@@ -276,7 +287,7 @@ impl Node {
             }
         };
         for (id, rec) in records {
-            let Some(why) = self.needs_healing(&rec, &mounts) else {
+            let Some((why, op)) = self.needs_healing(&rec, &mounts) else {
                 continue;
             };
             // A record that changed since it was read (an unpublish that
@@ -297,7 +308,7 @@ impl Node {
             let spawned = std::thread::Builder::new()
                 .name("heal".into())
                 .spawn(move || {
-                    if let Ok(guard) = node.table.acquire(&name, Op::Long("heal")) {
+                    if let Ok(guard) = node.table.acquire(&name, op) {
                         if let Err(e) = node.heal(&guard) {
                             warn!("volume {name:?}: self-heal failed: {e}");
                         }
