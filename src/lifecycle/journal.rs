@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::machine::{check_transition, phase_at, stage_phase};
+use super::machine::{check_transition, phase_at, stage_phase, stale_after_rebind};
 use super::steps::Step;
 use crate::error::{Error, Result};
 use crate::proto::bindery::{Publication, PublishPhase, Stage, StagePhase, VolumeRecord};
@@ -242,10 +242,7 @@ impl Journal {
             if let Some(dev) = dev {
                 // The pod's containers still show the old mount: remember
                 // it until they are re-bound (`consumers_rebound`).
-                let old = p.get_mount_dev().to_string();
-                if !old.is_empty() && old != dev && !p.get_stale_devs().contains(&old) {
-                    p.mut_stale_devs().push(old);
-                }
+                p.set_stale_devs(stale_after_rebind(p, &dev).into());
                 p.set_mount_dev(dev);
             }
         })

@@ -60,6 +60,18 @@ pub fn publish_phase(p: &Publication) -> PublishPhase {
     }
 }
 
+/// The devices of dead mounts the pod of `p` may still show once its
+/// target is bound to the mount `dev`: those already listed, and the one
+/// it was bound to until now (if that is another).
+pub fn stale_after_rebind(p: &Publication, dev: &str) -> Vec<String> {
+    let mut stale = p.get_stale_devs().to_vec();
+    let old = p.get_mount_dev();
+    if !old.is_empty() && old != dev && !stale.iter().any(|d| d == old) {
+        stale.push(old.to_string());
+    }
+    stale
+}
+
 /// Whether a stage may go from `from` to `to` (None: no stage recorded).
 pub fn stage_step_allowed(from: Option<StagePhase>, to: Option<StagePhase>) -> bool {
     use StagePhase::*;

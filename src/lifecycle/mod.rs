@@ -38,6 +38,6 @@ mod steps;
 pub use journal::Journal;
 pub use machine::{
     bound_binds, check_transition, is_ready, mounter_of, phase_at, publish_phase,
-    publish_step_allowed, stage_phase, stage_step_allowed, DIAGRAM,
+    publish_step_allowed, stage_phase, stage_step_allowed, stale_after_rebind, DIAGRAM,
 };
 pub use steps::Step;

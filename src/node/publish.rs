@@ -14,7 +14,7 @@ use nix::mount::MsFlags;
 use super::{dev_string, Node};
 use crate::cache::request as cachevol;
 use crate::error::{Error, Result};
-use crate::lifecycle::{is_ready, publish_phase};
+use crate::lifecycle::{is_ready, publish_phase, stale_after_rebind};
 use crate::mounter;
 use crate::proto::bindery::{Publication, PublishPhase, VolumeRecord};
 use crate::proto::csi::*;
@@ -209,12 +209,7 @@ impl Node {
         // show the dead mounts the old record listed (the health loop
         // re-binds them).
         if let Some(old) = &existing {
-            let mut stale: Vec<String> = old.get_stale_devs().to_vec();
-            let dev = old.get_mount_dev();
-            if !dev.is_empty() && dev != stage_dev && !stale.iter().any(|d| d == dev) {
-                stale.push(dev.to_string());
-            }
-            p.set_stale_devs(stale.into());
+            p.set_stale_devs(stale_after_rebind(old, &stage_dev).into());
         }
         self.journal.bind_begin(&guard, p)?;
         if let Err(e) = self.bind_into(&stage_np, &target, flags, &stage_dev) {

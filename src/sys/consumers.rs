@@ -20,7 +20,6 @@
 //! older kernel the dead mount is detached first, then the clone moved in.
 
 use std::ffi::CString;
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,7 +31,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
 use crate::sys::mountinfo::{self, MountInfo};
-use crate::sys::nodepath::parse_mnt_id;
+use crate::sys::nodepath::{mount_id_of, RACED_RETRIES};
 
 // From linux/mount.h and linux/fcntl.h (the libc crate's names for these
 // moved between versions; the values are the kernel ABI).
@@ -188,28 +187,15 @@ fn open_path(dir: RawFd, path: &Path, flags: ResolveFlag) -> Result<OwnedFd, Err
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(flags);
+    // openat2 answers EAGAIN when a rename or mount raced its lookup:
+    // asked again as often as the node's own walks do.
+    let mut left = RACED_RETRIES;
     loop {
         match fcntl::openat2(dir, rel, how) {
-            Err(Errno::EAGAIN) => continue,
+            Err(Errno::EAGAIN) if left > 0 => left -= 1,
             r => return r.map(owned),
         }
     }
-}
-
-/// The mount id an fd was reached through, read from `proc` (this
-/// process's /proc, opened before entering another namespace).
-fn mnt_id(proc: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Option<u32> {
-    let name = format!("thread-self/fdinfo/{}", fd.as_raw_fd());
-    let f = fcntl::openat(
-        Some(proc.as_raw_fd()),
-        name.as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    let mut text = Vec::new();
-    std::fs::File::from(owned(f)).read_to_end(&mut text).ok()?;
-    parse_mnt_id(&text[..])
 }
 
 /// The per-mount attributes of a mountinfo options field, as mount_setattr
@@ -402,7 +388,7 @@ pub fn replace(
                 continue;
             }
         };
-        if mnt_id(proc.as_fd(), dead.as_fd()) != Some(m.id) {
+        if mount_id_of(dead.as_fd()).ok() != Some(m.id) {
             // Gone meanwhile (unmounted, or replaced by propagation from a
             // namespace done before): nothing left to do. Still listed:
             // another mount covers it, out of reach for now; tried again on

@@ -59,7 +59,7 @@ fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
 /// without following symlinks (openat2 refuses them with ELOOP/EXDEV).
 /// openat2 answers EAGAIN when a rename or mount elsewhere raced its
 /// lookup: asked again this many times before the walk gives up.
-const RACED_RETRIES: usize = 3;
+pub const RACED_RETRIES: usize = 3;
 
 fn open_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
     let how = OpenHow::new().flags(PATH_FLAGS).resolve(
@@ -336,7 +336,7 @@ pub fn rmdir_at(parent: &NodePath, name: &CString) -> Result<()> {
 /// The id of the mount an fd was reached through (`mnt_id` of
 /// /proc/self/fdinfo/N): no call reaches the filesystem, so a hung FUSE
 /// server cannot block it.
-fn mount_id_of(fd: BorrowedFd<'_>) -> Result<u32> {
+pub fn mount_id_of(fd: BorrowedFd<'_>) -> Result<u32> {
     let p = PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
     let f = std::fs::File::open(&p).map_err(|e| Error::io("open", &p, e))?;
     parse_mnt_id(f).ok_or_else(|| Error::Corrupt {
