@@ -18,6 +18,7 @@ use log::error;
 use protobuf::Message;
 
 use crate::error::{Error, Result};
+use crate::lifecycle::{wire, Volume};
 use crate::proto::bindery::VolumeRecord;
 
 pub struct StateStore {
@@ -38,10 +39,13 @@ pub struct Quarantined {
 /// says, and why.
 pub type BadRecord = (PathBuf, String);
 
+/// Volumes as read from their records: (volume id, volume), by id.
+pub type Records = Vec<(String, Volume)>;
+
 /// What `load_all` found.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub records: Vec<VolumeRecord>,
+    pub records: Records,
     /// Every record in quarantine, including those moved there earlier.
     pub quarantined: Vec<Quarantined>,
 }
@@ -137,21 +141,23 @@ impl StateStore {
         self.root.join(volume_key(id))
     }
 
-    /// Persist `rec`; an empty record (nothing staged or published) deletes
-    /// the file.
-    pub fn save(&self, rec: &VolumeRecord) -> Result<()> {
-        let path = self.record_path(rec.get_volume_id());
-        if !rec.has_stage() && rec.get_publications().is_empty() {
+    /// Persist volume `id` as `v`; an empty volume (nothing staged or
+    /// published) deletes the file.
+    pub fn save(&self, id: &str, v: &Volume) -> Result<()> {
+        let path = self.record_path(id);
+        if v.stage.is_none() && v.publications.is_empty() {
             return match fs::remove_file(&path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(Error::io("remove", &path, e)),
             };
         }
-        let bytes = rec.write_to_bytes().map_err(|e| Error::Record {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = wire::to_record(id, v)
+            .write_to_bytes()
+            .map_err(|e| Error::Record {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         write_atomic(&path, &bytes)
     }
 
@@ -184,7 +190,7 @@ impl StateStore {
 
     /// Every record on disk, and each file that is not a readable record
     /// of the volume its name says, with why. Reads only.
-    pub fn read_records(&self) -> Result<(Vec<VolumeRecord>, Vec<BadRecord>)> {
+    pub fn read_records(&self) -> Result<(Records, Vec<BadRecord>)> {
         let (mut records, mut bad) = (Vec::new(), Vec::new());
         let entries = fs::read_dir(&self.root).map_err(|e| Error::io("readdir", &self.root, e))?;
         for entry in entries.flatten() {
@@ -196,7 +202,9 @@ impl StateStore {
                 .map_err(|e| e.to_string())
                 .and_then(|b| VolumeRecord::parse_from_bytes(&b).map_err(|e| e.to_string()))
             {
-                Ok(rec) if self.record_path(rec.get_volume_id()) == path => records.push(rec),
+                Ok(rec) if self.record_path(rec.get_volume_id()) == path => {
+                    records.push(wire::from_record(&rec))
+                }
                 Ok(_) => bad.push((
                     path,
                     "the record names another volume than its file name".to_string(),
@@ -204,7 +212,7 @@ impl StateStore {
                 Err(e) => bad.push((path, format!("unreadable: {e}"))),
             }
         }
-        records.sort_by(|a, b| a.get_volume_id().cmp(b.get_volume_id()));
+        records.sort_by(|a, b| a.0.cmp(&b.0));
         Ok((records, bad))
     }
 
@@ -245,8 +253,21 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::bindery::{Publication, Stage};
+    use crate::lifecycle::{Bind, BindPhase, Publication, Stage, StagePhase};
     use std::os::unix::fs::MetadataExt;
+
+    fn bind(target: &str) -> Publication {
+        Publication::Bind(Bind {
+            target: target.into(),
+            readonly: false,
+            fingerprint: String::new(),
+            phase: BindPhase::Bound,
+            generation: 1,
+            mount_dev: String::new(),
+            mount_flags: 0,
+            stale_devs: vec![],
+        })
+    }
 
     #[test]
     fn keys_are_stable_and_safe() {
@@ -264,24 +285,30 @@ mod tests {
     fn save_load_delete() {
         let dir = std::env::temp_dir().join(format!("bindery-state-{}", std::process::id()));
         let store = StateStore::open(&dir).unwrap();
-        let mut rec = VolumeRecord::new();
-        rec.set_volume_id("bucket/prefix".into());
-        let mut st = Stage::new();
-        st.set_staging_path("/var/lib/kubelet/x".into());
-        st.mut_secrets()
-            .insert("secretAccessKey".into(), "s".into());
-        rec.set_stage(st);
-        let mut p = Publication::new();
-        p.set_target_path("/var/lib/kubelet/pods/1".into());
-        rec.mut_publications().push(p);
-        store.save(&rec).unwrap();
+        let mut v = Volume {
+            stage: Some(Stage {
+                staging_path: "/var/lib/kubelet/x".into(),
+                parameters: Default::default(),
+                secrets: [("secretAccessKey".to_string(), "s".to_string())].into(),
+                fingerprint: String::new(),
+                volume_mount_group: String::new(),
+                phase: StagePhase::Ready,
+                mounter: None,
+                generation: 1,
+            }),
+            publications: vec![bind("/var/lib/kubelet/pods/1")],
+        };
+        let id = "bucket/prefix".to_string();
+        store.save(&id, &v).unwrap();
         let meta = fs::metadata(store.record_path("bucket/prefix")).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        assert_eq!(store.load_all().unwrap().records, vec![rec.clone()]);
-        rec.clear_stage();
-        rec.clear_publications();
-        store.save(&rec).unwrap();
+        assert_eq!(
+            store.load_all().unwrap().records,
+            vec![(id.clone(), v.clone())]
+        );
+        v = Volume::default();
+        store.save(&id, &v).unwrap();
         assert!(store.load_all().unwrap().records.is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -290,22 +317,21 @@ mod tests {
     fn unreadable_records_are_quarantined_not_forgotten() {
         let dir = std::env::temp_dir().join(format!("bindery-quarantine-{}", std::process::id()));
         let store = StateStore::open(&dir).unwrap();
-        let mut good = VolumeRecord::new();
-        good.set_volume_id("good".into());
-        good.mut_publications().push(Publication::new());
-        store.save(&good).unwrap();
+        let good = Volume {
+            stage: None,
+            publications: vec![bind("/var/lib/kubelet/pods/2")],
+        };
+        store.save("good", &good).unwrap();
         // Garbage, and a valid record under another volume's file name.
         fs::write(store.record_path("torn"), b"\xff\xff\xff\x0f garbage").unwrap();
-        let mut other = good.clone();
-        other.set_volume_id("other".into());
         fs::write(
             store.record_path("swapped"),
-            other.write_to_bytes().unwrap(),
+            wire::to_record("other", &good).write_to_bytes().unwrap(),
         )
         .unwrap();
 
         let loaded = store.load_all().unwrap();
-        assert_eq!(loaded.records, vec![good]);
+        assert_eq!(loaded.records, vec![("good".to_string(), good)]);
         let keys: Vec<&str> = loaded.quarantined.iter().map(|q| q.key.as_str()).collect();
         let mut want = vec![volume_key("torn"), volume_key("swapped")];
         want.sort();

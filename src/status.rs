@@ -10,7 +10,7 @@ use crate::cache::golden::GoldenStore;
 use crate::cache::status::{self as cache_status, State};
 use crate::cache::volume::Caches;
 use crate::config::Config;
-use crate::lifecycle::{bound_binds, publish_phase, stage_phase};
+use crate::lifecycle::PublishPhase;
 use crate::mounter;
 use crate::state::StateStore;
 use crate::sys::process;
@@ -73,46 +73,39 @@ pub fn gather(cfg: &Config) -> Report {
     };
     report.quarantined = store.quarantined().into_iter().map(|q| q.path).collect();
     let mut per_cache: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for rec in &records {
-        let id = rec.get_volume_id().to_string();
-        if rec.has_stage() {
-            let st = rec.get_stage();
-            let pid = st.get_mounter_pid();
+    for (id, rec) in &records {
+        if let Some(st) = &rec.stage {
+            let run = st.running();
             report.volumes.push(VolumeRow {
                 id: id.clone(),
                 kind: "s3",
-                phase: format!("{:?}", stage_phase(st)),
-                serves: mounter::kind_of(st.get_parameters()).as_str().to_string(),
-                pid: (pid > 0).then_some(pid),
-                alive: Some(process::is_alive(pid, st.get_mounter_start_ticks())),
-                pods: bound_binds(rec).count(),
-                path: st.get_staging_path().to_string(),
+                phase: st.phase.name().to_ascii_uppercase(),
+                serves: mounter::kind_of(&st.parameters).as_str().to_string(),
+                pid: (run.pid > 0).then_some(run.pid),
+                alive: Some(process::is_alive(run.pid, run.start_ticks)),
+                pods: rec.bound_binds().count(),
+                path: st.staging_path.display().to_string(),
             });
         }
-        for p in rec
-            .get_publications()
-            .iter()
-            .filter(|p| !p.get_cache_name().is_empty())
-        {
-            let strategy = if p.get_strategy().is_empty() {
-                "-".to_string()
-            } else {
-                p.get_strategy().to_string()
-            };
+        for c in rec.caches() {
+            let strategy = c
+                .filled
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |f| f.strategy.clone());
             *per_cache
-                .entry(p.get_cache_name().to_string())
+                .entry(c.name.clone())
                 .or_default()
                 .entry(strategy.clone())
                 .or_default() += 1;
             report.volumes.push(VolumeRow {
                 id: id.clone(),
                 kind: "cache",
-                phase: format!("{:?}", publish_phase(p)),
-                serves: format!("{}/{strategy}", p.get_cache_name()),
+                phase: PublishPhase::from(c.phase).name().to_ascii_uppercase(),
+                serves: format!("{}/{strategy}", c.name),
                 pid: None,
                 alive: None,
                 pods: 1,
-                path: p.get_target_path().to_string(),
+                path: c.target.display().to_string(),
             });
         }
     }

@@ -20,7 +20,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::proto::bindery::VolumeRecord;
 
 /// How long a short operation queues behind others on its volume.
 pub const SHORT_WAIT: Duration = Duration::from_secs(10);
@@ -28,13 +27,6 @@ pub const SHORT_WAIT: Duration = Duration::from_secs(10);
 /// Data that can say it holds nothing worth keeping an entry for.
 pub trait Vacant {
     fn is_vacant(&self) -> bool;
-}
-
-impl Vacant for VolumeRecord {
-    /// Nothing staged, nothing published: the volume id alone is not state.
-    fn is_vacant(&self) -> bool {
-        !self.has_stage() && self.get_publications().is_empty()
-    }
 }
 
 /// Tables that only serialise calls (the controller's) keep no data.
@@ -346,16 +338,6 @@ mod tests {
         drop(g);
         assert_eq!(table.snapshot("v"), Some(5));
         assert_eq!(table.len(), 1, "snapshots create no entries");
-    }
-
-    #[test]
-    fn records_with_only_an_id_are_collected() {
-        let table = Arc::new(VolumeTable::<VolumeRecord>::new());
-        for i in 0..100 {
-            let g = table.acquire(&format!("v{i}"), Op::Long("x")).unwrap();
-            g.data().set_volume_id(format!("v{i}"));
-        }
-        assert!(table.is_empty(), "an id alone keeps no entry");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::cache::populate::{self, Owner, Strategy};
 use crate::cache::request::CacheRequest;
 use crate::cache::volume::{Caches, SHARED_VARIANT};
 use crate::error::{Error, Result};
-use crate::proto::bindery::Publication;
+use crate::lifecycle::{CacheCopy, Filled};
 use crate::sys::{self, mount, mountinfo, mounts};
 
 /// Create `path` (or take the one the kubelet made) as a directory owned by
@@ -166,12 +166,7 @@ impl Caches {
     /// publication as incomplete first, so a crash midway is redone by the
     /// retry instead of being reported ready half full. The version is pinned
     /// while this runs; the node reports live publications' versions to `maintain`.
-    pub fn publish(
-        &self,
-        req: &CacheRequest,
-        target: &Path,
-        readonly: bool,
-    ) -> Result<Publication> {
+    pub fn publish(&self, req: &CacheRequest, target: &Path, readonly: bool) -> Result<Filled> {
         let name = &req.decl.name;
         let (version, _pin) = self.ensure_version(name)?;
         let golden = self.store.path(name, &version);
@@ -186,11 +181,11 @@ impl Caches {
             ensure_owned_dir(&dest, &req.owner)?;
         }
         let choice = self.resolve(req, &dest, readonly)?;
-        let mut overlay_lower = String::new();
+        let mut overlay_lower = None;
         match choice {
             Choice::Overlay => {
                 let lower = self.overlay_lower(name, &version, &req.owner)?;
-                overlay_lower = lower.display().to_string();
+                overlay_lower = Some(lower.clone());
                 let (upper, work) = Self::overlay_dirs(target);
                 ensure_owned_dir(&upper, &req.owner)?;
                 ensure_owned_dir(
@@ -256,34 +251,37 @@ impl Caches {
             mount::remount_bind_read_only(&dest)?;
         }
         self.usage.track(target, &dest);
-        let mut p = Publication::new();
-        p.set_target_path(target.display().to_string());
-        p.set_readonly(readonly);
-        p.set_fingerprint(req.fingerprint.clone());
-        p.set_cache_name(name.clone());
-        p.set_cache_version(version.as_str().to_string());
-        p.set_strategy(choice.as_str().to_string());
-        p.set_cache_root(dest.display().to_string());
-        p.set_overlay_lower(overlay_lower);
-        p.set_complete(true);
-        Ok(p)
+        Ok(Filled {
+            version: version.as_str().to_string(),
+            strategy: choice.as_str().to_string(),
+            root: dest,
+            overlay_lower,
+        })
+    }
+
+    /// Where a copy's tree is (its target while it is not filled).
+    fn root(c: &CacheCopy) -> &Path {
+        c.filled.as_ref().map_or(&c.target, |f| &f.root)
     }
 
     /// The first thing a recorded publication lacks on the node now, in the
     /// order it is made: its tree at the cache root, the overlay mounted
     /// there, the read-only bind over it. Mount table and stat only: nothing
     /// is read inside a pod's tree.
-    fn lack(p: &Publication) -> Result<Option<Lack>> {
-        let root = Path::new(p.get_cache_root());
+    fn lack(c: &CacheCopy) -> Result<Option<Lack>> {
+        let Some(f) = &c.filled else {
+            return Ok(Some(Lack::Tree));
+        };
+        let root = f.root.as_path();
         if !fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
             return Ok(Some(Lack::Tree));
         }
         let here = mounts::lookup(root)?;
         let here = here.as_ref();
-        if p.get_strategy() == "overlay" && !here.is_some_and(|m| m.fs_type == "overlay") {
+        if f.strategy == "overlay" && !here.is_some_and(|m| m.fs_type == "overlay") {
             return Ok(Some(Lack::Overlay));
         }
-        if p.get_readonly() && !here.is_some_and(|m| m.options.split(',').any(|o| o == "ro")) {
+        if c.readonly && !here.is_some_and(|m| m.options.split(',').any(|o| o == "ro")) {
             return Ok(Some(Lack::ReadOnlyBind));
         }
         Ok(None)
@@ -293,10 +291,10 @@ impl Caches {
     /// when it is whole. A reboot takes every mount away while the record
     /// stays; a pod must then never be handed an empty directory as its
     /// cache.
-    pub fn missing(&self, p: &Publication) -> Option<String> {
-        match Self::lack(p) {
+    pub fn missing(&self, c: &CacheCopy) -> Option<String> {
+        match Self::lack(c) {
             Ok(None) => None,
-            Ok(Some(l)) => Some(l.describe(Path::new(p.get_cache_root()))),
+            Ok(Some(l)) => Some(l.describe(Self::root(c))),
             Err(e) => Some(e.to_string()),
         }
     }
@@ -306,35 +304,39 @@ impl Caches {
     /// are kept) and its read-only bind. Ok only when it is whole; an error
     /// when the data itself is gone (the tree, the upper dir or the lower
     /// version): the caller then fills the volume anew.
-    pub fn restore(&self, p: &Publication) -> Result<()> {
-        let root = Path::new(p.get_cache_root());
+    pub fn restore(&self, c: &CacheCopy) -> Result<()> {
+        let root = Self::root(c);
         let cannot = |what: String| Error::Gone {
             path: root.to_path_buf(),
             what: format!("cannot restore: {what}"),
         };
-        let mut lack = Self::lack(p)?;
+        let mut lack = Self::lack(c)?;
         if lack == Some(Lack::Overlay) {
-            let lower = Path::new(p.get_overlay_lower());
-            let (upper, work) = Self::overlay_dirs(Path::new(p.get_target_path()));
-            if p.get_overlay_lower().is_empty() || !lower.is_dir() {
+            let Some(lower) = c
+                .filled
+                .as_ref()
+                .and_then(|f| f.overlay_lower.as_deref())
+                .filter(|l| l.is_dir())
+            else {
                 return Err(cannot(
                     "the overlay's lower dir is not recorded or gone".into(),
                 ));
-            }
+            };
+            let (upper, work) = Self::overlay_dirs(&c.target);
             if !upper.is_dir() || !work.is_dir() {
                 return Err(cannot("the overlay's upper or work dir is gone".into()));
             }
             mount::overlay(lower, &upper, &work, root)?;
-            lack = Self::lack(p)?;
+            lack = Self::lack(c)?;
         }
         if lack == Some(Lack::ReadOnlyBind) {
             mount::bind(root, root)?;
             mount::remount_bind_read_only(root)?;
-            lack = Self::lack(p)?;
+            lack = Self::lack(c)?;
         }
         match lack {
             None => {
-                self.usage.track(Path::new(p.get_target_path()), root);
+                self.usage.track(&c.target, root);
                 Ok(())
             }
             Some(l) => Err(cannot(l.describe(root))),

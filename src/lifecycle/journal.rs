@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::machine::{check_transition, phase_at, stage_phase, stale_after_rebind};
+use super::machine::check_transition;
+use super::model::{
+    Bind, BindPhase, CacheCopy, CachePhase, Filled, Publication, PublishPhase, Stage, StagePhase,
+    Volume,
+};
 use super::steps::Step;
 use crate::error::{Error, Result};
-use crate::proto::bindery::{Publication, PublishPhase, Stage, StagePhase, VolumeRecord};
 use crate::state::StateStore;
 use crate::sys::process::Running;
 use crate::volumes::Guard;
@@ -31,81 +34,109 @@ impl Journal {
     /// Persist `rec` as the volume's new state, then make it the in-memory
     /// state. A transition the machine does not allow is a bug: refused
     /// (INTERNAL) rather than written.
-    fn commit(&self, guard: &Guard<VolumeRecord>, mut rec: VolumeRecord) -> Result<()> {
-        rec.set_volume_id(guard.id().to_string());
+    fn commit(&self, guard: &Guard<Volume>, next: Volume) -> Result<()> {
         let old = guard.data().clone();
-        if let Err(step) = check_transition(&old, &rec) {
+        if let Err(step) = check_transition(&old, &next) {
             return Err(Error::IllegalTransition {
                 volume: guard.id().to_string(),
                 step,
             });
         }
-        self.store.save(&rec)?;
-        *guard.data() = rec;
+        self.store.save(guard.id(), &next)?;
+        *guard.data() = next;
         Ok(())
     }
 
     /// The next record: the current one with `edit` applied.
-    fn change(
-        &self,
-        guard: &Guard<VolumeRecord>,
-        edit: impl FnOnce(&mut VolumeRecord),
-    ) -> Result<()> {
-        let mut rec = guard.data().clone();
-        edit(&mut rec);
-        self.commit(guard, rec)
+    fn change(&self, guard: &Guard<Volume>, edit: impl FnOnce(&mut Volume)) -> Result<()> {
+        let mut next = guard.data().clone();
+        edit(&mut next);
+        self.commit(guard, next)
+    }
+
+    /// The stage's next state (nothing if there is no stage).
+    fn change_stage(&self, guard: &Guard<Volume>, edit: impl FnOnce(&mut Stage)) -> Result<()> {
+        self.change(guard, |v| {
+            if let Some(st) = v.stage.as_mut() {
+                edit(st);
+            }
+        })
     }
 
     /// Change the publication at `target` (nothing if there is none).
     fn change_publication(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         target: &Path,
         edit: impl FnOnce(&mut Publication),
     ) -> Result<()> {
-        self.change(guard, |rec| {
-            if let Some(p) = rec
-                .mut_publications()
-                .iter_mut()
-                .find(|p| Path::new(p.get_target_path()) == target)
-            {
+        self.change(guard, |v| {
+            if let Some(p) = v.publications.iter_mut().find(|p| p.target() == target) {
                 edit(p);
             }
         })
     }
 
-    fn forget_publication(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
-        self.change(guard, |rec| {
-            rec.mut_publications()
-                .retain(|p| Path::new(p.get_target_path()) != target)
+    /// Change the bind at `target` (nothing if there is none).
+    fn change_bind(
+        &self,
+        guard: &Guard<Volume>,
+        target: &Path,
+        edit: impl FnOnce(&mut Bind),
+    ) -> Result<()> {
+        self.change_publication(guard, target, |p| {
+            if let Publication::Bind(b) = p {
+                edit(b);
+            }
         })
+    }
+
+    /// Change the cache copy at `target` (nothing if there is none).
+    fn change_cache(
+        &self,
+        guard: &Guard<Volume>,
+        target: &Path,
+        edit: impl FnOnce(&mut CacheCopy),
+    ) -> Result<()> {
+        self.change_publication(guard, target, |p| {
+            if let Publication::Cache(c) = p {
+                edit(c);
+            }
+        })
+    }
+
+    fn forget_publication(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
+        self.change(guard, |v| v.publications.retain(|p| p.target() != target))
+    }
+
+    fn phase_at(guard: &Guard<Volume>, target: &Path) -> Option<PublishPhase> {
+        guard.data().publication(target).map(Publication::phase)
     }
 
     // ------------------------------------------------------------ stage
 
     /// (none) → Starting: `stage` is what the stage request asked for.
-    pub fn stage_begin(&self, guard: &Guard<VolumeRecord>, mut stage: Stage) -> Result<()> {
-        stage.set_phase(StagePhase::STARTING);
-        stage.set_generation(1);
-        self.change(guard, |rec| rec.set_stage(stage))?;
+    pub fn stage_begin(&self, guard: &Guard<Volume>, mut stage: Stage) -> Result<()> {
+        stage.phase = StagePhase::Starting;
+        stage.mounter = None;
+        stage.generation = 1;
+        self.change(guard, |v| v.stage = Some(stage))?;
         Step::StageRecorded.reached();
         Ok(())
     }
 
     /// Starting → (none): the mounter did not start.
-    pub fn stage_abandon(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
-        self.change(guard, VolumeRecord::clear_stage)
+    pub fn stage_abandon(&self, guard: &Guard<Volume>) -> Result<()> {
+        self.change(guard, |v| v.stage = None)
     }
 
     /// Starting → Ready{pid}: the mounter `run` serves (started, or adopted
     /// by recovery).
-    pub fn stage_ready(&self, guard: &Guard<VolumeRecord>, run: Running) -> Result<()> {
+    pub fn stage_ready(&self, guard: &Guard<Volume>, run: Running) -> Result<()> {
         Step::StageStarted.reached();
-        self.change(guard, |rec| {
-            let st = rec.mut_stage();
-            st.set_phase(StagePhase::READY);
-            st.set_mounter_pid(run.pid);
-            st.set_mounter_start_ticks(run.start_ticks);
+        self.change_stage(guard, |st| {
+            st.phase = StagePhase::Ready;
+            st.mounter = Some(run);
         })
     }
 
@@ -113,13 +144,13 @@ impl Journal {
     /// False when they are the recorded ones (nothing written).
     pub fn stage_secrets(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         secrets: &HashMap<String, String>,
     ) -> Result<bool> {
-        if guard.data().get_stage().get_secrets() == secrets {
+        if guard.data().stage.as_ref().map(|st| &st.secrets) == Some(secrets) {
             return Ok(false);
         }
-        self.change(guard, |rec| rec.mut_stage().set_secrets(secrets.clone()))?;
+        self.change_stage(guard, |st| st.secrets = secrets.clone())?;
         Ok(true)
     }
 
@@ -128,76 +159,65 @@ impl Journal {
     /// the new mounter from.
     pub fn heal_begin(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         secrets: Option<&HashMap<String, String>>,
     ) -> Result<Stage> {
-        self.change(guard, |rec| {
-            let st = rec.mut_stage();
-            if let Some(s) = secrets {
-                st.set_secrets(s.clone());
-            }
-            st.set_mounter_pid(0);
-            st.set_mounter_start_ticks(0);
-            st.set_generation(st.get_generation().max(1) + 1);
-        })?;
+        let Some(stage) = guard.data().stage.clone() else {
+            return Err(Error::IllegalTransition {
+                volume: guard.id().to_string(),
+                step: "heal of a volume that is not staged".into(),
+            });
+        };
+        let mut next = stage;
+        if let Some(s) = secrets {
+            next.secrets = s.clone();
+        }
+        next.mounter = None;
+        next.generation = next.generation.max(1) + 1;
+        let stage = next.clone();
+        self.change(guard, |v| v.stage = Some(next))?;
         Step::HealRecorded.reached();
-        Ok(guard.data().get_stage().clone())
+        Ok(stage)
     }
 
     /// Ready{no mounter} → Ready{pid}: the heal's mounter `run` serves (or
     /// recovery adopted the one an interrupted heal started).
-    pub fn heal_done(&self, guard: &Guard<VolumeRecord>, run: Running) -> Result<()> {
-        self.change(guard, |rec| {
-            let st = rec.mut_stage();
-            st.set_mounter_pid(run.pid);
-            st.set_mounter_start_ticks(run.start_ticks);
-        })
+    pub fn heal_done(&self, guard: &Guard<Volume>, run: Running) -> Result<()> {
+        self.change_stage(guard, |st| st.mounter = Some(run))
     }
 
     /// Ready or Lingering → Stopping: unstage begins (already Stopping, or
     /// an interrupted Starting being rolled back: nothing to write).
-    pub fn unstage_begin(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
-        let keeps_mounter = {
-            let rec = guard.data();
-            rec.has_stage()
-                && matches!(
-                    stage_phase(rec.get_stage()),
-                    StagePhase::READY | StagePhase::LINGERING
-                )
-        };
+    pub fn unstage_begin(&self, guard: &Guard<Volume>) -> Result<()> {
+        let keeps_mounter =
+            guard.data().stage.as_ref().is_some_and(|st| {
+                matches!(st.phase, StagePhase::Ready | StagePhase::Lingering { .. })
+            });
         if !keeps_mounter {
             return Ok(());
         }
-        self.change(guard, |rec| rec.mut_stage().set_phase(StagePhase::STOPPING))?;
+        self.change_stage(guard, |st| st.phase = StagePhase::Stopping)?;
         Step::UnstageRecorded.reached();
         Ok(())
     }
 
     /// Stopping (or Starting) → (none): every mounter is stopped.
-    pub fn unstage_done(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
+    pub fn unstage_done(&self, guard: &Guard<Volume>) -> Result<()> {
         Step::UnstageStopped.reached();
-        self.change(guard, VolumeRecord::clear_stage)
+        self.change(guard, |v| v.stage = None)
     }
 
     /// Ready → Lingering{until}: NodeUnstageVolume answers OK and the
     /// mounter stays until `until` (seconds since the epoch).
-    pub fn linger_begin(&self, guard: &Guard<VolumeRecord>, until: u64) -> Result<()> {
-        self.change(guard, |rec| {
-            let st = rec.mut_stage();
-            st.set_phase(StagePhase::LINGERING);
-            st.set_linger_until(until);
-        })?;
+    pub fn linger_begin(&self, guard: &Guard<Volume>, until: u64) -> Result<()> {
+        self.change_stage(guard, |st| st.phase = StagePhase::Lingering { until })?;
         Step::LingerRecorded.reached();
         Ok(())
     }
 
     /// Lingering → Ready: a stage takes the volume back as it is.
-    pub fn linger_end(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
-        self.change(guard, |rec| {
-            let st = rec.mut_stage();
-            st.set_phase(StagePhase::READY);
-            st.set_linger_until(0);
-        })?;
+    pub fn linger_end(&self, guard: &Guard<Volume>) -> Result<()> {
+        self.change_stage(guard, |st| st.phase = StagePhase::Ready)?;
         Step::LingerRevived.reached();
         Ok(())
     }
@@ -206,44 +226,45 @@ impl Journal {
 
     /// (none) → Binding, or a Bound publication bound again: `p` replaces
     /// what is recorded at its target (a Bound one stays Bound).
-    pub fn bind_begin(&self, guard: &Guard<VolumeRecord>, mut p: Publication) -> Result<()> {
-        let target = std::path::PathBuf::from(p.get_target_path());
-        p.set_phase(phase_at(guard, &target).unwrap_or(PublishPhase::BINDING));
-        self.change(guard, |rec| {
-            rec.mut_publications()
-                .retain(|e| Path::new(e.get_target_path()) != target);
-            rec.mut_publications().push(p);
+    pub fn bind_begin(&self, guard: &Guard<Volume>, mut b: Bind) -> Result<()> {
+        b.phase = match Self::phase_at(guard, &b.target) {
+            Some(PublishPhase::Bound) => BindPhase::Bound,
+            _ => BindPhase::Binding,
+        };
+        self.change(guard, |v| {
+            v.publications.retain(|e| e.target() != b.target);
+            v.publications.push(Publication::Bind(b));
         })?;
         Step::PublishRecorded.reached();
         Ok(())
     }
 
     /// Binding → (none): the first bind failed.
-    pub fn bind_abandon(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub fn bind_abandon(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         self.forget_publication(guard, target)
     }
 
     /// Binding → Bound: the bind is made.
-    pub fn bound(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub fn bound(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         Step::PublishBound.reached();
-        self.change_publication(guard, target, |p| p.set_phase(PublishPhase::BOUND))
+        self.change_bind(guard, target, |b| b.phase = BindPhase::Bound)
     }
 
     /// Binding or Bound → Bound, showing the mount `dev` when given: a
     /// retried publish found its bind, or a heal bound the target again.
     pub fn bound_again(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         target: &Path,
         dev: Option<String>,
     ) -> Result<()> {
-        self.change_publication(guard, target, |p| {
-            p.set_phase(PublishPhase::BOUND);
+        self.change_bind(guard, target, |b| {
+            b.phase = BindPhase::Bound;
             if let Some(dev) = dev {
                 // The pod's containers still show the old mount: remember
                 // it until they are re-bound (`consumers_rebound`).
-                p.set_stale_devs(stale_after_rebind(p, &dev).into());
-                p.set_mount_dev(dev);
+                b.stale_devs = b.stale_after_rebind(&dev);
+                b.mount_dev = dev;
             }
         })
     }
@@ -253,16 +274,16 @@ impl Journal {
     /// left: the publication is of the stage's current generation again.
     pub fn consumers_rebound(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         target: &Path,
         remaining: Vec<String>,
     ) -> Result<()> {
-        let generation = guard.data().get_stage().get_generation();
-        self.change_publication(guard, target, |p| {
+        let generation = guard.data().stage.as_ref().map_or(0, |st| st.generation);
+        self.change_bind(guard, target, |b| {
             if remaining.is_empty() {
-                p.set_generation(generation);
+                b.generation = generation;
             }
-            p.set_stale_devs(remaining.into());
+            b.stale_devs = remaining;
         })
     }
 
@@ -270,31 +291,34 @@ impl Journal {
     /// already the recorded one), then `step` is reached.
     fn teardown_begin(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         target: &Path,
         phase: PublishPhase,
         step: Step,
     ) -> Result<()> {
-        if phase_at(guard, target) == Some(phase) {
+        if Self::phase_at(guard, target) == Some(phase) {
             return Ok(());
         }
-        self.change_publication(guard, target, |p| p.set_phase(phase))?;
+        self.change_publication(guard, target, |p| match p {
+            Publication::Bind(b) => b.phase = BindPhase::Unbinding,
+            Publication::Cache(c) => c.phase = CachePhase::Removing,
+        })?;
         step.reached();
         Ok(())
     }
 
     /// Bound → Unbinding (already Unbinding: nothing to write).
-    pub fn unbind_begin(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub fn unbind_begin(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         self.teardown_begin(
             guard,
             target,
-            PublishPhase::UNBINDING,
+            PublishPhase::Unbinding,
             Step::UnpublishRecorded,
         )
     }
 
     /// Unbinding → (none): the bind and the target dir are gone.
-    pub fn unbind_done(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub fn unbind_done(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         Step::UnpublishUnbound.reached();
         self.forget_publication(guard, target)
     }
@@ -302,45 +326,35 @@ impl Journal {
     // ------------------------------------------------------------ caches
 
     /// (none) → Populating: `p` names the target, the cache and the request.
-    pub fn populate_begin(&self, guard: &Guard<VolumeRecord>, mut p: Publication) -> Result<()> {
-        p.set_phase(PublishPhase::POPULATING);
-        self.change(guard, |rec| rec.mut_publications().push(p))?;
+    pub fn populate_begin(&self, guard: &Guard<Volume>, mut c: CacheCopy) -> Result<()> {
+        c.phase = CachePhase::Populating;
+        c.filled = None;
+        self.change(guard, |v| v.publications.push(Publication::Cache(c)))?;
         Step::CachePublishRecorded.reached();
         Ok(())
     }
 
-    /// Populating → Populated: the tree is filled as `done` says (version,
-    /// strategy, root, overlay lower dir, read-only).
-    pub fn populated(
-        &self,
-        guard: &Guard<VolumeRecord>,
-        target: &Path,
-        done: &Publication,
-    ) -> Result<()> {
+    /// Populating → Populated: the tree is filled as `filled` says.
+    pub fn populated(&self, guard: &Guard<Volume>, target: &Path, filled: Filled) -> Result<()> {
         Step::CachePublishPopulated.reached();
-        self.change_publication(guard, target, |p| {
-            p.set_phase(PublishPhase::POPULATED);
-            p.set_readonly(done.get_readonly());
-            p.set_cache_version(done.get_cache_version().to_string());
-            p.set_strategy(done.get_strategy().to_string());
-            p.set_cache_root(done.get_cache_root().to_string());
-            p.set_overlay_lower(done.get_overlay_lower().to_string());
-            p.set_complete(true);
+        self.change_cache(guard, target, |c| {
+            c.phase = CachePhase::Populated;
+            c.filled = Some(filled);
         })
     }
 
     /// Populating or Populated → Removing (already Removing: nothing to write).
-    pub fn remove_begin(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub fn remove_begin(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         self.teardown_begin(
             guard,
             target,
-            PublishPhase::REMOVING,
+            PublishPhase::Removing,
             Step::CacheUnpublishRecorded,
         )
     }
 
     /// Removing → (none): the pod's tree is in the trash.
-    pub fn remove_done(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub fn remove_done(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         Step::CacheUnpublishRemoved.reached();
         self.forget_publication(guard, target)
     }

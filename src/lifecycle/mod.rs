@@ -27,17 +27,22 @@
 //! and fires the transition's crash point (`Step`), so that the list of
 //! crash points is the list of transitions.
 //!
-//! Files: `steps.rs` (the transitions' crash points), `machine.rs` (the
-//! phases, the steps the machine allows, the diagram), `journal.rs` (one
-//! method per transition, each persisting the next record).
+//! Files: `model.rs` (the volume as typed values: stage and publications
+//! with their phases), `wire.rs` (that model to and from the protobuf
+//! record, the only code that reads or writes its fields), `machine.rs` (the steps the machine
+//! allows, the diagram), `journal.rs` (one method per transition, each
+//! persisting the next state), `steps.rs` (the transitions' crash points).
 
 mod journal;
 mod machine;
+mod model;
 mod steps;
+pub mod wire;
 
 pub use journal::Journal;
-pub use machine::{
-    bound_binds, check_transition, is_ready, mounter_of, phase_at, publish_phase,
-    publish_step_allowed, stage_phase, stage_step_allowed, stale_after_rebind, DIAGRAM,
+pub use machine::{check_transition, publish_step_allowed, stage_step_allowed, DIAGRAM};
+pub use model::{
+    Bind, BindPhase, CacheCopy, CachePhase, Filled, Publication, PublishPhase, Stage, StagePhase,
+    Volume,
 };
 pub use steps::Step;

@@ -14,9 +14,8 @@ use super::Node;
 use crate::cache::request::CacheRequest;
 use crate::crash;
 use crate::error::{Error, Result};
-use crate::lifecycle::publish_phase;
+use crate::lifecycle::{CacheCopy, CachePhase, Publication, Volume};
 use crate::metrics;
-use crate::proto::bindery::{Publication, PublishPhase, VolumeRecord};
 use crate::proto::csi::*;
 use crate::validate;
 use crate::volumes::{Guard, Op};
@@ -27,7 +26,7 @@ impl Node {
     pub fn admit_cache_publish(
         &self,
         req: &NodePublishVolumeRequest,
-    ) -> Result<(Guard<VolumeRecord>, PathBuf, CacheRequest, bool)> {
+    ) -> Result<(Guard<Volume>, PathBuf, CacheRequest, bool)> {
         let (id, cap, target, _flags) = self.publish_request(req)?;
         let readonly = req.get_readonly() || validate::read_only_mode(cap);
         let creq = self.caches.declarations().request(
@@ -44,7 +43,7 @@ impl Node {
     /// population that a crash interrupted is removed and started over.
     pub fn cache_publish(
         &self,
-        guard: Guard<VolumeRecord>,
+        guard: Guard<Volume>,
         target: PathBuf,
         creq: CacheRequest,
         readonly: bool,
@@ -52,7 +51,7 @@ impl Node {
         let id = guard.id().to_string();
         let existing = Self::publication(&guard, &target);
         if let Some(p) = existing {
-            if p.get_fingerprint() != creq.fingerprint {
+            if p.fingerprint() != creq.fingerprint {
                 return Err(Error::exists(
                     &id,
                     format!(
@@ -61,17 +60,21 @@ impl Node {
                     ),
                 ));
             }
-            if publish_phase(&p) == PublishPhase::POPULATED {
+            let populated = match p {
+                Publication::Cache(c) if c.phase == CachePhase::Populated => Some(c),
+                _ => None,
+            };
+            if let Some(c) = populated {
                 // The kubelet publishes again after a restart or a reboot:
                 // what was published must still be there, or be made whole.
-                let Some(why) = self.caches.missing(&p) else {
+                let Some(why) = self.caches.missing(&c) else {
                     return Ok(NodePublishVolumeResponse::new());
                 };
                 warn!(
                     "volume {id:?}: {} lost its cache volume ({why}): restoring it",
                     target.display()
                 );
-                match self.caches.restore(&p) {
+                match self.caches.restore(&c) {
                     Ok(()) => return Ok(NodePublishVolumeResponse::new()),
                     Err(e) => warn!("volume {id:?}: {e}: filling it anew"),
                 }
@@ -113,18 +116,22 @@ impl Node {
             ));
         }
         drop(dir);
-        let mut pending = Publication::new();
-        pending.set_target_path(target.display().to_string());
-        pending.set_fingerprint(creq.fingerprint.clone());
-        pending.set_cache_name(creq.decl.name.clone());
+        let pending = CacheCopy {
+            target: target.clone(),
+            readonly,
+            fingerprint: creq.fingerprint.clone(),
+            phase: CachePhase::Populating,
+            name: creq.decl.name.clone(),
+            filled: None,
+        };
         self.journal.populate_begin(&guard, pending)?;
         crash::pause("cache_publish.filling");
         let started = Instant::now();
         match self.caches.publish(&creq, &target, readonly) {
-            Ok(done) => {
+            Ok(filled) => {
                 metrics::CACHE_PUBLISH_DURATION
-                    .observe(&[&creq.decl.name, done.get_strategy()], started.elapsed());
-                self.journal.populated(&guard, &target, &done)?;
+                    .observe(&[&creq.decl.name, &filled.strategy], started.elapsed());
+                self.journal.populated(&guard, &target, filled)?;
                 Ok(NodePublishVolumeResponse::new())
             }
             Err(e) => {
@@ -137,7 +144,7 @@ impl Node {
     }
 
     /// Record Removing, remove the pod's tree (never the golden copy), forget.
-    pub(super) fn cache_unpublish(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub(super) fn cache_unpublish(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         if Self::publication(guard, target).is_none() {
             return Ok(());
         }
@@ -171,17 +178,13 @@ impl Node {
                 self.cache_upkeep_due.store(true, Ordering::SeqCst);
                 continue;
             };
-            for p in guard
-                .data()
-                .get_publications()
-                .iter()
-                .filter(|p| !p.get_cache_name().is_empty())
-            {
-                let (name, version) = (
-                    p.get_cache_name().to_string(),
-                    p.get_cache_version().to_string(),
-                );
-                if p.get_strategy() == "hardlink" {
+            for c in guard.data().caches() {
+                let (version, strategy) = c
+                    .filled
+                    .as_ref()
+                    .map_or(("", ""), |f| (f.version.as_str(), f.strategy.as_str()));
+                let (name, version) = (c.name.clone(), version.to_string());
+                if strategy == "hardlink" {
                     hardlinked.insert((name.clone(), version.clone()));
                 }
                 in_use.entry(name).or_default().insert(version);

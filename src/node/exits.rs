@@ -12,8 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use log::warn;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::{running, Node};
-use crate::lifecycle::is_ready;
+use super::Node;
 use crate::sys::process::{self, Running};
 
 /// How often the set of recorded mounters is read again (a mounter started
@@ -27,8 +26,7 @@ impl Node {
             .ids()
             .into_iter()
             .filter_map(|id| self.table.snapshot(&id).map(|rec| (id, rec)))
-            .filter(|(_, rec)| is_ready(rec))
-            .map(|(id, rec)| (running(rec.get_stage()), id))
+            .filter_map(|(id, rec)| Some((rec.stage.filter(|st| st.is_ready())?.running(), id)))
             .filter(|(r, _)| r.pid > 0)
             .collect()
     }

@@ -4,18 +4,12 @@
 //! mounters' /proc entries, the golden store's directory and the trash
 //! queue. Nothing here touches a FUSE mount or a pod's tree.
 
-use crate::lifecycle::{publish_phase, stage_phase};
+use crate::lifecycle::{PublishPhase, Volume};
 use crate::metrics::Gauge;
 use crate::mounter;
-use crate::proto::bindery::VolumeRecord;
 use crate::sys::process;
 
-use super::{running, Node};
-
-/// A phase as a label value ("ready", "populated").
-fn phase_label(debug: String) -> String {
-    debug.to_ascii_lowercase()
-}
+use super::Node;
 
 impl Node {
     /// The gauge families, one value per label set the node has now.
@@ -31,29 +25,22 @@ impl Node {
             "Mounter processes alive, by mounter kind.",
             &["mounter"],
         );
-        let records: Vec<VolumeRecord> = self
+        let records: Vec<Volume> = self
             .table
             .ids()
             .iter()
             .filter_map(|id| self.table.snapshot(id))
             .collect();
         for rec in &records {
-            if rec.has_stage() {
-                let st = rec.get_stage();
-                let phase = phase_label(format!("{:?}", stage_phase(st)));
-                volumes.add(&["s3", &phase], 1.0);
-                let run = running(st);
+            if let Some(st) = &rec.stage {
+                volumes.add(&["s3", st.phase.name()], 1.0);
+                let run = st.running();
                 if run.pid > 0 && process::is_alive(run.pid, run.start_ticks) {
-                    mounters.add(&[mounter::kind_of(st.get_parameters()).as_str()], 1.0);
+                    mounters.add(&[mounter::kind_of(&st.parameters).as_str()], 1.0);
                 }
             }
-            for p in rec
-                .get_publications()
-                .iter()
-                .filter(|p| !p.get_cache_name().is_empty())
-            {
-                let phase = phase_label(format!("{:?}", publish_phase(p)));
-                volumes.add(&["cache", &phase], 1.0);
+            for c in rec.caches() {
+                volumes.add(&["cache", PublishPhase::from(c.phase).name()], 1.0);
             }
         }
         let mut versions = Gauge::new(

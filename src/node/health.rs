@@ -13,18 +13,16 @@
 //! delays no other volume's heal. A volume is taken under its guard (and
 //! skipped until the next pass when an operation is in flight on it).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info, warn};
 
-use super::{dev_string, running, Node};
+use super::{dev_string, Node};
 use crate::error::Result;
-use crate::lifecycle::{bound_binds, is_ready};
+use crate::lifecycle::Volume;
 use crate::metrics;
 use crate::mounter::{self, Health};
-use crate::proto::bindery::VolumeRecord;
 use nix::mount::MsFlags;
 
 use super::publish::bind_flags;
@@ -48,38 +46,33 @@ impl Node {
     /// bind, or a pod's containers may still show a dead mount, by the mount
     /// table `table` read once for the whole pass; with the operation the
     /// volume is taken for.
-    fn needs_healing(&self, rec: &VolumeRecord, table: &[MountInfo]) -> Option<(String, Op)> {
-        if !is_ready(rec) {
-            return None;
-        }
-        let st = rec.get_stage();
+    fn needs_healing(&self, rec: &Volume, table: &[MountInfo]) -> Option<(String, Op)> {
+        let st = rec.stage.as_ref().filter(|st| st.is_ready())?;
         let endpoint = ""; // reachability is no reason to heal
-        if let (mounter::Condition::Dead(why), _) = mounter::observe_in(
-            Path::new(st.get_staging_path()),
-            running(st),
-            endpoint,
-            table,
-        ) {
+        if let (mounter::Condition::Dead(why), _) =
+            mounter::observe_in(&st.staging_path, st.running(), endpoint, table)
+        {
             return Some((why, Op::Long("heal")));
         }
-        if let Some(p) = bound_binds(rec)
-            .find(|p| !self.is_mounted_in("target_path", Path::new(p.get_target_path()), table))
+        if let Some(b) = rec
+            .bound_binds()
+            .find(|b| !self.is_mounted_in("target_path", &b.target, table))
         {
             return Some((
-                format!("{} lost its bind", p.get_target_path()),
+                format!("{} lost its bind", b.target.display()),
                 Op::Long("heal"),
             ));
         }
         // Only containers to re-bind (a retry of one that could not be):
         // quick, and retried every pass while it fails, so the volume's
         // calls wait for it instead of being turned away.
-        bound_binds(rec)
-            .find(|p| !p.get_stale_devs().is_empty())
-            .map(|p| {
+        rec.bound_binds()
+            .find(|b| !b.stale_devs.is_empty())
+            .map(|b| {
                 (
                     format!(
                         "the containers of {} may still show a dead mount",
-                        p.get_target_path()
+                        b.target.display()
                     ),
                     Op::Short("re-bind containers"),
                 )
@@ -88,20 +81,20 @@ impl Node {
 
     /// Heal one volume under its guard: a new mounter if the old one is dead,
     /// then every Bound target bound to the (new) staging mount.
-    pub fn heal(&self, guard: &Guard<VolumeRecord>) -> Result<bool> {
+    pub fn heal(&self, guard: &Guard<Volume>) -> Result<bool> {
         let id = guard.id().to_string();
-        let rec = guard.data().clone();
-        if !is_ready(&rec) {
+        let Some(st) = guard.data().stage.clone().filter(|st| st.is_ready()) else {
             return Ok(false);
-        }
-        let staging = PathBuf::from(rec.get_stage().get_staging_path());
+        };
+        let staging = st.staging_path;
         let mut healed = false;
         // Checked again under the guard: the pass looked at a snapshot, and
         // a stage or unstage may have run since.
-        if let Health::Abnormal(why) =
-            self.host
-                .check(&staging, running(rec.get_stage()), mounter::PROBE_TIMEOUT)
-        {
+        if let Health::Abnormal(why) = self.host.check(
+            &staging,
+            st.mounter.unwrap_or_default(),
+            mounter::PROBE_TIMEOUT,
+        ) {
             warn!(
                 "volume {id:?}: {why}; starting a new mounter at {}",
                 staging.display()
@@ -118,8 +111,8 @@ impl Node {
             return Ok(healed);
         };
         let stage_dev = dev_string(&stage_mount);
-        for p in bound_binds(&rec) {
-            let target = PathBuf::from(p.get_target_path());
+        for p in rec.bound_binds() {
+            let target = p.target.clone();
             let current = self.mount_at("target_path", &target)?;
             if current
                 .as_ref()
@@ -129,7 +122,7 @@ impl Node {
             }
             if current
                 .as_ref()
-                .is_some_and(|(_, m)| dev_string(m) != p.get_mount_dev())
+                .is_some_and(|(_, m)| dev_string(m) != p.mount_dev)
             {
                 warn!(
                     "volume {id:?}: {} holds a mount that is not ours; not re-binding",
@@ -141,7 +134,7 @@ impl Node {
             // remounted: detach ours and bind again. The pod's containers
             // keep their own view of the old one until they restart (see
             // stats: the publication's generation is older than the stage's).
-            self.detach_ours(&target, &[p.get_mount_dev()])?;
+            self.detach_ours(&target, &[&p.mount_dev])?;
             if self
                 .kubelet
                 .resolve("target_path", &target, false)?
@@ -153,10 +146,10 @@ impl Node {
                 );
                 continue;
             }
-            let flags = match MsFlags::from_bits(p.get_mount_flags() as _) {
+            let flags = match MsFlags::from_bits(p.mount_flags) {
                 Some(f) if !f.is_empty() => f,
                 // Records from before flags were kept.
-                _ => bind_flags(MsFlags::empty(), p.get_readonly()),
+                _ => bind_flags(MsFlags::empty(), p.readonly),
             };
             self.bind_into(&stage_np, &target, flags, &stage_dev)?;
             self.journal
@@ -174,11 +167,12 @@ impl Node {
     /// of the current generation again; one a container of which could not
     /// be re-bound keeps its stale devices: VolumeCondition reports it and
     /// the next health pass tries again.
-    fn rebind_consumers(&self, guard: &Guard<VolumeRecord>, source: &NodePath, stage: &MountInfo) {
+    fn rebind_consumers(&self, guard: &Guard<Volume>, source: &NodePath, stage: &MountInfo) {
         let id = guard.id();
         let rec = guard.data().clone();
-        let mut stale: Vec<(u32, u32)> = bound_binds(&rec)
-            .flat_map(|p| p.get_stale_devs().iter())
+        let mut stale: Vec<(u32, u32)> = rec
+            .bound_binds()
+            .flat_map(|p| p.stale_devs.iter())
             .filter_map(|d| consumers::parse_dev(d))
             .collect();
         stale.sort_unstable();
@@ -218,16 +212,16 @@ impl Node {
                 }
             }
         }
-        for p in bound_binds(&rec) {
-            if p.get_stale_devs().is_empty() {
+        for p in rec.bound_binds() {
+            if p.stale_devs.is_empty() {
                 continue;
             }
-            let target = p.get_target_path();
+            let target = p.target.display().to_string();
             // A failure counts against this publication if it was on one of
             // its devices, in its pod's containers (or in a process of no
             // known pod).
             let remaining: Vec<String> = p
-                .get_stale_devs()
+                .stale_devs
                 .iter()
                 .filter(|d| {
                     failed.iter().any(|(pod, dev, _)| {
@@ -239,10 +233,7 @@ impl Node {
                 })
                 .cloned()
                 .collect();
-            if let Err(e) = self
-                .journal
-                .consumers_rebound(guard, Path::new(target), remaining)
-            {
+            if let Err(e) = self.journal.consumers_rebound(guard, &p.target, remaining) {
                 warn!("volume {id:?}: recording the re-bound containers of {target}: {e}");
             }
         }
@@ -255,9 +246,9 @@ impl Node {
             .table
             .ids()
             .iter()
-            .filter_map(|id| self.table.snapshot(id))
-            .filter(is_ready)
-            .filter_map(|rec| rec.get_stage().get_secrets().get("endpoint").cloned())
+            .filter_map(|id| self.table.snapshot(id)?.stage)
+            .filter(|st| st.is_ready())
+            .filter_map(|st| st.secrets.get("endpoint").cloned())
             .collect();
         mounter::endpoint::check_all(&endpoints, mounter::PROBE_TIMEOUT);
     }
@@ -270,7 +261,7 @@ impl Node {
         // records Ready or Bound only after its mount is made, so every mount
         // these records promise is in a table read after them. (Read the
         // other way round, a volume staged in between looked dead.)
-        let records: Vec<(String, VolumeRecord)> = self
+        let records: Vec<(String, Volume)> = self
             .table
             .ids()
             .into_iter()

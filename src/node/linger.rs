@@ -15,17 +15,15 @@
 //! record is torn down at recovery.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 
-use super::{running, Node};
+use super::Node;
 use crate::config::MAX_UNSTAGE_DELAY;
 use crate::error::{quoted, Error, Result};
-use crate::lifecycle::stage_phase;
+use crate::lifecycle::{StagePhase, Volume};
 use crate::mounter::{self, Health};
-use crate::proto::bindery::{StagePhase, VolumeRecord};
 use crate::volumes::{Guard, Op};
 
 /// The volume parameter that sets the delay (else `--unstage-delay`).
@@ -74,26 +72,23 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether a record is Lingering.
-pub fn is_lingering(rec: &VolumeRecord) -> bool {
-    rec.has_stage() && stage_phase(rec.get_stage()) == StagePhase::LINGERING
-}
-
 impl Node {
     /// The unstage of a Ready volume that no pod uses: with a delay and a
     /// healthy mounter, record Lingering and keep the mounter (true). False:
     /// no delay, or nothing worth keeping; the caller tears down now.
-    pub(super) fn linger(&self, guard: &Guard<VolumeRecord>) -> Result<bool> {
-        let st = guard.data().get_stage().clone();
+    pub(super) fn linger(&self, guard: &Guard<Volume>) -> Result<bool> {
+        let Some(st) = guard.data().stage.clone() else {
+            return Ok(false);
+        };
         // Validated at stage; a record from before has none.
-        let delay = delay_of(st.get_parameters(), self.cfg.unstage_delay).unwrap_or_default();
+        let delay = delay_of(&st.parameters, self.cfg.unstage_delay).unwrap_or_default();
         if delay.is_zero() {
             return Ok(false);
         }
-        let staging = PathBuf::from(st.get_staging_path());
+        let staging = st.staging_path.clone();
         if self
             .host
-            .check(&staging, running(&st), mounter::PROBE_TIMEOUT)
+            .check(&staging, st.running(), mounter::PROBE_TIMEOUT)
             != Health::Ok
         {
             return Ok(false);
@@ -103,7 +98,7 @@ impl Node {
         info!(
             "volume {:?}: unstaged; mounter pid {} keeps serving {} for {} s (unstageDelay)",
             guard.id(),
-            st.get_mounter_pid(),
+            st.running().pid,
             staging.display(),
             delay.as_secs()
         );
@@ -113,19 +108,21 @@ impl Node {
     /// A stage of a Lingering volume at its path with its parameters: taken
     /// back as it is when its mounter serves (true); else torn down (false),
     /// and the caller stages anew.
-    pub(super) fn revive(&self, guard: &Guard<VolumeRecord>) -> Result<bool> {
-        let st = guard.data().get_stage().clone();
-        let staging = Path::new(st.get_staging_path());
+    pub(super) fn revive(&self, guard: &Guard<Volume>) -> Result<bool> {
+        let Some(st) = guard.data().stage.clone() else {
+            return Ok(false);
+        };
+        let staging = st.staging_path.as_path();
         if self
             .host
-            .check(staging, running(&st), mounter::PROBE_TIMEOUT)
+            .check(staging, st.running(), mounter::PROBE_TIMEOUT)
             == Health::Ok
         {
             self.journal.linger_end(guard)?;
             info!(
                 "volume {:?}: staged again; mounter pid {} kept from before serves {}",
                 guard.id(),
-                st.get_mounter_pid(),
+                st.running().pid,
                 staging.display()
             );
             return Ok(true);
@@ -141,19 +138,20 @@ impl Node {
     /// Tear down, under its guard, a Lingering volume whose delay is over or
     /// whose mounter is gone; rclone's acknowledged writes are uploaded
     /// first (if they are not, it stays Lingering until the next run).
-    fn expire(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
-        let rec = guard.data().clone();
-        if !is_lingering(&rec) {
+    fn expire(&self, guard: &Guard<Volume>) -> Result<()> {
+        let Some(st) = guard.data().stage.clone() else {
             return Ok(());
-        }
-        let st = rec.get_stage();
-        let alive = self.host.is_alive(running(st));
-        if alive && now_secs() < st.get_linger_until() {
+        };
+        let StagePhase::Lingering { until } = st.phase else {
+            return Ok(());
+        };
+        let alive = self.host.is_alive(st.running());
+        if alive && now_secs() < until {
             return Ok(());
         }
         let id = guard.id();
         if alive {
-            let kind = mounter::kind_of(st.get_parameters());
+            let kind = mounter::kind_of(&st.parameters);
             self.host
                 .wait_for_uploads(id, kind, &self.volume_files(id), self.cfg.unstage_grace)?;
         }
@@ -161,7 +159,7 @@ impl Node {
         info!(
             "volume {id:?}: unstage delay over{}: mounter stopped at {}",
             if alive { "" } else { " (its mounter had died)" },
-            st.get_staging_path()
+            st.staging_path.display()
         );
         Ok(())
     }
@@ -171,14 +169,13 @@ impl Node {
     pub fn expire_lingering(&self) {
         let now = now_secs();
         for id in self.table.ids() {
-            let Some(rec) = self.table.snapshot(&id) else {
+            let Some(st) = self.table.snapshot(&id).and_then(|v| v.stage) else {
                 continue;
             };
-            if !is_lingering(&rec) {
+            let StagePhase::Lingering { until } = st.phase else {
                 continue;
-            }
-            let st = rec.get_stage();
-            let due = now >= st.get_linger_until() || !self.host.is_alive(running(st));
+            };
+            let due = now >= until || !self.host.is_alive(st.running());
             if !due {
                 continue;
             }

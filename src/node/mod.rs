@@ -39,9 +39,8 @@ use crate::cache::volume::Caches;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::{Host, RealHost};
-use crate::lifecycle::{mounter_of as running, Journal};
+use crate::lifecycle::{Journal, Publication, Volume};
 use crate::mounter::VolumeFiles;
-use crate::proto::bindery::{Publication, VolumeRecord};
 use crate::proto::csi::*;
 use crate::state::StateStore;
 use crate::sys::mount;
@@ -52,7 +51,7 @@ use crate::volumes::{Guard, VolumeTable};
 
 pub struct Node {
     pub cfg: Arc<Config>,
-    pub table: Arc<VolumeTable<VolumeRecord>>,
+    pub table: Arc<VolumeTable<Volume>>,
     journal: Journal,
     kubelet: KubeletDir,
     pub caches: Arc<Caches>,
@@ -155,13 +154,8 @@ impl Node {
     }
 
     /// The volume's publication at `target`, if it has one.
-    fn publication(guard: &Guard<VolumeRecord>, target: &Path) -> Option<Publication> {
-        guard
-            .data()
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == target)
-            .cloned()
+    fn publication(guard: &Guard<Volume>, target: &Path) -> Option<Publication> {
+        guard.data().publication(target).cloned()
     }
 
     /// The head every stage and publish request shares, validated in the

@@ -14,9 +14,8 @@ use nix::mount::MsFlags;
 use super::{dev_string, Node};
 use crate::cache::request as cachevol;
 use crate::error::{Error, Result};
-use crate::lifecycle::{is_ready, publish_phase, stale_after_rebind};
+use crate::lifecycle::{Bind, BindPhase, Publication, PublishPhase, Volume};
 use crate::mounter;
-use crate::proto::bindery::{Publication, PublishPhase, VolumeRecord};
 use crate::proto::csi::*;
 use crate::sys::mount;
 use crate::sys::nodepath::{self, NodePath};
@@ -95,15 +94,14 @@ impl Node {
         debug_assert!(!cachevol::is_cache_request(req.get_volume_context()));
 
         let guard = self.table.acquire(id, Op::Short("NodePublishVolume"))?;
-        let rec = guard.data().clone();
-        if !is_ready(&rec) {
+        let Some(st) = guard.data().stage.clone().filter(|st| st.is_ready()) else {
             return Err(Self::not_staged(id));
-        }
-        let staged_at = PathBuf::from(rec.get_stage().get_staging_path());
+        };
+        let staged_at = st.staging_path.clone();
         // fsGroup is applied by the mounter for the whole volume: a pod
         // asking for another group would silently get the first pod's.
         let group = cap.get_mount().get_volume_mount_group();
-        let staged_group = rec.get_stage().get_volume_mount_group();
+        let staged_group = st.volume_mount_group.as_str();
         if !group.is_empty() && group != staged_group {
             return Err(Error::precondition(
                 id,
@@ -148,42 +146,43 @@ impl Node {
         // Never bind a dead mount: the pod would start with a volume that
         // answers ENOTCONN. The health loop restarts the mounter; the
         // kubelet retries the publish.
-        if let mounter::Health::Abnormal(why) = self
-            .host
-            .serving(&staged_at, super::running(rec.get_stage()))
-        {
+        if let mounter::Health::Abnormal(why) = self.host.serving(&staged_at, st.running()) {
             return Err(Error::not_serving(id, why));
         }
         let stage_dev = dev_string(&stage_mount);
-        let generation = rec.get_stage().get_generation();
+        let generation = st.generation;
         if let Some(p) = Self::publication(&guard, &target) {
-            if p.get_fingerprint() != fingerprint {
+            if p.fingerprint() != fingerprint {
                 return Err(Error::exists(
                     id,
                     format!("{} is already published with other flags", target.display()),
                 ));
             }
-            if publish_phase(&p) == PublishPhase::UNBINDING {
+            if p.phase() == PublishPhase::Unbinding {
                 self.unbind(&guard, &target)?;
             }
         }
-        // Again: a finished unbind has just forgotten it.
-        let existing = Self::publication(&guard, &target);
+        // Again: a finished unbind has just forgotten it. (A cache copy's
+        // fingerprint never equals a bind's: it was refused above.)
+        let existing = Self::publication(&guard, &target).and_then(|p| match p {
+            Publication::Bind(b) => Some(b),
+            Publication::Cache(_) => None,
+        });
         // What is mounted at the target now: our current bind, our stale
         // one, or something that is not ours.
         let here = self.mount_at("target_path", &target)?;
         let ours_now = here
             .as_ref()
             .is_some_and(|(_, m)| dev_string(m) == stage_dev);
-        if let Some(p) = &existing {
-            if ours_now && p.get_generation() == generation {
-                if publish_phase(p) == PublishPhase::BINDING {
+        if let Some(b) = &existing {
+            if ours_now && b.generation == generation {
+                if b.phase == BindPhase::Binding {
                     self.journal.bound_again(&guard, &target, None)?;
                 }
                 return Ok(NodePublishVolumeResponse::new());
             }
             // Lost, or a bind of a mount that has been healed since: bind again.
-            self.detach_ours(&target, &[p.get_mount_dev(), &stage_dev])?;
+            self.detach_ours(&target, &[&b.mount_dev, &stage_dev])?;
         } else if let Some((_, m)) = &here {
             if !ours_now {
                 return Err(Error::exists(
@@ -198,27 +197,30 @@ impl Node {
             // Our bind without a record: only older versions left these.
             self.detach_ours(&target, &[&stage_dev])?;
         }
-        let mut p = Publication::new();
-        p.set_target_path(target.display().to_string());
-        p.set_readonly(readonly);
-        p.set_fingerprint(fingerprint);
-        p.set_generation(generation);
-        p.set_mount_dev(stage_dev.clone());
-        p.set_mount_flags(flags.bits());
-        // A bind made again after a heal: the pod's containers may still
-        // show the dead mounts the old record listed (the health loop
-        // re-binds them).
-        if let Some(old) = &existing {
-            p.set_stale_devs(stale_after_rebind(old, &stage_dev).into());
-        }
-        self.journal.bind_begin(&guard, p)?;
+        let bind = Bind {
+            target: target.clone(),
+            readonly,
+            fingerprint,
+            phase: BindPhase::Binding,
+            generation,
+            mount_dev: stage_dev.clone(),
+            mount_flags: flags.bits(),
+            // A bind made again after a heal: the pod's containers may still
+            // show the dead mounts the old record listed (the health loop
+            // re-binds them).
+            stale_devs: existing
+                .as_ref()
+                .map(|old| old.stale_after_rebind(&stage_dev))
+                .unwrap_or_default(),
+        };
+        self.journal.bind_begin(&guard, bind)?;
         if let Err(e) = self.bind_into(&stage_np, &target, flags, &stage_dev) {
             // A first bind that failed leaves nothing to remember. A target
             // the CO was already told is published stays Bound: the health
             // loop binds it again, an unpublish tears it down.
             let first = existing
                 .as_ref()
-                .map_or(true, |p| publish_phase(p) == PublishPhase::BINDING);
+                .map_or(true, |b| b.phase == BindPhase::Binding);
             if first {
                 if let Err(undo) = self.journal.bind_abandon(&guard, &target) {
                     warn!("volume {id:?}: recording the failed publish: {undo}");
@@ -324,31 +326,26 @@ impl Node {
                     target.display()
                 ),
             },
-            Some(p) if !p.get_cache_name().is_empty() => self.cache_unpublish(&guard, &target)?,
-            Some(_) => self.unbind(&guard, &target)?,
+            Some(Publication::Cache(_)) => self.cache_unpublish(&guard, &target)?,
+            Some(Publication::Bind(_)) => self.unbind(&guard, &target)?,
         }
         Ok(NodeUnpublishVolumeResponse::new())
     }
 
     /// Record Unbinding, detach bindery's bind(s) at the target, remove the
     /// target dir, forget the publication.
-    pub(super) fn unbind(&self, guard: &Guard<VolumeRecord>, target: &Path) -> Result<()> {
+    pub(super) fn unbind(&self, guard: &Guard<Volume>, target: &Path) -> Result<()> {
         let rec = guard.data().clone();
-        let Some(p) = rec
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == target)
-        else {
+        let Some(b) = rec.publication(target).and_then(Publication::as_bind) else {
             return Ok(());
         };
         self.journal.unbind_begin(guard, target)?;
-        let mut devs = vec![p.get_mount_dev().to_string()];
-        if let Ok(Some((_, m))) = self.mount_at(
-            "staging_target_path",
-            Path::new(rec.get_stage().get_staging_path()),
-        ) {
-            if m.is_fuse() {
-                devs.push(dev_string(&m));
+        let mut devs = vec![b.mount_dev.clone()];
+        if let Some(st) = &rec.stage {
+            if let Ok(Some((_, m))) = self.mount_at("staging_target_path", &st.staging_path) {
+                if m.is_fuse() {
+                    devs.push(dev_string(&m));
+                }
             }
         }
         let devs: Vec<&str> = devs

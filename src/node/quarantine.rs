@@ -19,8 +19,8 @@ use log::{info, warn};
 
 use super::Node;
 use crate::error::Result;
+use crate::lifecycle::Volume;
 use crate::mounter::Running;
-use crate::proto::bindery::VolumeRecord;
 use crate::volumes::Guard;
 
 impl Node {
@@ -66,7 +66,7 @@ impl Node {
     /// is cleaned up and None is returned (the stage then runs as new).
     pub(super) fn stage_by_path(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         record: &Path,
         staging: &Path,
     ) -> Result<Option<Running>> {

@@ -4,16 +4,15 @@
 //! and healthy, otherwise rolled back. Nothing slow happens here: health
 //! checks, remounts and cache builds come after, under the volume guards.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::{running, Node};
+use super::Node;
 use crate::error::Result;
-use crate::lifecycle::{publish_phase, stage_phase};
+use crate::lifecycle::{Publication, PublishPhase, StagePhase, Volume};
 use crate::mounter::{Health, Running};
-use crate::proto::bindery::{PublishPhase, StagePhase, VolumeRecord};
 use crate::volumes::{Guard, Op};
 
 impl Node {
@@ -34,11 +33,10 @@ impl Node {
                 q.path.display()
             );
         }
-        for rec in loaded.records {
-            let id = rec.get_volume_id().to_string();
+        for (id, volume) in loaded.records {
             match self.table.acquire(&id, Op::Long("recovery")) {
                 Ok(guard) => {
-                    *guard.data() = rec;
+                    *guard.data() = volume;
                     if let Err(e) = self.settle(&guard) {
                         warn!("volume {id:?}: recovery: {e}");
                     }
@@ -52,13 +50,13 @@ impl Node {
     }
 
     /// Settle one volume's interrupted steps.
-    fn settle(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
+    fn settle(&self, guard: &Guard<Volume>) -> Result<()> {
         let id = guard.id().to_string();
         let rec = guard.data().clone();
-        for p in rec.get_publications() {
-            let target = PathBuf::from(p.get_target_path());
-            match publish_phase(p) {
-                PublishPhase::BINDING => {
+        for p in &rec.publications {
+            let target = p.target().to_path_buf();
+            match p.phase() {
+                PublishPhase::Binding => {
                     // The bind may or may not have happened: a retried
                     // publish finds it (or makes it) and records Bound.
                     info!(
@@ -66,25 +64,28 @@ impl Node {
                         target.display()
                     );
                 }
-                PublishPhase::UNBINDING => {
+                PublishPhase::Unbinding => {
                     info!(
                         "volume {id:?}: finishing the unpublish of {}",
                         target.display()
                     );
                     self.unbind(guard, &target)?;
                 }
-                PublishPhase::POPULATING | PublishPhase::REMOVING => {
+                PublishPhase::Populating | PublishPhase::Removing => {
                     info!(
                         "volume {id:?}: removing the interrupted cache volume {}",
                         target.display()
                     );
                     self.cache_unpublish(guard, &target)?;
                 }
-                PublishPhase::POPULATED => {
+                PublishPhase::Populated => {
+                    let Publication::Cache(c) = p else {
+                        continue;
+                    };
                     // After a reboot the record stays and the mounts are gone:
                     // mount overlays and read-only binds again from disk.
-                    if let Some(why) = self.caches.missing(p) {
-                        match self.caches.restore(p) {
+                    if let Some(why) = self.caches.missing(c) {
+                        match self.caches.restore(c) {
                             Ok(()) => info!(
                                 "volume {id:?}: {} had lost its cache volume ({why}): restored",
                                 target.display()
@@ -97,24 +98,23 @@ impl Node {
                         }
                     }
                 }
-                PublishPhase::BOUND | PublishPhase::PUBLISH_UNKNOWN => {}
+                PublishPhase::Bound => {}
             }
         }
-        let rec = guard.data().clone();
-        if !rec.has_stage() {
+        let Some(st) = guard.data().stage.clone() else {
             return Ok(());
-        }
-        let st = rec.get_stage();
-        let staging = PathBuf::from(st.get_staging_path());
-        match stage_phase(st) {
-            StagePhase::STOPPING => {
+        };
+        let staging = st.staging_path.clone();
+        let recorded = st.running();
+        match st.phase {
+            StagePhase::Stopping => {
                 info!(
                     "volume {id:?}: finishing the unstage of {}",
                     staging.display()
                 );
                 self.teardown_stage(guard)
             }
-            StagePhase::STARTING => match self.adoptable(&staging, running(st)) {
+            StagePhase::Starting => match self.adoptable(&staging, recorded) {
                 Some(run) => {
                     info!(
                         "volume {id:?}: adopting mounter pid {} at {}",
@@ -133,8 +133,8 @@ impl Node {
             },
             // Unstaged with its mounter kept: kept while it serves (the
             // unstage-delay job ends it when due); after a reboot, gone.
-            StagePhase::LINGERING => match self.adoptable(&staging, running(st)) {
-                Some(run) if run == running(st) => {
+            StagePhase::Lingering { .. } => match self.adoptable(&staging, recorded) {
+                Some(run) if run == recorded => {
                     info!(
                         "volume {id:?}: unstaged, mounter pid {} kept at {} (unstageDelay)",
                         run.pid,
@@ -150,18 +150,18 @@ impl Node {
                     self.teardown_stage(guard)
                 }
             },
-            StagePhase::READY | StagePhase::STAGE_UNKNOWN if st.get_mounter_pid() != 0 => {
+            StagePhase::Ready if st.mounter.is_some() => {
                 info!(
                     "volume {id:?}: staged at {}, mounter pid {} adopted (the health loop checks it)",
                     staging.display(),
-                    st.get_mounter_pid()
+                    recorded.pid
                 );
                 Ok(())
             }
-            StagePhase::READY | StagePhase::STAGE_UNKNOWN => {
+            StagePhase::Ready => {
                 // A heal interrupted after recording "no mounter": adopt the
                 // one it started if it serves; the health loop does the rest.
-                if let Some(run) = self.adoptable(&staging, running(st)) {
+                if let Some(run) = self.adoptable(&staging, recorded) {
                     info!(
                         "volume {id:?}: adopting mounter pid {} at {}",
                         run.pid,

@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{linger, running, Node};
+use super::{linger, Node};
 use crate::error::{Error, Result};
-use crate::lifecycle::stage_phase;
+use crate::lifecycle::{Stage, StagePhase, Volume};
 use crate::metrics;
 use crate::mounter::{self, Health, MountSpec, Running};
-use crate::proto::bindery::{Stage, StagePhase, VolumeRecord};
 use crate::proto::csi::*;
 use crate::validate;
 use crate::volumes::{Guard, Op};
@@ -46,10 +45,7 @@ impl Node {
     /// Validation and admission of NodeStageVolume (runs inline, never blocks
     /// for long). Spec: "volume_id ... This field is REQUIRED",
     /// "staging_target_path ... REQUIRED", "volume_capability ... REQUIRED".
-    pub fn admit_stage(
-        &self,
-        req: &NodeStageVolumeRequest,
-    ) -> Result<(Guard<VolumeRecord>, StageArgs)> {
+    pub fn admit_stage(&self, req: &NodeStageVolumeRequest) -> Result<(Guard<Volume>, StageArgs)> {
         // mount_flags are applied to each pod's bind at publish; refused here
         // if unknown.
         let (id, cap, staging, _flags) = self.request_head(
@@ -72,17 +68,18 @@ impl Node {
     pub fn stage(
         &self,
         req: &NodeStageVolumeRequest,
-        guard: Guard<VolumeRecord>,
+        guard: Guard<Volume>,
         args: StageArgs,
     ) -> Result<NodeStageVolumeResponse> {
         let id = guard.id().to_string();
         let staging = args.staging;
         let fingerprint = stage_fingerprint(req.get_volume_context(), req.get_volume_capability());
-        let existing = guard.data().clone();
-        if linger::is_lingering(&existing) {
-            let st = existing.get_stage();
-            let same =
-                Path::new(st.get_staging_path()) == staging && st.get_fingerprint() == fingerprint;
+        let existing = guard.data().stage.clone();
+        if let Some(st) = existing
+            .as_ref()
+            .filter(|st| matches!(st.phase, StagePhase::Lingering { .. }))
+        {
+            let same = st.staging_path == staging && st.fingerprint == fingerprint;
             if same && self.revive(&guard)? {
                 return self
                     .rotate_secrets(&guard, req.get_secrets())
@@ -91,28 +88,27 @@ impl Node {
             // No pod uses it: a stage that differs (or a dead kept mounter,
             // torn down already) gets a new mounter.
             self.teardown_stage(&guard)?;
-        } else if existing.has_stage() {
-            let st = existing.get_stage();
-            if Path::new(st.get_staging_path()) != staging {
+        } else if let Some(st) = &existing {
+            if st.staging_path != staging {
                 return Err(Error::precondition(
                     &id,
                     format!(
                         "already staged at {}, not {}",
-                        st.get_staging_path(),
+                        st.staging_path.display(),
                         staging.display()
                     ),
                 ));
             }
-            if st.get_fingerprint() != fingerprint {
+            if st.fingerprint != fingerprint {
                 return Err(Error::exists(
                     &id,
                     "already staged with different parameters or capability",
                 ));
             }
-            if stage_phase(st) == StagePhase::READY {
+            if st.is_ready() {
                 if self
                     .host
-                    .check(&staging, running(st), mounter::PROBE_TIMEOUT)
+                    .check(&staging, st.running(), mounter::PROBE_TIMEOUT)
                     == Health::Ok
                 {
                     return self
@@ -153,17 +149,20 @@ impl Node {
             ));
         }
         drop((parent, dir));
-        let mut stage = Stage::new();
-        stage.set_staging_path(staging.display().to_string());
-        stage.set_parameters(req.get_volume_context().clone());
-        stage.set_secrets(req.get_secrets().clone());
-        stage.set_fingerprint(fingerprint);
-        stage.set_volume_mount_group(
-            req.get_volume_capability()
+        let stage = Stage {
+            staging_path: staging.clone(),
+            parameters: req.get_volume_context().clone(),
+            secrets: req.get_secrets().clone(),
+            fingerprint,
+            volume_mount_group: req
+                .get_volume_capability()
                 .get_mount()
                 .get_volume_mount_group()
                 .to_string(),
-        );
+            phase: StagePhase::Starting,
+            mounter: None,
+            generation: 1,
+        };
         self.journal.stage_begin(&guard, stage)?;
         let started = match adopted {
             Some(run) => Ok(run),
@@ -202,7 +201,7 @@ impl Node {
     /// A re-stage with new credentials: later heals must use them.
     fn rotate_secrets(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         secrets: &HashMap<String, String>,
     ) -> Result<()> {
         if !self.journal.stage_secrets(guard, secrets)? {
@@ -223,16 +222,18 @@ impl Node {
     /// next publish.
     pub(super) fn restart_mounter(
         &self,
-        guard: &Guard<VolumeRecord>,
+        guard: &Guard<Volume>,
         new_secrets: Option<&HashMap<String, String>>,
     ) -> Result<Running> {
         let id = guard.id().to_string();
-        let staging = PathBuf::from(guard.data().get_stage().get_staging_path());
-        self.stop_own_mounters(&id, &staging, running(guard.data().get_stage()));
+        let Some(old) = guard.data().stage.clone() else {
+            return Err(Self::not_staged(&id));
+        };
+        let staging = old.staging_path;
+        self.stop_own_mounters(&id, &staging, old.mounter.unwrap_or_default());
         let st = self.journal.heal_begin(guard, new_secrets)?;
-        let mut spec =
-            mounter::parse_spec_for(&id, st.get_parameters(), st.get_secrets(), &self.cfg)?;
-        mounter::apply_mount_group(&mut spec, st.get_volume_mount_group())?;
+        let mut spec = mounter::parse_spec_for(&id, &st.parameters, &st.secrets, &self.cfg)?;
+        mounter::apply_mount_group(&mut spec, &st.volume_mount_group)?;
         self.kubelet
             .resolve("staging_target_path", &staging, true)?;
         let run =
@@ -307,22 +308,20 @@ impl Node {
     /// Undo a stage whatever its phase: stop the mounter(s), remove the
     /// volume's files, delete the stage record. Used by unstage (after the
     /// Stopping record), and to settle an interrupted start or teardown.
-    pub(super) fn teardown_stage(&self, guard: &Guard<VolumeRecord>) -> Result<()> {
+    pub(super) fn teardown_stage(&self, guard: &Guard<Volume>) -> Result<()> {
         let id = guard.id().to_string();
-        let rec = guard.data().clone();
-        if !rec.has_stage() {
+        let Some(st) = guard.data().stage.clone() else {
             return Ok(());
-        }
-        let staging = PathBuf::from(rec.get_stage().get_staging_path());
+        };
         self.journal.unstage_begin(guard)?;
-        self.release_stage(&id, &staging, running(rec.get_stage()))?;
+        self.release_stage(&id, &st.staging_path, st.running())?;
         self.journal.unstage_done(guard)
     }
 
     pub fn admit_unstage(
         &self,
         req: &NodeUnstageVolumeRequest,
-    ) -> Result<(Guard<VolumeRecord>, PathBuf)> {
+    ) -> Result<(Guard<Volume>, PathBuf)> {
         let id = validate::volume_id(req.get_volume_id())?;
         validate::required("staging_target_path", req.get_staging_target_path())?;
         let staging = validate::node_path(
@@ -344,33 +343,32 @@ impl Node {
     /// staged, rather than lose them). Unknown volume → OK (idempotent).
     pub fn unstage(
         &self,
-        guard: Guard<VolumeRecord>,
+        guard: Guard<Volume>,
         staging: PathBuf,
     ) -> Result<NodeUnstageVolumeResponse> {
         let id = guard.id().to_string();
         let rec = guard.data().clone();
-        if !rec.has_stage() {
+        let Some(st) = &rec.stage else {
             if let Some(record) = self.quarantined(&id) {
                 self.unstage_by_path(&id, &record, &staging)?;
             }
             return Ok(NodeUnstageVolumeResponse::new());
-        }
-        let st = rec.get_stage();
-        if Path::new(st.get_staging_path()) != staging {
+        };
+        if st.staging_path != staging {
             // Spec: "If the volume corresponding to the volume_id is not
             // staged to the staging_target_path, the Plugin MUST reply 0 OK."
             warn!(
                 "volume {id:?} is staged at {}, not {}: nothing to unstage there",
-                st.get_staging_path(),
+                st.staging_path.display(),
                 staging.display()
             );
             return Ok(NodeUnstageVolumeResponse::new());
         }
-        let published: Vec<&str> = rec
-            .get_publications()
+        let published: Vec<String> = rec
+            .publications
             .iter()
-            .filter(|p| p.get_cache_name().is_empty())
-            .map(|p| p.get_target_path())
+            .filter_map(|p| p.as_bind())
+            .map(|b| b.target.display().to_string())
             .collect();
         if !published.is_empty() {
             return Err(Error::precondition(
@@ -378,14 +376,14 @@ impl Node {
                 format!("still published at {}", published.join(", ")),
             ));
         }
-        match stage_phase(st) {
+        match st.phase {
             // Already answered, the mounter kept: nothing more to do.
-            StagePhase::LINGERING => return Ok(NodeUnstageVolumeResponse::new()),
-            StagePhase::READY => {
+            StagePhase::Lingering { .. } => return Ok(NodeUnstageVolumeResponse::new()),
+            StagePhase::Ready => {
                 if self.linger(&guard)? {
                     return Ok(NodeUnstageVolumeResponse::new());
                 }
-                let kind = mounter::kind_of(st.get_parameters());
+                let kind = mounter::kind_of(&st.parameters);
                 self.host.wait_for_uploads(
                     &id,
                     kind,

@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{running, Node};
+use super::Node;
 use crate::error::{Error, Result};
-use crate::lifecycle::stage_phase;
+use crate::lifecycle::{CacheCopy, Publication};
 use crate::mounter::{self, Condition, Health};
-use crate::proto::bindery::{Publication, StagePhase};
 use crate::proto::csi::*;
 use crate::validate;
 use crate::volumes::Op;
@@ -45,7 +44,7 @@ impl Node {
         let guard = self.table.acquire(id, Op::Short("NodeGetVolumeStats"))?;
         let rec = guard.data().clone();
         drop(guard);
-        if !rec.has_stage() && rec.get_publications().is_empty() {
+        if rec.stage.is_none() && rec.publications.is_empty() {
             return match self.quarantined(id) {
                 Some(record) => {
                     let mut r = NodeGetVolumeStatsResponse::new();
@@ -62,62 +61,58 @@ impl Node {
         }
         let path = Path::new(req.get_volume_path());
         let clean: PathBuf = path.components().collect();
-        let publication = rec
-            .get_publications()
-            .iter()
-            .find(|p| Path::new(p.get_target_path()) == clean);
-        let known =
-            rec.get_stage().get_staging_path() == clean.to_string_lossy() || publication.is_some();
+        let publication = rec.publication(&clean);
+        let known = rec
+            .stage
+            .as_ref()
+            .is_some_and(|st| st.staging_path == clean)
+            || publication.is_some();
         if !path.is_absolute() || !known {
             return Err(Error::NotFound {
                 what: "volume_path",
                 name: req.get_volume_path().chars().take(256).collect(),
             });
         }
-        if let Some(p) = publication.filter(|p| !p.get_cache_name().is_empty()) {
-            return self.cache_stats(p);
-        }
-        let st = rec.get_stage();
-        let (health, figures) = if !rec.has_stage() || stage_phase(st) != StagePhase::READY {
-            (
+        let bind = match publication {
+            Some(Publication::Cache(c)) => return self.cache_stats(c),
+            Some(Publication::Bind(b)) => Some(b),
+            None => None,
+        };
+        let (health, figures) = match rec.stage.as_ref().filter(|st| st.is_ready()) {
+            None => (
                 Health::Abnormal("the volume is being staged or unstaged".into()),
                 None,
-            )
-        } else {
-            // Never waits: the figures and the endpoint's answer come from
-            // probes that run on other threads.
-            let endpoint = st
-                .get_secrets()
-                .get("endpoint")
-                .map(String::as_str)
-                .unwrap_or("");
-            let (condition, figures) =
-                mounter::observe(Path::new(st.get_staging_path()), running(st), endpoint);
-            let health = match condition {
-                Condition::Healthy => match publication {
-                    Some(p) if !p.get_stale_devs().is_empty() => Health::Abnormal(
-                        "the volume's mounter was restarted and a container of this pod \
+            ),
+            Some(st) => {
+                // Never waits: the figures and the endpoint's answer come from
+                // probes that run on other threads.
+                let endpoint = st.secrets.get("endpoint").map(String::as_str).unwrap_or("");
+                let (condition, figures) =
+                    mounter::observe(&st.staging_path, st.running(), endpoint);
+                let health = match condition {
+                    Condition::Healthy => match bind {
+                        Some(p) if !p.stale_devs.is_empty() => Health::Abnormal(
+                            "the volume's mounter was restarted and a container of this pod \
                          could not be re-bound to the new mount yet (bindery retries on \
                          every health pass; the node's log says why): restarting the pod \
                          also fixes it"
-                            .into(),
-                    ),
-                    Some(p)
-                        if p.get_generation() != 0 && p.get_generation() < st.get_generation() =>
-                    {
-                        Health::Abnormal(
-                            "the volume's mounter was restarted after this pod started: \
-                             the pod still sees the old, dead mount and must be restarted"
                                 .into(),
-                        )
-                    }
-                    _ => Health::Ok,
-                },
-                // Alive but its endpoint does not answer: reported, never healed.
-                Condition::Degraded(why) => Health::Abnormal(format!("degraded: {why}")),
-                Condition::Dead(why) => Health::Abnormal(why),
-            };
-            (health, figures)
+                        ),
+                        Some(p) if p.generation != 0 && p.generation < st.generation => {
+                            Health::Abnormal(
+                                "the volume's mounter was restarted after this pod started: \
+                             the pod still sees the old, dead mount and must be restarted"
+                                    .into(),
+                            )
+                        }
+                        _ => Health::Ok,
+                    },
+                    // Alive but its endpoint does not answer: reported, never healed.
+                    Condition::Degraded(why) => Health::Abnormal(format!("degraded: {why}")),
+                    Condition::Dead(why) => Health::Abnormal(why),
+                };
+                (health, figures)
+            }
         };
         // Unknown figures (no statfs answered yet) are 0, as the spec allows.
         let s = figures.unwrap_or_default();
@@ -138,29 +133,25 @@ impl Node {
         Ok(resp)
     }
 
-    fn cache_stats(&self, p: &Publication) -> Result<NodeGetVolumeStatsResponse> {
-        let root = Path::new(p.get_cache_root());
-        if let Some(why) = self.caches.missing(p) {
+    fn cache_stats(&self, c: &CacheCopy) -> Result<NodeGetVolumeStatsResponse> {
+        let missing = self.caches.missing(c);
+        let Some(filled) = c.filled.as_ref().filter(|_| missing.is_none()) else {
+            let why = missing.unwrap_or_else(|| "is not filled".into());
             // Never "healthy" for an empty directory where a cache was.
             let mut resp = NodeGetVolumeStatsResponse::new();
             resp.set_volume_condition(condition(Health::Abnormal(format!(
                 "cache volume {why}; publish it again to restore it"
             ))));
             return Ok(resp);
-        }
-        let (usage, mut health) = match self.caches.usage(Path::new(p.get_target_path()), root) {
+        };
+        let (usage, mut health) = match self.caches.usage(&c.target, &filled.root) {
             Ok(u) => (u, Health::Ok),
             Err(e) => ((0, 0), Health::Abnormal(e.to_string())),
         };
-        if health == Health::Ok
-            && self
-                .caches
-                .is_retired(p.get_cache_name(), p.get_cache_version())
-        {
+        if health == Health::Ok && self.caches.is_retired(&c.name, &filled.version) {
             health = Health::Abnormal(format!(
                 "golden version {} of cache {:?} was modified through a hardlink; new pods get a rebuilt copy",
-                p.get_cache_version(),
-                p.get_cache_name()
+                filled.version, c.name
             ));
         }
         let mut resp = NodeGetVolumeStatsResponse::new();

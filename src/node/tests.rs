@@ -12,8 +12,7 @@ use super::Node;
 use crate::config::{Config, Parsed};
 use crate::host::fake::RecordingHost;
 use crate::host::Host;
-use crate::lifecycle::stage_phase;
-use crate::proto::bindery::StagePhase;
+use crate::lifecycle::{Publication, StagePhase};
 use crate::proto::csi::*;
 use crate::testkit::Scratch;
 
@@ -88,12 +87,10 @@ impl Fixture {
 
     /// The recorded phase (None: no stage recorded), from the table and
     /// from what the store would load after a restart.
-    fn phase(&self) -> Option<StagePhase> {
+    fn phase(&self) -> Option<&'static str> {
         let rec = self.node.table.snapshot(VOLUME);
         let on_disk = self.node.journal.store().record_path(VOLUME).exists();
-        let phase = rec
-            .filter(|r| r.has_stage())
-            .map(|r| stage_phase(r.get_stage()));
+        let phase = rec.and_then(|r| r.stage).map(|st| st.phase.name());
         assert_eq!(phase.is_some(), on_disk, "table and store agree");
         phase
     }
@@ -141,7 +138,7 @@ impl Fixture {
 fn stage_records_ready_with_the_mounter_it_started_and_unstage_stops_it() {
     let f = fixture(&[]);
     f.stage(&[]).unwrap();
-    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.phase(), Some("ready"));
     let live = f.host.live();
     assert_eq!(live.len(), 1);
     assert_eq!(f.host.take_calls(), [format!("start {}", f.s())]);
@@ -178,7 +175,7 @@ fn a_failed_start_leaves_nothing_recorded() {
     assert_eq!(f.phase(), None);
     // The retry starts anew and succeeds.
     f.stage(&[]).unwrap();
-    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.phase(), Some("ready"));
 }
 
 #[test]
@@ -192,14 +189,11 @@ fn a_dead_mounter_is_replaced_by_a_retried_stage() {
     let new = f.host.live();
     assert_eq!(new.len(), 1);
     assert_ne!(new[0], old);
-    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.phase(), Some("ready"));
     let rec = f.node.table.snapshot(VOLUME).unwrap();
-    assert_eq!(rec.get_stage().get_mounter_pid(), new[0].pid);
-    assert_eq!(
-        rec.get_stage().get_generation(),
-        2,
-        "a heal is a new generation"
-    );
+    let st = rec.stage.unwrap();
+    assert_eq!(st.running().pid, new[0].pid);
+    assert_eq!(st.generation, 2, "a heal is a new generation");
 }
 
 #[test]
@@ -210,7 +204,7 @@ fn a_stage_with_other_parameters_is_refused_and_changes_nothing() {
     let e = f.stage(&[("uid", "1000")]).unwrap_err();
     assert_eq!(e.code(), grpcio::RpcStatusCode::ALREADY_EXISTS, "{e}");
     assert!(f.host.take_calls().is_empty());
-    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.phase(), Some("ready"));
 }
 
 #[test]
@@ -220,16 +214,16 @@ fn the_unstage_delay_keeps_the_mounter_and_a_stage_takes_it_back() {
     let kept = f.host.live();
     f.host.take_calls();
     f.unstage().unwrap();
-    assert_eq!(f.phase(), Some(StagePhase::LINGERING));
+    assert_eq!(f.phase(), Some("lingering"));
     assert_eq!(f.host.live(), kept, "no process touched");
     assert!(f.host.take_calls().is_empty());
     // Not due: the expiry job leaves it.
     f.node.expire_lingering();
-    assert_eq!(f.phase(), Some(StagePhase::LINGERING));
+    assert_eq!(f.phase(), Some("lingering"));
     // A repeated unstage is answered the same way.
     f.unstage().unwrap();
     f.stage(&[]).unwrap();
-    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.phase(), Some("ready"));
     assert_eq!(f.host.live(), kept);
     assert!(f.host.take_calls().is_empty(), "no new mounter");
 }
@@ -245,10 +239,10 @@ fn a_lingering_volume_ends_when_its_mounter_dies_or_another_stage_comes() {
     let now = f.host.live();
     assert_eq!(now.len(), 1);
     assert_ne!(now, kept);
-    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.phase(), Some("ready"));
     // The new one lingers, then dies: the expiry job cleans it up at once.
     f.unstage().unwrap();
-    assert_eq!(f.phase(), Some(StagePhase::LINGERING));
+    assert_eq!(f.phase(), Some("lingering"));
     f.host.kill(now[0]);
     f.host.take_calls();
     f.node.expire_lingering();
@@ -270,7 +264,7 @@ fn a_lingering_volume_whose_mounter_died_gets_a_new_one_on_stage() {
     let now = f.host.live();
     assert_eq!(now.len(), 1);
     assert_ne!(now[0], kept);
-    assert_eq!(f.phase(), Some(StagePhase::READY));
+    assert_eq!(f.phase(), Some("ready"));
 }
 
 #[test]
@@ -320,7 +314,7 @@ fn a_failed_bind_leaves_no_publication_and_a_dead_mounter_is_never_bound() {
     assert!(f.host.mounts_at(&a).is_empty());
     let rec = f.node.table.snapshot(VOLUME).unwrap();
     assert!(
-        rec.get_publications().is_empty(),
+        rec.publications.is_empty(),
         "the first bind failed: forgotten"
     );
     // The mounter dies: a publish answers UNAVAILABLE and binds nothing.
@@ -372,10 +366,13 @@ fn heal_replaces_a_dead_mounter_and_binds_every_target_again() {
     );
     // No container held the dead mount: every publication is current.
     let rec = f.node.table.snapshot(VOLUME).unwrap();
-    assert_eq!(rec.get_stage().get_generation(), 2);
-    for p in rec.get_publications() {
-        assert_eq!(p.get_generation(), 2, "{}", p.get_target_path());
-        assert!(p.get_stale_devs().is_empty());
+    assert_eq!(rec.stage.as_ref().unwrap().generation, 2);
+    for p in &rec.publications {
+        let Publication::Bind(b) = p else {
+            panic!("binds only")
+        };
+        assert_eq!(b.generation, 2, "{}", b.target.display());
+        assert!(b.stale_devs.is_empty());
     }
     // A healthy volume is left alone.
     let guard = f
@@ -396,11 +393,11 @@ impl Fixture {
     }
 }
 
-fn phase_of(node: &Node) -> Option<StagePhase> {
+fn phase_of(node: &Node) -> Option<&'static str> {
     node.table
         .snapshot(VOLUME)
-        .filter(|r| r.has_stage())
-        .map(|r| stage_phase(r.get_stage()))
+        .and_then(|r| r.stage)
+        .map(|st| st.phase.name())
 }
 
 #[test]
@@ -413,7 +410,7 @@ fn recovery_keeps_a_serving_stage_and_finishes_an_interrupted_unstage() {
     // A restart with everything serving: nothing is touched.
     f.host.take_calls();
     let node = f.restart();
-    assert_eq!(phase_of(&node), Some(StagePhase::READY));
+    assert_eq!(phase_of(&node), Some("ready"));
     assert_eq!(f.host.live(), live);
     assert!(f.host.take_calls().is_empty(), "recovery touched nothing");
     // The daemon died right after recording Stopping (the bind gone first).
@@ -442,22 +439,21 @@ fn recovery_adopts_or_rolls_back_an_interrupted_start() {
         .table
         .acquire(VOLUME, crate::volumes::Op::Long("stage"))
         .unwrap();
-    let mut st = guard.data().get_stage().clone();
-    st.set_mounter_pid(0);
-    st.set_mounter_start_ticks(0);
     // Rewrite the record as the crash left it: Starting, no mounter named.
     let mut rec = guard.data().clone();
-    st.set_phase(StagePhase::STARTING);
-    rec.set_stage(st);
-    f.node.journal.store().save(&rec).unwrap();
+    if let Some(st) = rec.stage.as_mut() {
+        st.mounter = None;
+        st.phase = StagePhase::Starting;
+    }
+    f.node.journal.store().save(VOLUME, &rec).unwrap();
     drop(guard);
     let node = f.restart();
-    assert_eq!(phase_of(&node), Some(StagePhase::READY));
+    assert_eq!(phase_of(&node), Some("ready"));
     let adopted = node.table.snapshot(VOLUME).unwrap();
-    assert_eq!(adopted.get_stage().get_mounter_pid(), run.pid);
+    assert_eq!(adopted.stage.unwrap().running().pid, run.pid);
     // The same crash, with the mounter dead meanwhile: rolled back.
     f.host.kill(run);
-    f.node.journal.store().save(&rec).unwrap();
+    f.node.journal.store().save(VOLUME, &rec).unwrap();
     let node = f.restart();
     assert_eq!(phase_of(&node), None, "the start was rolled back");
     assert!(
@@ -473,7 +469,7 @@ fn recovery_cleans_up_a_lingering_volume_whose_mounter_is_gone() {
     f.unstage().unwrap();
     // A restart during the delay keeps it.
     let node = f.restart();
-    assert_eq!(phase_of(&node), Some(StagePhase::LINGERING));
+    assert_eq!(phase_of(&node), Some("lingering"));
     // A reboot: the mounter and its mount are gone.
     let run = f.host.live()[0];
     f.host.kill(run);
