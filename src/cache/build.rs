@@ -9,7 +9,8 @@ use std::time::Instant;
 use log::{info, warn};
 
 use crate::cache::decl::{self, Source};
-use crate::cache::golden::{Pin, Version};
+use crate::cache::golden::pin::Pin;
+use crate::cache::golden::Version;
 use crate::cache::volume::{lock, Caches, Flight};
 use crate::error::{Error, Result};
 use crate::metrics;

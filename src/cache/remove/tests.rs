@@ -1,0 +1,217 @@
+//! Unit tests of `cache/remove.rs`.
+
+use super::*;
+use crate::cache::testutil::*;
+use std::fs as stdfs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::process::Command;
+use std::time::Duration;
+
+fn chmod(p: &Path, mode: u32) {
+    stdfs::set_permissions(p, stdfs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A pod's tree with symlinks pointing out of it (at `outside`), read-only and 000 dirs.
+fn hostile_tree(root: &Path, outside: &Path) {
+    sample_tree(root);
+    symlink(outside, root.join("to-outside-dir")).unwrap();
+    symlink(outside.join("precious"), root.join("to-outside-file")).unwrap();
+    symlink(outside, root.join("a/b/c/deep-to-outside")).unwrap();
+    stdfs::create_dir_all(root.join("locked/inner")).unwrap();
+    stdfs::write(root.join("locked/inner/f"), b"x").unwrap();
+    chmod(&root.join("locked/inner"), 0o000);
+    chmod(&root.join("locked"), 0o000);
+    chmod(&root.join("a/b"), 0o555);
+}
+
+fn outside_dir() -> TempDir {
+    let o = TempDir::new("outside");
+    stdfs::write(o.path().join("precious"), b"keep me").unwrap();
+    stdfs::create_dir(o.path().join("sub")).unwrap();
+    o
+}
+
+fn outside_intact(o: &Path) {
+    assert_eq!(stdfs::read(o.join("precious")).unwrap(), b"keep me");
+    assert!(o.join("sub").is_dir());
+}
+
+#[test]
+fn removes_everything_and_follows_no_symlink() {
+    let o = outside_dir();
+    let t = TempDir::new("pod");
+    let tree = t.path().join("vol");
+    stdfs::create_dir(&tree).unwrap();
+    hostile_tree(&tree, o.path());
+    remove_tree(&tree).unwrap();
+    assert!(!tree.exists());
+    outside_intact(o.path());
+    // Idempotent.
+    remove_tree(&tree).unwrap();
+    remove_tree(&t.path().join("never/existed")).unwrap();
+}
+
+#[test]
+fn a_symlink_at_the_top_is_removed_not_followed() {
+    let o = outside_dir();
+    let t = TempDir::new("pod");
+    let link = t.path().join("vol");
+    symlink(o.path(), &link).unwrap();
+    remove_tree(&link).unwrap();
+    assert!(stdfs::symlink_metadata(&link).is_err());
+    outside_intact(o.path());
+    let f = t.path().join("file");
+    stdfs::write(&f, b"x").unwrap();
+    remove_tree(&f).unwrap();
+    assert!(!f.exists());
+}
+
+#[test]
+fn deep_tree_beyond_the_fd_budget() {
+    let t = TempDir::new("deep");
+    let mut p = t.path().join("vol");
+    for i in 0..(3 * MAX_OPEN_FDS + 7) {
+        p = p.join(format!("d{i}"));
+    }
+    stdfs::create_dir_all(&p).unwrap();
+    stdfs::write(p.join("leaf"), b"x").unwrap();
+    remove_tree(&t.path().join("vol")).unwrap();
+    assert!(!t.path().join("vol").exists());
+}
+
+#[test]
+fn mode_000_dirs_without_dac_override() {
+    if skip_unless_root("mode_000_dirs_without_dac_override") {
+        return;
+    }
+    // A pod (uid 65534) locked itself out of its own dirs; remove as that uid, which
+    // has no capability, so only the fchmod fallbacks can get in.
+    let t = TempDir::new("nobody");
+    chmod(t.path(), 0o777);
+    let tree = t.path().join("vol");
+    stdfs::create_dir_all(tree.join("x/y/z")).unwrap();
+    stdfs::write(tree.join("x/y/z/f"), b"x").unwrap();
+    stdfs::write(tree.join("x/f"), b"x").unwrap();
+    let ok = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    chmod(&tree.join("x/y/z"), 0o000);
+    chmod(&tree.join("x/y"), 0o000);
+    chmod(&tree.join("x"), 0o500);
+    // SAFETY: the child only calls remove_tree and _exit; glibc's malloc is fork-safe.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let id = nix::unistd::Gid::from_raw(65534);
+            let uid = nix::unistd::Uid::from_raw(65534);
+            let code = if nix::unistd::setresgid(id, id, id).is_ok()
+                && nix::unistd::setresuid(uid, uid, uid).is_ok()
+                && remove_tree(&tree).is_ok()
+            {
+                0
+            } else {
+                1
+            };
+            // SAFETY: _exit ends the forked child without running the parent's atexit state.
+            unsafe { nix::libc::_exit(code) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let st = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    assert!(!tree.exists());
+}
+
+/// Mounts inside the tree (needs a private mount namespace: BINDERY_MOUNT_TESTS=1).
+#[test]
+fn never_crosses_into_a_mount() {
+    if std::env::var_os("BINDERY_MOUNT_TESTS").is_none() {
+        eprintln!("SKIP never_crosses_into_a_mount: set BINDERY_MOUNT_TESTS=1 inside `unshare --mount --propagation private`");
+        return;
+    }
+    let o = outside_dir();
+    let t = TempDir::new("pod");
+    let tree = t.path().join("vol");
+    stdfs::create_dir_all(tree.join("sub/tmpfs")).unwrap();
+    stdfs::create_dir_all(tree.join("sub/bind")).unwrap();
+    stdfs::write(tree.join("sub/file"), b"x").unwrap();
+    let run = |args: &[&str]| {
+        assert!(Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let tm = tree.join("sub/tmpfs");
+    let bd = tree.join("sub/bind");
+    run(&["mount", "-t", "tmpfs", "bindery-test", tm.to_str().unwrap()]);
+    stdfs::write(tm.join("in-tmpfs"), b"x").unwrap();
+    // A bind mount of a directory on the same filesystem: st_dev alone would not see it.
+    run(&[
+        "mount",
+        "--bind",
+        o.path().to_str().unwrap(),
+        bd.to_str().unwrap(),
+    ]);
+    let e = remove_tree(&tree).unwrap_err();
+    assert!(
+        e.to_string().contains("2 entries could not be removed"),
+        "{e}"
+    );
+    assert!(tm.join("in-tmpfs").exists());
+    outside_intact(o.path());
+    assert!(!tree.join("sub/file").exists());
+    // The tree's own top being a mount point is refused outright.
+    let e = remove_tree(&tm).unwrap_err();
+    assert!(e.to_string().contains("mount point"), "{e}");
+    run(&["umount", tm.to_str().unwrap()]);
+    run(&["umount", bd.to_str().unwrap()]);
+    remove_tree(&tree).unwrap();
+    assert!(!tree.exists());
+    outside_intact(o.path());
+}
+
+#[test]
+fn trash_moves_fast_and_empties_leftovers_at_start() {
+    let base = TempDir::new("trash");
+    let trash_dir = base.path().join("trash");
+    // Leftovers from a "crash": a tree and a file already in the trash.
+    stdfs::create_dir_all(trash_dir.join("old/x/y")).unwrap();
+    stdfs::write(trash_dir.join("old/x/y/f"), b"x").unwrap();
+    stdfs::write(trash_dir.join("oldfile"), b"x").unwrap();
+    let o = outside_dir();
+    let trash = Trash::new(&trash_dir).unwrap();
+    assert!(trash.wait_idle(Duration::from_secs(10)));
+    assert_eq!(stdfs::read_dir(&trash_dir).unwrap().count(), 0);
+
+    let vol = base.path().join("vol");
+    stdfs::create_dir(&vol).unwrap();
+    hostile_tree(&vol, o.path());
+    assert!(trash.discard(&vol, 0).unwrap());
+    assert!(!vol.exists());
+    assert!(!trash.discard(&vol, 0).unwrap());
+    assert!(trash.wait_idle(Duration::from_secs(10)));
+    assert_eq!(stdfs::read_dir(&trash_dir).unwrap().count(), 0);
+    outside_intact(o.path());
+}
+
+#[test]
+fn move_to_trash_across_filesystems_fails() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("SKIP move_to_trash_across_filesystems_fails: no /dev/shm");
+        return;
+    }
+    let t = TempDir::new_in(shm, "trash");
+    let v = TempDir::new("vol");
+    let e = move_to_trash(v.path(), t.path()).unwrap_err();
+    assert_eq!(e.errno(), Some(Errno::EXDEV), "{e}");
+    assert!(v.path().exists());
+    assert_eq!(
+        move_to_trash(&v.path().join("missing"), t.path()).unwrap(),
+        None
+    );
+}
