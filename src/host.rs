@@ -1,8 +1,8 @@
 //! The seam between the node's logic (src/node/) and the machine: starting,
-//! checking and stopping mounters, finding the ones a crash left
-//! unrecorded, waiting for their uploads; and the mounts at the paths the
-//! node resolved (what is mounted there, binds, remounts, detaches, the
-//! mount table). `RealHost` does it (through src/mounter/ and src/sys/);
+//! checking, observing and stopping mounters, finding the ones a crash left
+//! unrecorded, waiting for their uploads; the mounts at the paths the node
+//! resolved (what is mounted there, binds, remounts, detaches, the mount
+//! table); and the re-binding of running containers to a healed mount. `RealHost` does it (through src/mounter/ and src/sys/);
 //! `fake::RecordingHost` records each call and answers from tables of
 //! processes and mounts, so the lifecycle logic of stage, publish, heal,
 //! unpublish, unstage and the unstage delay is unit-tested without root,
@@ -10,22 +10,39 @@
 //!
 //! Paths are resolved before they reach the seam, always for real
 //! (`sys::nodepath`, fd-relative, no symlinks): a fake's mounts sit at real
-//! directories of a test's temporary kubelet dir. Cache volumes' mounts
-//! (overlays, read-only binds) and the re-binding of containers are not
-//! behind it yet.
+//! directories of a test's temporary kubelet dir; the fake's containers are
+//! a table of the device each one shows. Cache volumes' mounts (overlays,
+//! read-only binds) and the pidfd watch of mounter exits are not behind it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::mount::MsFlags;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::mounter::{self, Health, Kind, MountSpec, VolumeFiles};
+use crate::mounter::{self, Condition, Health, Kind, MountSpec, VolumeFiles};
+use crate::sys::consumers::{self, Outcome};
+use crate::sys::mount::FsStats;
 use crate::sys::mountinfo::{self, MountInfo};
 use crate::sys::nodepath::{self, NodePath};
 use crate::sys::process::{self, Running};
 use crate::sys::{mount, procscan};
+
+/// One mount of a dead FUSE filesystem that a process (a pod's container)
+/// still showed, and what replacing it by the healed mount did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebound {
+    /// The uid of the pod the process belongs to, if known.
+    pub pod: Option<String>,
+    /// The process, in words (for logs).
+    pub holder: String,
+    /// Where the mount is, in the process's namespace.
+    pub at: PathBuf,
+    /// The dead mount's device ("major:minor").
+    pub dev: String,
+    pub result: std::result::Result<Outcome, String>,
+}
 
 /// What the node asks of the machine about mounter processes.
 pub trait Host: Send + Sync {
@@ -48,6 +65,17 @@ pub trait Host: Send + Sync {
     fn check(&self, mnt: &Path, run: Running, timeout: Duration) -> Health;
     /// Whether `run` serves `mnt`, by the process and the mount table only.
     fn serving(&self, mnt: &Path, run: Running) -> Health;
+    /// What the health probes last saw of `run` serving `mnt`, and the
+    /// figures its statfs prober found; never waits on the mount or the
+    /// `endpoint`. `table`: a mount table the caller read once for many
+    /// mounts (None: read now).
+    fn observe(
+        &self,
+        mnt: &Path,
+        run: Running,
+        endpoint: &str,
+        table: Option<&[MountInfo]>,
+    ) -> (Condition, Option<FsStats>);
     /// Mounter session leaders whose argv names `staging`, recorded or not.
     fn mounters_by_argv(&self, staging: &Path) -> Vec<Running>;
     /// Whether `run` still runs (not a zombie, not a reused pid).
@@ -81,6 +109,17 @@ pub trait Host: Send + Sync {
     fn remount_bind(&self, target: &NodePath, keep: MsFlags, flags: MsFlags) -> Result<()>;
     /// Detach exactly the mount `target` was opened on.
     fn detach(&self, target: &NodePath) -> Result<()>;
+    /// In every other mount namespace, replace each mount of a FUSE
+    /// filesystem of type `fs_type` showing one of the dead devices `stale`
+    /// by a clone of the mount whose root `source` is (each process given
+    /// at most `timeout`); one result per mount found.
+    fn rebind_containers(
+        &self,
+        stale: &[(u32, u32)],
+        fs_type: &str,
+        source: &NodePath,
+        timeout: Duration,
+    ) -> Vec<Rebound>;
 }
 
 /// The machine itself.
@@ -116,6 +155,19 @@ impl Host for RealHost {
 
     fn serving(&self, mnt: &Path, run: Running) -> Health {
         mounter::serving(mnt, run)
+    }
+
+    fn observe(
+        &self,
+        mnt: &Path,
+        run: Running,
+        endpoint: &str,
+        table: Option<&[MountInfo]>,
+    ) -> (Condition, Option<FsStats>) {
+        match table {
+            Some(t) => mounter::observe_in(mnt, run, endpoint, t),
+            None => mounter::observe(mnt, run, endpoint),
+        }
     }
 
     fn mounters_by_argv(&self, staging: &Path) -> Vec<Running> {
@@ -176,6 +228,35 @@ impl Host for RealHost {
     fn detach(&self, target: &NodePath) -> Result<()> {
         nodepath::detach(target)
     }
+
+    fn rebind_containers(
+        &self,
+        stale: &[(u32, u32)],
+        fs_type: &str,
+        source: &NodePath,
+        timeout: Duration,
+    ) -> Vec<Rebound> {
+        let mut out = Vec::new();
+        for holder in consumers::holders(stale, fs_type) {
+            let describe = holder.describe();
+            for (at, result) in consumers::replace(&holder, source.fd(), timeout) {
+                let dev = holder
+                    .mounts
+                    .iter()
+                    .find(|m| m.mount_point == at)
+                    .map(|m| format!("{}:{}", m.dev.0, m.dev.1))
+                    .unwrap_or_default();
+                out.push(Rebound {
+                    pod: holder.pod.clone(),
+                    holder: describe.clone(),
+                    at,
+                    dev,
+                    result,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// A host for unit tests: every call is recorded ("start /path"), mounters
@@ -192,16 +273,27 @@ pub mod fake {
     use nix::errno::Errno;
     use nix::mount::MsFlags;
 
-    use super::Host;
+    use super::{Host, Rebound};
     use crate::config::Config;
     use crate::error::{Error, Result};
-    use crate::mounter::{Health, Kind, MountSpec, VolumeFiles};
+    use crate::mounter::{Condition, Health, Kind, MountSpec, VolumeFiles};
+    use crate::sys::consumers::Outcome;
+    use crate::sys::mount::FsStats;
     use crate::sys::mountinfo::MountInfo;
     use crate::sys::nodepath::NodePath;
     use crate::sys::process::Running;
 
     /// The filesystem type of the fake's FUSE mounts (never a real one's).
     pub const FS_TYPE: &str = "fuse.fake";
+
+    /// A process of a pod that shows a mount of a volume in its own mount
+    /// namespace (a container that started while the bind was there).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Container {
+        pub pod: Option<String>,
+        pub at: PathBuf,
+        pub dev: (u32, u32),
+    }
 
     #[derive(Default)]
     pub struct RecordingHost {
@@ -216,6 +308,10 @@ pub mod fake {
         pub fail_start: AtomicBool,
         /// The next bind fails (EPERM).
         pub fail_bind: AtomicBool,
+        /// Containers and the device each shows.
+        containers: Mutex<Vec<Container>>,
+        /// Pods (uids) whose containers cannot be re-bound (EPERM).
+        fail_rebind: Mutex<Vec<String>>,
     }
 
     impl RecordingHost {
@@ -272,6 +368,34 @@ pub mod fake {
                     source: "fake".into(),
                     super_options: String::new(),
                 });
+        }
+
+        /// A container of `pod` starts, showing what is mounted at
+        /// `target` now at `at` in its own namespace.
+        pub fn start_container(&self, pod: Option<&str>, target: &Path, at: &Path) {
+            let dev = self.top(target).map(|m| m.dev).unwrap_or_default();
+            self.containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Container {
+                    pod: pod.map(str::to_string),
+                    at: at.to_path_buf(),
+                    dev,
+                });
+        }
+
+        /// Re-binding the containers of `pod` fails (`None`: none fails).
+        pub fn fail_rebind_of(&self, pod: Option<&str>) {
+            *self.fail_rebind.lock().unwrap_or_else(|p| p.into_inner()) =
+                pod.into_iter().map(str::to_string).collect();
+        }
+
+        /// The containers, each with the device it shows now.
+        pub fn containers(&self) -> Vec<Container> {
+            self.containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
         }
 
         /// A mounter dies (kill -9).
@@ -341,6 +465,27 @@ pub mod fake {
                 return Health::Abnormal(format!("nothing is mounted at {}", mnt.display()));
             }
             Health::Ok
+        }
+
+        /// Healthy when the mounter lives and `table` (or the fake's own)
+        /// has a mount at `mnt`; no figures.
+        fn observe(
+            &self,
+            mnt: &Path,
+            run: Running,
+            _endpoint: &str,
+            table: Option<&[MountInfo]>,
+        ) -> (Condition, Option<FsStats>) {
+            let mounted = match table {
+                Some(t) => t.iter().any(|m| m.mount_point == mnt),
+                None => self.top(mnt).is_some(),
+            };
+            let condition = match self.serving(mnt, run) {
+                Health::Ok if mounted => Condition::Healthy,
+                Health::Ok => Condition::Dead(format!("nothing is mounted at {}", mnt.display())),
+                Health::Abnormal(why) => Condition::Dead(why),
+            };
+            (condition, None)
         }
 
         fn mounters_by_argv(&self, staging: &Path) -> Vec<Running> {
@@ -438,6 +583,43 @@ pub mod fake {
                 .ok_or_else(|| Error::sys("unmount", &target.path, Errno::EINVAL))?;
             mounts.remove(i);
             Ok(())
+        }
+
+        fn rebind_containers(
+            &self,
+            stale: &[(u32, u32)],
+            fs_type: &str,
+            source: &NodePath,
+            _timeout: Duration,
+        ) -> Vec<Rebound> {
+            self.record(format!("rebind containers {}", source.path.display()));
+            let Some(new) = self.top(&source.path).filter(|m| m.fs_type == fs_type) else {
+                return Vec::new();
+            };
+            let fail = self
+                .fail_rebind
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let mut containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for c in containers.iter_mut().filter(|c| stale.contains(&c.dev)) {
+                let dev = format!("{}:{}", c.dev.0, c.dev.1);
+                let result = if c.pod.as_ref().is_some_and(|p| fail.contains(p)) {
+                    Err("setns: Operation not permitted (a test's failure)".to_string())
+                } else {
+                    c.dev = new.dev;
+                    Ok(Outcome::Replaced)
+                };
+                out.push(Rebound {
+                    pod: c.pod.clone(),
+                    holder: format!("a container of pod {:?}", c.pod),
+                    at: c.at.clone(),
+                    dev,
+                    result,
+                });
+            }
+            out
         }
     }
 }

@@ -7,7 +7,6 @@
 use crate::lifecycle::{PublishPhase, Volume};
 use crate::metrics::Gauge;
 use crate::mounter;
-use crate::sys::process;
 
 use super::Node;
 
@@ -35,7 +34,7 @@ impl Node {
             if let Some(st) = &rec.stage {
                 volumes.add(&["s3", st.phase.name()], 1.0);
                 let run = st.running();
-                if run.pid > 0 && process::is_alive(run.pid, run.start_ticks) {
+                if run.pid > 0 && self.host.is_alive(run) {
                     mounters.add(&[mounter::kind_of(&st.parameters).as_str()], 1.0);
                 }
             }

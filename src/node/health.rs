@@ -46,11 +46,12 @@ impl Node {
     /// bind, or a pod's containers may still show a dead mount, by the mount
     /// table `table` read once for the whole pass; with the operation the
     /// volume is taken for.
-    fn needs_healing(&self, rec: &Volume, table: &[MountInfo]) -> Option<(String, Op)> {
+    pub(super) fn needs_healing(&self, rec: &Volume, table: &[MountInfo]) -> Option<(String, Op)> {
         let st = rec.stage.as_ref().filter(|st| st.is_ready())?;
         let endpoint = ""; // reachability is no reason to heal
         if let (mounter::Condition::Dead(why), _) =
-            mounter::observe_in(&st.staging_path, st.running(), endpoint, table)
+            self.host
+                .observe(&st.staging_path, st.running(), endpoint, Some(table))
         {
             return Some((why, Op::Long("heal")));
         }
@@ -180,35 +181,30 @@ impl Node {
         if stale.is_empty() {
             return;
         }
-        // (pod uid if known, device, why) of every mount that could not be replaced.
-        let mut failed: Vec<(Option<String>, String, String)> = Vec::new();
-        for holder in consumers::holders(&stale, &stage.fs_type) {
-            let devs: std::collections::HashMap<_, _> = holder
-                .mounts
-                .iter()
-                .map(|m| (m.mount_point.clone(), dev_string(m)))
-                .collect();
-            for (at, result) in consumers::replace(&holder, source.fd(), REBIND_TIMEOUT) {
-                match result {
-                    Ok(Outcome::Replaced) => info!(
-                        "volume {id:?}: re-bound {} in the mount namespace of {}",
-                        at.display(),
-                        holder.describe()
-                    ),
-                    Ok(Outcome::Skipped(why)) => debug!(
-                        "volume {id:?}: {} of {} left alone: {why}",
-                        at.display(),
-                        holder.describe()
-                    ),
-                    Err(why) => {
-                        warn!(
-                            "volume {id:?}: could not re-bind {} of {}: {why}",
-                            at.display(),
-                            holder.describe()
-                        );
-                        let dev = devs.get(&at).cloned().unwrap_or_default();
-                        failed.push((holder.pod.clone(), dev, why));
-                    }
+        // (pod uid if known, device) of every mount that could not be replaced.
+        let mut failed: Vec<(Option<String>, String)> = Vec::new();
+        for r in self
+            .host
+            .rebind_containers(&stale, &stage.fs_type, source, REBIND_TIMEOUT)
+        {
+            match r.result {
+                Ok(Outcome::Replaced) => info!(
+                    "volume {id:?}: re-bound {} in the mount namespace of {}",
+                    r.at.display(),
+                    r.holder
+                ),
+                Ok(Outcome::Skipped(why)) => debug!(
+                    "volume {id:?}: {} of {} left alone: {why}",
+                    r.at.display(),
+                    r.holder
+                ),
+                Err(why) => {
+                    warn!(
+                        "volume {id:?}: could not re-bind {} of {}: {why}",
+                        r.at.display(),
+                        r.holder
+                    );
+                    failed.push((r.pod, r.dev));
                 }
             }
         }
@@ -224,7 +220,7 @@ impl Node {
                 .stale_devs
                 .iter()
                 .filter(|d| {
-                    failed.iter().any(|(pod, dev, _)| {
+                    failed.iter().any(|(pod, dev)| {
                         dev == *d
                             && pod
                                 .as_ref()

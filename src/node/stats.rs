@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::Node;
 use crate::error::{Error, Result};
 use crate::lifecycle::{CacheCopy, Publication};
-use crate::mounter::{self, Condition, Health};
+use crate::mounter::{Condition, Health};
 use crate::proto::csi::*;
 use crate::validate;
 use crate::volumes::Op;
@@ -88,7 +88,8 @@ impl Node {
                 // probes that run on other threads.
                 let endpoint = st.secrets.get("endpoint").map(String::as_str).unwrap_or("");
                 let (condition, figures) =
-                    mounter::observe(&st.staging_path, st.running(), endpoint);
+                    self.host
+                        .observe(&st.staging_path, st.running(), endpoint, None);
                 let health = match condition {
                     Condition::Healthy => match bind {
                         Some(p) if !p.stale_devs.is_empty() => Health::Abnormal(

@@ -383,6 +383,100 @@ fn heal_replaces_a_dead_mounter_and_binds_every_target_again() {
     assert!(!f.node.heal(&guard).unwrap());
 }
 
+/// The bind publications, by target: (generation, stale devices).
+fn binds(f: &Fixture) -> Vec<(PathBuf, u64, Vec<String>)> {
+    let rec = f.node.table.snapshot(VOLUME).unwrap();
+    rec.publications
+        .iter()
+        .filter_map(Publication::as_bind)
+        .map(|b| (b.target.clone(), b.generation, b.stale_devs.clone()))
+        .collect()
+}
+
+#[test]
+fn a_heal_rebinds_running_containers_and_retries_those_it_could_not() {
+    let f = fixture(&[]);
+    f.stage(&[]).unwrap();
+    let (a, b) = (f.target("a"), f.target("b"));
+    f.publish(&a, false).unwrap();
+    f.publish(&b, false).unwrap();
+    let old = f.dev_at(&a).unwrap();
+    let old_dev = format!("{}:{}", old.0, old.1);
+    f.host
+        .start_container(Some("a"), &a, Path::new("/ctr-a/data"));
+    f.host
+        .start_container(Some("b"), &b, Path::new("/ctr-b/data"));
+    // The mounter dies; pod a's container cannot be re-bound this time.
+    f.host.fail_rebind_of(Some("a"));
+    f.host.kill(f.host.live()[0]);
+    let guard = f
+        .node
+        .table
+        .acquire(VOLUME, crate::volumes::Op::Long("heal"))
+        .unwrap();
+    assert!(f.node.heal(&guard).unwrap());
+    drop(guard);
+    let new = f.dev_at(&f.staging).unwrap();
+    assert_ne!(new, old);
+    let shows: Vec<(u32, u32)> = f.host.containers().iter().map(|c| c.dev).collect();
+    assert_eq!(shows, [old, new], "pod b's container shows the new mount");
+    // Only pod a's publication keeps the dead device, and the generation
+    // it was bound at: its containers still show the dead mount.
+    let mut got = binds(&f);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (a.clone(), 1, vec![old_dev.clone()]),
+            (b.clone(), 2, vec![]),
+        ]
+    );
+    // Its stats say why, and that restarting the pod also fixes it.
+    let condition = |t: &Path| {
+        let mut r = NodeGetVolumeStatsRequest::new();
+        r.set_volume_id(VOLUME.into());
+        r.set_volume_path(t.display().to_string());
+        f.node.stats(&r).unwrap().take_volume_condition()
+    };
+    let c = condition(&a);
+    assert!(
+        c.get_abnormal() && c.get_message().contains("could not be re-bound"),
+        "{c:?}"
+    );
+    assert!(!condition(&b).get_abnormal(), "pod b is healthy");
+    let table = f.host.mount_table().unwrap();
+    let rec = f.node.table.snapshot(VOLUME).unwrap();
+    assert_eq!(
+        f.node.needs_healing(&rec, &table).map(|(_, op)| op),
+        Some(crate::volumes::Op::Short("re-bind containers")),
+        "retried by the next pass, as a short operation"
+    );
+    // The next pass: it works now; nothing else is touched.
+    f.host.fail_rebind_of(None);
+    f.host.take_calls();
+    let guard = f
+        .node
+        .table
+        .acquire(VOLUME, crate::volumes::Op::Short("re-bind containers"))
+        .unwrap();
+    assert!(!f.node.heal(&guard).unwrap(), "the mounter serves");
+    drop(guard);
+    let shows: Vec<(u32, u32)> = f.host.containers().iter().map(|c| c.dev).collect();
+    assert_eq!(shows, [new, new]);
+    let mut got = binds(&f);
+    got.sort();
+    assert_eq!(got, [(a.clone(), 2, vec![]), (b, 2, vec![])]);
+    assert_eq!(
+        f.host.take_calls(),
+        [format!("rebind containers {}", f.staging.display())],
+        "no mounter started, no bind made"
+    );
+    let rec = f.node.table.snapshot(VOLUME).unwrap();
+    let table = f.host.mount_table().unwrap();
+    assert_eq!(f.node.needs_healing(&rec, &table), None);
+    assert!(!condition(&a).get_abnormal());
+}
+
 impl Fixture {
     /// The daemon restarts (after a crash): a new node on the same state
     /// dir and the same machine, recovered before it serves.

@@ -159,7 +159,7 @@ pub fn holders(devs: &[(u32, u32)], fs_type: &str) -> Vec<Holder> {
 }
 
 /// What became of one mount of a holder.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Replaced by a clone of the new mount.
     Replaced,
