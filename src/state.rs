@@ -18,7 +18,8 @@ use log::error;
 use protobuf::Message;
 
 use crate::error::{Error, Result};
-use crate::lifecycle::{wire, Volume};
+use crate::lifecycle::model::Volume;
+use crate::lifecycle::wire;
 use crate::proto::bindery::VolumeRecord;
 
 pub struct StateStore {

@@ -16,8 +16,8 @@
 //! usage::measure(target, root, max_entries, deadline) -> Usage   bounded, fd-relative, no symlinks/mounts
 //!
 //! remove::remove_tree(path) -> Result<()>               never follows symlinks, never crosses mounts
-//! remove::move_to_trash(path, trash_dir) -> Result<Option<PathBuf>>
-//! remove::Trash::new(dir) -> Result<Trash>              empties leftovers in the background
+//! remove::trash::move_to_trash(path, trash_dir) -> Result<Option<PathBuf>>
+//! remove::trash::Trash::new(dir) -> Result<Trash>        empties leftovers in the background
 //!        .discard(path, bytes) -> Result<bool>          rename into the trash + queue deletion
 //!        .backlog() -> (trees, bytes)                   what waits for deletion
 //!        .wait_idle(timeout) -> bool                    (tests) true when nothing is queued or running

@@ -22,8 +22,7 @@ use nix::sys::stat::SFlag;
 use crate::error::{Error, Result};
 use crate::sys::fs::{self, EntryType};
 
-mod trash;
-pub use trash::{move_to_trash, Trash};
+pub mod trash;
 
 /// Directory fds kept open at once while descending; deeper ancestors are closed and
 /// reopened through `..` (checked by device and inode) on the way back up.

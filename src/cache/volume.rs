@@ -17,7 +17,7 @@ use crate::cache::golden::{self, GoldenStore, Version};
 use crate::cache::manifest::Confirmed;
 use crate::cache::populate::Strategy;
 use crate::cache::probe::{self, Probe};
-use crate::cache::remove::Trash;
+use crate::cache::remove::trash::Trash;
 use crate::cache::usage::{self, UsageBudget, UsageTable};
 use crate::config::Config;
 use crate::error::{Error, Result};

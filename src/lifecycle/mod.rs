@@ -35,7 +35,7 @@
 
 mod journal;
 mod machine;
-mod model;
+pub mod model;
 mod steps;
 pub mod wire;
 
