@@ -169,7 +169,8 @@ log "cluster ready after $((SECONDS - T0))s; kubelet dir $KUBELET_DIR"
 # The kit's apiserver runs without --allow-privileged (the default is false), and a CSI node
 # plugin must be privileged (mount(2), /dev/fuse, Bidirectional propagation): restart it with
 # the same flags plus --allow-privileged=true, as every real cluster that runs CSI drivers has.
-if ! tr '\0' '\n' < "/proc/$(cat "$D/pids/kube-apiserver.pid")/cmdline" | grep -qx -- '--allow-privileged=true'; then
+apiserver_args=$(tr '\0' '\n' < "/proc/$(cat "$D/pids/kube-apiserver.pid")/cmdline")
+if ! grep -qx -- '--allow-privileged=true' <<<"$apiserver_args"; then
   mapfile -d '' api_cmd < "/proc/$(cat "$D/pids/kube-apiserver.pid")/cmdline"
   kill "$(cat "$D/pids/kube-apiserver.pid")"
   wait_until 5 bash -c "! kill -0 $(cat "$D/pids/kube-apiserver.pid")" || kill -9 "$(cat "$D/pids/kube-apiserver.pid")"
@@ -376,7 +377,7 @@ cache_strategies() {
       in_pod cache-$s 'echo changed > /cache/hello.txt' 2>/dev/null && failed+=" hardlink: a read-only publication accepted a write;"
       continue
     fi
-    in_pod cache-$s 'echo mine > /cache/new.txt && echo changed > /cache/hello.txt && cat /cache/hello.txt' | grep -qx changed ||
+    [[ $(in_pod cache-$s 'echo mine > /cache/new.txt && echo changed > /cache/hello.txt && cat /cache/hello.txt') == changed ]] ||
       failed+=" $s: pod cannot write its own copy;"
   done
   # the writes stayed in each pod: the source and every other pod still have the original
@@ -507,7 +508,9 @@ mounter_killed() {
   [[ -n $metric ]] || why "the kubelet exports no kubelet_volume_stats_health_status_abnormal for s3-shared" || return 1
   wait_until 60 metric_is s3-shared 0 ||
     why "kubelet_volume_stats_health_status_abnormal{s3-shared} is '$(health_metric s3-shared)' after the heal, want 0" || return 1
-  kubectl logs -n $NS "$(node_pod)" -c bindery 2>/dev/null | grep -q 'in the mount namespace of pod' ||
+  # (read whole first: see plugin_restart on grep -q and pipefail)
+  local nodelog; nodelog=$(kubectl logs -n $NS "$(node_pod)" -c bindery 2>/dev/null)
+  grep -q 'in the mount namespace of pod' <<<"$nodelog" ||
     why "the node plugin logged no re-bind in a pod's mount namespace" || return 1
 }
 
