@@ -244,7 +244,7 @@ impl Host for RealHost {
                     .mounts
                     .iter()
                     .find(|m| m.mount_point == at)
-                    .map(|m| format!("{}:{}", m.dev.0, m.dev.1))
+                    .map(MountInfo::dev_string)
                     .unwrap_or_default();
                 out.push(Rebound {
                     pod: holder.pod.clone(),

@@ -139,6 +139,11 @@ impl Stage {
     pub fn is_ready(&self) -> bool {
         self.phase == StagePhase::Ready
     }
+
+    /// Unstaged, with its mounter kept (unstageDelay).
+    pub fn is_lingering(&self) -> bool {
+        matches!(self.phase, StagePhase::Lingering { .. })
+    }
 }
 
 impl StagePhase {
@@ -228,13 +233,6 @@ impl Volume {
     /// Whether the volume is staged and Ready (whatever its mounter's state).
     pub fn is_ready(&self) -> bool {
         self.stage.as_ref().is_some_and(Stage::is_ready)
-    }
-
-    /// Whether the volume is unstaged with its mounter kept.
-    pub fn is_lingering(&self) -> bool {
-        self.stage
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, StagePhase::Lingering { .. }))
     }
 
     /// The publication at `target`, if there is one.

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 
-use super::{dev_string, Node};
+use super::Node;
 use crate::error::Result;
 use crate::lifecycle::Volume;
 use crate::metrics;
@@ -87,15 +87,14 @@ impl Node {
         let Some(st) = guard.data().stage.clone().filter(|st| st.is_ready()) else {
             return Ok(false);
         };
-        let staging = st.staging_path;
+        let staging = st.staging_path.clone();
         let mut healed = false;
         // Checked again under the guard: the pass looked at a snapshot, and
         // a stage or unstage may have run since.
-        if let Health::Abnormal(why) = self.host.check(
-            &staging,
-            st.mounter.unwrap_or_default(),
-            mounter::PROBE_TIMEOUT,
-        ) {
+        if let Health::Abnormal(why) =
+            self.host
+                .check(&staging, st.running(), mounter::PROBE_TIMEOUT)
+        {
             warn!(
                 "volume {id:?}: {why}; starting a new mounter at {}",
                 staging.display()
@@ -111,19 +110,19 @@ impl Node {
         let Some((stage_np, stage_mount)) = self.mount_at("staging_target_path", &staging)? else {
             return Ok(healed);
         };
-        let stage_dev = dev_string(&stage_mount);
+        let stage_dev = stage_mount.dev_string();
         for p in rec.bound_binds() {
             let target = p.target.clone();
             let current = self.mount_at("target_path", &target)?;
             if current
                 .as_ref()
-                .is_some_and(|(_, m)| dev_string(m) == stage_dev)
+                .is_some_and(|(_, m)| m.dev_string() == stage_dev)
             {
                 continue;
             }
             if current
                 .as_ref()
-                .is_some_and(|(_, m)| dev_string(m) != p.mount_dev)
+                .is_some_and(|(_, m)| m.dev_string() != p.mount_dev)
             {
                 warn!(
                     "volume {id:?}: {} holds a mount that is not ours; not re-binding",

@@ -67,11 +67,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// "major:minor" of a mount: what identifies the filesystem a bind shows.
-fn dev_string(m: &MountInfo) -> String {
-    format!("{}:{}", m.dev.0, m.dev.1)
-}
-
 impl Node {
     pub fn new(cfg: Arc<Config>) -> Result<Self> {
         Self::with_host(cfg, Arc::new(RealHost))

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use log::{debug, info, warn};
 use nix::mount::MsFlags;
 
-use super::{dev_string, Node};
+use super::Node;
 use crate::cache::request as cachevol;
 use crate::error::{Error, Result};
 use crate::lifecycle::{Bind, BindPhase, Publication, PublishPhase, Volume};
@@ -149,7 +149,7 @@ impl Node {
         if let mounter::Health::Abnormal(why) = self.host.serving(&staged_at, st.running()) {
             return Err(Error::not_serving(id, why));
         }
-        let stage_dev = dev_string(&stage_mount);
+        let stage_dev = stage_mount.dev_string();
         let generation = st.generation;
         if let Some(p) = Self::publication(&guard, &target) {
             if p.fingerprint() != fingerprint {
@@ -164,16 +164,17 @@ impl Node {
         }
         // Again: a finished unbind has just forgotten it. (A cache copy's
         // fingerprint never equals a bind's: it was refused above.)
-        let existing = Self::publication(&guard, &target).and_then(|p| match p {
-            Publication::Bind(b) => Some(b),
-            Publication::Cache(_) => None,
-        });
+        let existing = guard
+            .data()
+            .publication(&target)
+            .and_then(Publication::as_bind)
+            .cloned();
         // What is mounted at the target now: our current bind, our stale
         // one, or something that is not ours.
         let here = self.mount_at("target_path", &target)?;
         let ours_now = here
             .as_ref()
-            .is_some_and(|(_, m)| dev_string(m) == stage_dev);
+            .is_some_and(|(_, m)| m.dev_string() == stage_dev);
         if let Some(b) = &existing {
             if ours_now && b.generation == generation {
                 if b.phase == BindPhase::Binding {
@@ -260,7 +261,7 @@ impl Node {
             None => None,
         };
         let remounted = match (&bound, here) {
-            (Some(b), Some(m)) if dev_string(&m) == dev => {
+            (Some(b), Some(m)) if m.dev_string() == dev => {
                 self.host
                     .remount_bind(b, mount::per_mount_flags(&m.options), flags)
             }
@@ -285,7 +286,7 @@ impl Node {
         let mut n = 0;
         while n < MAX_STACKED {
             match self.mount_at("target_path", target)? {
-                Some((np, m)) if devs.contains(&dev_string(&m).as_str()) => {
+                Some((np, m)) if devs.contains(&m.dev_string().as_str()) => {
                     self.host.detach(&np)?;
                     n += 1;
                 }
@@ -344,7 +345,7 @@ impl Node {
         if let Some(st) = &rec.stage {
             if let Ok(Some((_, m))) = self.mount_at("staging_target_path", &st.staging_path) {
                 if m.is_fuse() {
-                    devs.push(dev_string(&m));
+                    devs.push(m.dev_string());
                 }
             }
         }

@@ -75,10 +75,7 @@ impl Node {
         let staging = args.staging;
         let fingerprint = stage_fingerprint(req.get_volume_context(), req.get_volume_capability());
         let existing = guard.data().stage.clone();
-        if let Some(st) = existing
-            .as_ref()
-            .filter(|st| matches!(st.phase, StagePhase::Lingering { .. }))
-        {
+        if let Some(st) = existing.as_ref().filter(|st| st.is_lingering()) {
             let same = st.staging_path == staging && st.fingerprint == fingerprint;
             if same && self.revive(&guard)? {
                 return self
@@ -229,8 +226,8 @@ impl Node {
         let Some(old) = guard.data().stage.clone() else {
             return Err(Self::not_staged(&id));
         };
-        let staging = old.staging_path;
-        self.stop_own_mounters(&id, &staging, old.mounter.unwrap_or_default());
+        let staging = old.staging_path.clone();
+        self.stop_own_mounters(&id, &staging, old.running());
         let st = self.journal.heal_begin(guard, new_secrets)?;
         let mut spec = mounter::parse_spec_for(&id, &st.parameters, &st.secrets, &self.cfg)?;
         mounter::apply_mount_group(&mut spec, &st.volume_mount_group)?;

@@ -25,6 +25,12 @@ pub struct MountInfo {
 }
 
 impl MountInfo {
+    /// "major:minor": what identifies the filesystem a mount (or a bind of
+    /// it) shows.
+    pub fn dev_string(&self) -> String {
+        format!("{}:{}", self.dev.0, self.dev.1)
+    }
+
     pub fn is_fuse(&self) -> bool {
         self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")
     }
