@@ -230,9 +230,10 @@ impl Publication {
 }
 
 impl Volume {
-    /// Whether the volume is staged and Ready (whatever its mounter's state).
-    pub fn is_ready(&self) -> bool {
-        self.stage.as_ref().is_some_and(Stage::is_ready)
+    /// The stage, if the volume is staged and Ready (whatever its
+    /// mounter's state).
+    pub fn ready_stage(&self) -> Option<&Stage> {
+        self.stage.as_ref().filter(|st| st.is_ready())
     }
 
     /// The publication at `target`, if there is one.

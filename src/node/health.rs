@@ -47,7 +47,7 @@ impl Node {
     /// table `table` read once for the whole pass; with the operation the
     /// volume is taken for.
     pub(super) fn needs_healing(&self, rec: &Volume, table: &[MountInfo]) -> Option<(String, Op)> {
-        let st = rec.stage.as_ref().filter(|st| st.is_ready())?;
+        let st = rec.ready_stage()?;
         let endpoint = ""; // reachability is no reason to heal
         if let (mounter::Condition::Dead(why), _) =
             self.host
@@ -84,7 +84,7 @@ impl Node {
     /// then every Bound target bound to the (new) staging mount.
     pub fn heal(&self, guard: &Guard<Volume>) -> Result<bool> {
         let id = guard.id().to_string();
-        let Some(st) = guard.data().stage.clone().filter(|st| st.is_ready()) else {
+        let Some(st) = guard.data().ready_stage().cloned() else {
             return Ok(false);
         };
         let staging = st.staging_path.clone();

@@ -94,7 +94,7 @@ impl Node {
         debug_assert!(!cachevol::is_cache_request(req.get_volume_context()));
 
         let guard = self.table.acquire(id, Op::Short("NodePublishVolume"))?;
-        let Some(st) = guard.data().stage.clone().filter(|st| st.is_ready()) else {
+        let Some(st) = guard.data().ready_stage().cloned() else {
             return Err(Self::not_staged(id));
         };
         let staged_at = st.staging_path.clone();

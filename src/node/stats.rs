@@ -78,7 +78,7 @@ impl Node {
             Some(Publication::Bind(b)) => Some(b),
             None => None,
         };
-        let (health, figures) = match rec.stage.as_ref().filter(|st| st.is_ready()) {
+        let (health, figures) = match rec.ready_stage() {
             None => (
                 Health::Abnormal("the volume is being staged or unstaged".into()),
                 None,
