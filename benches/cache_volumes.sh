@@ -4,16 +4,17 @@
 #   bash benches/cache_volumes.sh                          # 100k files, 10k dirs (~1.4 GiB)
 #   FILES=20000 DIRS=2000 bash benches/cache_volumes.sh    # a quick run (~0.3 GiB)
 #   FSES="tmpfs xfs" REPS=5 bash benches/cache_volumes.sh
+#   FSES=btrfs FILES=10000 DIRS=1000 REPS=5 bash benches/cache_volumes.sh
 #
 # Generates a node_modules-shaped tree, then for every filesystem under test
-# (the root filesystem under $ROOT_DIR, a tmpfs, an XFS image with reflink=1 on
-# a loop device) starts the real daemon with its --kubelet-dir and --state-dir
+# (the root filesystem under $ROOT_DIR, a tmpfs, an XFS image with reflink=1 and
+# a btrfs image on loop devices) starts the real daemon with its --kubelet-dir and --state-dir
 # on that filesystem and the tree declared as cache `nm` (the daemon builds the
 # golden copy there), and measures, REPS times each:
 #   - NodePublishVolume with every strategy (read-only hardlink — the only
 #     hardlink publish a cache allows without fs-verity or
 #     trust_tenants_with_shared_inodes —, reflink where the filesystem has
-#     it, copy, overlay): as the daemon logs it ("ok in …";
+#     it, snapshot on btrfs, copy, overlay): as the daemon logs it ("ok in …";
 #     also the engine's own "… by STRATEGY in …" population time) and as the
 #     wall time of `bindery csi node-publish`;
 #   - NodeUnpublishVolume the same two ways, also of an overlay volume whose
@@ -26,7 +27,10 @@
 #   - baselines on the same golden tree and filesystem: the syscall floor
 #     (benches/floor.rs: one thread of fd-relative mkdirat/linkat; also run
 #     with FLOOR_THREADS threads), `cp -al`, `cp -a --reflink=always` (where
-#     reflink works), `cp -a`, and `rm -rf` of each of those copies.
+#     reflink works), `cp -a`, and `rm -rf` of each of those copies; on btrfs
+#     `btrfs subvolume snapshot` and `btrfs subvolume delete` of the golden
+#     subvolume (where the golden versions are read-only subvolumes, linkat
+#     out of them is EXDEV: no hardlink publish, floor or `cp -al` there).
 # It prints, per filesystem, a table of medians (bindery | baseline | ratio,
 # and the ratio of the fastest runs) with the goals of the cache volumes and PASS/MISS
 # for each, then the raw values. The daemon runs with RUST_LOG=info,bindery=debug.
@@ -39,13 +43,13 @@
 #   SEED           tree generator seed (default 1); the tree is deterministic
 #   SRC_TREE       use this existing directory as the cache source instead of
 #                  generating one (it is never modified or deleted)
-#   FSES           filesystems, any of: root tmpfs xfs (default all three)
+#   FSES           filesystems, any of: root tmpfs xfs btrfs (default all four)
 #   REPS           repetitions (default 3); tables show medians
 #   ROOT_DIR       where the root-filesystem run and all temp files live (default /var/tmp)
 #   WORKERS        the daemon's --workers (population threads, default 4)
 #   FLOOR_THREADS  threads of the parallel floor run (default: nproc, at least 2)
 #                  (the floor is built with rustc for the host, not with cargo)
-#   XFS_SIZE, TMPFS_SIZE  sizes in GiB (default: 3 x the tree + 2)
+#   XFS_SIZE, TMPFS_SIZE  sizes in GiB (default: 3 x the tree + 2; btrfs as XFS)
 #   BINDERY_BIN    the bindery binary (default: the static musl release build)
 #   LOG_DIR        if set, the daemon logs and the raw results are copied there
 #
@@ -55,7 +59,7 @@
 # Temp files live in $ROOT_DIR/bindery-cachebench.*; mounts, the loop device,
 # the daemon and the temp files are removed on exit, also on failure or Ctrl-C.
 # Needs root, rustc (builds benches/floor.rs), python3, xfsprogs, util-linux,
-# coreutils. No network.
+# coreutils, btrfs-progs. No network.
 set -euo pipefail
 
 # shellcheck source=benches/namespace.sh
@@ -69,7 +73,7 @@ DIRS=${DIRS:-10000}
 SYMLINKS=${SYMLINKS:-$((FILES / 500 < 10 ? 10 : FILES / 500))}
 SEED=${SEED:-1}
 SRC_TREE=${SRC_TREE:-}
-FSES=${FSES:-root tmpfs xfs}
+FSES=${FSES:-root tmpfs xfs btrfs}
 REPS=${REPS:-3}
 ROOT_DIR=${ROOT_DIR:-/var/tmp}
 WORKERS=${WORKERS:-4}
@@ -87,11 +91,11 @@ if [ "$FILES" -lt 10 ] || [ "$DIRS" -lt 10 ] || [ "$DIRS" -gt "$FILES" ]; then
 fi
 if [ "$REPS" -lt 1 ] || [ "$REPS" -gt 50 ]; then echo "REPS must be 1..50" >&2; exit 64; fi
 for fs in $FSES; do
-  case $fs in root | tmpfs | xfs) ;; *) echo "FSES: unknown filesystem '$fs' (root tmpfs xfs)" >&2; exit 64 ;; esac
+  case $fs in root | tmpfs | xfs | btrfs) ;; *) echo "FSES: unknown filesystem '$fs' (root tmpfs xfs btrfs)" >&2; exit 64 ;; esac
 done
 [ -x "$B" ] || { echo "bindery binary not found: $B (set BINDERY_BIN)" >&2; exit 1; }
 [ -z "$SRC_TREE" ] || [ -d "$SRC_TREE" ] || { echo "SRC_TREE $SRC_TREE is not a directory" >&2; exit 64; }
-need_tools rustc python3 awk cp rm find sort cmp mkfs.xfs losetup mount umount sync
+need_tools rustc python3 awk cp rm find sort cmp mkfs.xfs mkfs.btrfs btrfs losetup mount umount sync
 mkdir -p "$ROOT_DIR"
 
 W=$(mktemp -d "$ROOT_DIR/bindery-cachebench.XXXXXX")
@@ -127,9 +131,10 @@ cleanup() {
       while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
   done
   # mount -o loop sets autoclear; detach explicitly in case it did not happen.
-  if [ -e "$W/xfs.img" ]; then
-    for dev in $(losetup -n -O NAME -j "$W/xfs.img" 2>/dev/null); do losetup -d "$dev" 2>/dev/null; done
-  fi
+  for img in "$W/xfs.img" "$W/btrfs.img"; do
+    [ -e "$img" ] || continue
+    for dev in $(losetup -n -O NAME -j "$img" 2>/dev/null); do losetup -d "$dev" 2>/dev/null; done
+  done
   remove_workdir "$W"
   exit "$rc"
 }
@@ -349,7 +354,7 @@ csi() { "$B" csi "$@" --endpoint "unix://$SOCK" --timeout 1800; }
 
 start_daemon() {
   local conf="$W/$FS.caches.conf" t0
-  printf '[cache nm]\nsource = dir:%s\nnamespaces = *\nstrategies = auto, hardlink, reflink, copy, overlay\n' "$SRC" >"$conf"
+  printf '[cache nm]\nsource = dir:%s\nnamespaces = *\nstrategies = auto, hardlink, reflink, snapshot, copy, overlay\n' "$SRC" >"$conf"
   mkdir -p "$KUB" "$STATE"
   LOG="$W/$FS.daemon.log"
   t0=$(now_us)
@@ -401,8 +406,13 @@ bindery_run() {
   if [ "$s" = overlay ]; then
     is_mount "$target" || { echo "$vol: no overlay mounted at the target" >&2; return 1; }
   else
-    # The engine's own line: "... into TARGET by STRATEGY in 4.5ms" (population only).
-    pop=$(grep -F "into $target by $s in" "$LOG" | tail -n 1 | dur_us)
+    # The engine's own line: "... into TARGET by STRATEGY in 4.5ms" (population
+    # only), or "snapshot of GOLDEN at TARGET in 1.2ms".
+    if [ "$s" = snapshot ]; then
+      pop=$(grep -F "at $target in" "$LOG" | tail -n 1 | dur_us)
+    else
+      pop=$(grep -F "into $target by $s in" "$LOG" | tail -n 1 | dur_us)
+    fi
     [ -n "$pop" ] || { echo "$vol: no 'into … by $s in' line in the log" >&2; return 1; }
     rec "$FS" "pub.pop.$label" "$r" "$pop"
   fi
@@ -469,6 +479,13 @@ run_fs() {
       mkfs.xfs -q -m reflink=1 "$W/xfs.img"
       mount -o loop "$W/xfs.img" "$base"
       ;;
+    btrfs)
+      base="$W/btrfs"
+      mkdir -p "$base"
+      truncate -s "${XFS_SIZE}G" "$W/btrfs.img"
+      mkfs.btrfs -q "$W/btrfs.img" >/dev/null
+      mount -o loop "$W/btrfs.img" "$base"
+      ;;
   esac
   fstype=$(findmnt -n -o FSTYPE,SOURCE -T "$base" | awk '{print $1 " on " $2}')
   say "filesystem $FS: $base ($fstype)"
@@ -477,18 +494,35 @@ run_fs() {
   STATE="$base/state"
   SOCK="$W/$FS.sock"
   TRASH="$KUB/plugins/bindery.csi.dev/trash"
-  strategies="hardlink"
+  # Golden versions on btrfs are subvolumes: linkat out of them is EXDEV.
+  strategies=""
+  [ "$FS" = btrfs ] || strategies="hardlink"
   echo probe >"$base/.reflink-probe"
   if cp --reflink=always "$base/.reflink-probe" "$base/.reflink-probe2" 2>/dev/null; then
     strategies+=" reflink"
     echo "$FS" >>"$W/reflink.txt"
   fi
   rm -f "$base/.reflink-probe" "$base/.reflink-probe2"
+  [ "$FS" != btrfs ] || strategies+=" snapshot"
   strategies+=" copy overlay overlay+walk"
   start_daemon
   for r in $(seq "$REPS"); do
     echo "-- repetition $r/$REPS"
     for s in $strategies; do bindery_run "$s" "$r"; done
+    if [ "$FS" = btrfs ]; then
+      settle
+      us=$(timed btrfs subvolume snapshot "$GOLDEN" "$base/snap")
+      rec "$FS" base.snap "$r" "$us"
+      [ "$r" != 1 ] || listing "$base/snap" | cmp -s - "$W/$FS.golden.lst" ||
+        { echo "btrfs snapshot differs from the golden tree" >&2; return 1; }
+      settle
+      rmus=$(timed btrfs subvolume delete "$base/snap")
+      rec "$FS" rm.snap "$r" "$rmus"
+      printf '  %-22s %11s | btrfs subvolume delete %11s\n' "btrfs snapshot" "$(ms "$us")" "$(ms "$rmus")"
+      baseline cpreflink "$base/cpreflink" "$r" cp -a --reflink=always "$GOLDEN" "$base/cpreflink"
+      baseline cpa "$base/cpa" "$r" cp -a "$GOLDEN" "$base/cpa"
+      continue
+    fi
     settle
     us=$(timed "$FLOOR" "$GOLDEN" "$base/floor1")
     rec "$FS" base.floor "$r" "$us"
@@ -516,7 +550,7 @@ run_fs() {
   fi
   if [ "$FS" != root ]; then
     umount "$base"
-    [ "$FS" != xfs ] || rm -f "$W/xfs.img"
+    rm -f "$W/$FS.img"
   else
     rm -rf --one-file-system "$base"
   fi
@@ -564,12 +598,18 @@ for fs, fstype, base in order:
         rows.append((what, t(b), t(get(wall_key)) if wall_key else "", base_name,
                      t(bl) if base_key else "", r, rmin, goal, verdict))
     have = lambda s: (fs, f"pub.log.{s}") in vals
-    row("publish ro hardlink", "pub.log.hardlink", "pub.wall.hardlink", "floor, 1 thread", "base.floor",
-        "<= 1.10x floor", 1.10)
-    row("  population only", "pub.pop.hardlink", None, "floor, 1 thread", "base.floor")
-    row("publish ro hardlink", "pub.log.hardlink", None, f"floor, {floor_threads} threads", "base.floorN")
-    row("publish ro hardlink", "pub.log.hardlink", None, "cp -al", "base.cpal")
-    if have("reflink"):
+    if have("snapshot"):
+        row("publish snapshot", "pub.log.snapshot", "pub.wall.snapshot", goal="<= 5 ms", limit=5000)
+        row("publish snapshot", "pub.log.snapshot", None, "btrfs subvolume snapshot", "base.snap")
+        row("  snapshot only", "pub.pop.snapshot", None, "btrfs subvolume snapshot", "base.snap")
+        row("publish snapshot", "pub.log.snapshot", None, "cp -a --reflink=always", "base.cpreflink")
+    if have("hardlink"):
+        row("publish ro hardlink", "pub.log.hardlink", "pub.wall.hardlink", "floor, 1 thread", "base.floor",
+            "<= 1.10x floor", 1.10)
+        row("  population only", "pub.pop.hardlink", None, "floor, 1 thread", "base.floor")
+        row("publish ro hardlink", "pub.log.hardlink", None, f"floor, {floor_threads} threads", "base.floorN")
+        row("publish ro hardlink", "pub.log.hardlink", None, "cp -al", "base.cpal")
+    if have("reflink") and have("hardlink"):
         row("publish reflink", "pub.log.reflink", "pub.wall.reflink", "bindery hardlink", "pub.log.hardlink",
             "<= 1.50x hardlink", 1.50)
         row("  population only", "pub.pop.reflink", None, "bindery hardlink", "pub.pop.hardlink")
@@ -577,12 +617,15 @@ for fs, fstype, base in order:
     row("publish copy", "pub.log.copy", "pub.wall.copy", "cp -a", "base.cpa")
     row("  population only", "pub.pop.copy", None, "cp -a", "base.cpa")
     row("publish overlay", "pub.log.overlay", "pub.wall.overlay", goal="<= 5 ms", limit=5000)
-    fills = [s for s in ("hardlink", "reflink", "copy") if have(s)]
+    fills = [s for s in ("hardlink", "reflink", "snapshot", "copy") if have(s)]
     for s in fills + ["overlay", "overlay+walk"]:
         what = "unpublish overlay after a walk" if s == "overlay+walk" else f"unpublish {s}"
         row(what, f"unpub.log.{s}", f"unpub.wall.{s}", goal="<= 5 ms", limit=5000)
     like = {"hardlink": ("cpal", "cp -al"), "reflink": ("cpreflink", "cp --reflink"), "copy": ("cpa", "cp -a")}
-    for s in fills:
+    if have("snapshot"):
+        row("deletion snapshot", "del.snapshot", None, "btrfs subvolume delete", "rm.snap")
+        row("  trash thread's own log", "del.log.snapshot", None, "btrfs subvolume delete", "rm.snap")
+    for s in [f for f in fills if f in like]:
         key, name = like[s]
         row(f"deletion {s}", f"del.{s}", None, f"rm -rf of the {name} copy", f"rm.{key}",
             "<= 1.00x rm -rf", 1.00)
@@ -617,4 +660,4 @@ for fs, _, _ in order:
 PY
 [ -z "${LOG_DIR:-}" ] || { cp "$RESULTS" "$LOG_DIR/results.tsv"; echo "daemon logs and results.tsv copied to $LOG_DIR"; }
 say "clean"
-echo "mounts under $W: $(mounts_under "$W/"); loop devices on $W/xfs.img: $(losetup -n -O NAME -j "$W/xfs.img" 2>/dev/null | wc -l)"
+echo "mounts under $W: $(mounts_under "$W/"); loop devices on its images: $(for i in xfs btrfs; do losetup -n -O NAME -j "$W/$i.img" 2>/dev/null; done | wc -l)"

@@ -588,6 +588,134 @@ fn reflink_on_xfs() {
     }
 }
 
+/// btrfs subvolumes whose path (relative to the filesystem's top) contains
+/// `part`, as `btrfs subvolume list` prints them.
+fn subvolumes_named(fs_root: &Path, part: &str) -> Vec<String> {
+    let out = Command::new("btrfs")
+        .args(["subvolume", "list"])
+        .arg(fs_root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(" path ").nth(1))
+        .filter(|p| p.contains(part))
+        .map(str::to_string)
+        .collect()
+}
+
+/// On btrfs the golden versions are read-only subvolumes and auto publishes
+/// one snapshot per pod: the pod's own writable, private tree (with the
+/// owner it asked for), while hardlink is refused (linkat out of a
+/// subvolume is EXDEV). Unpublish destroys the snapshot, even when the pod
+/// made a subvolume of its own inside it; the golden bytes never change.
+#[test]
+fn snapshot_on_btrfs() {
+    if !can_mount("snapshot_on_btrfs") {
+        return;
+    }
+    let Some(fs_root) = std::env::var_os("BINDERY_BTRFS_DIR").map(PathBuf::from) else {
+        prerequisite(
+            "snapshot_on_btrfs",
+            false,
+            "BINDERY_BTRFS_DIR not set (.ci/in-namespace sets it)",
+        );
+        return;
+    };
+    let n = cache_node_conf(
+        &fs_root,
+        "strategies = auto, snapshot, hardlink, copy\n",
+        10,
+        10,
+        &[],
+    );
+    let golden = n.golden();
+    let want = tree_listing(&golden);
+    let err = fs::write(golden.join("pkg-1/lib/f1.js"), "root writes").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS even for root: {err}");
+
+    assert!(n.publish("pod-a", &["cache=nm"]).ok());
+    assert!(
+        n.d.log_text().contains("snapshot of"),
+        "auto picks snapshot"
+    );
+    let a = PathBuf::from(n.target("pod-a"));
+    assert_eq!(ino(&a), 256, "the pod's tree is a subvolume");
+    assert!(!mounts_below(&a).contains(&a), "no mount");
+    let b = n.publish(
+        "pod-b",
+        &[
+            "cache=nm",
+            "strategy=snapshot",
+            "placeCacheAtPath=app/nm",
+            "uid=1000",
+            "gid=2000",
+        ],
+    );
+    assert!(b.ok(), "{b:?}");
+    let rb = PathBuf::from(n.target("pod-b")).join("app/nm");
+    let f = "pkg-2/lib/f3.js";
+    for (root, owner) in [(&a, (0, 0)), (&rb, (1000, 2000))] {
+        assert_eq!(tree_listing(root), want, "{}", root.display());
+        let m = root.join(f).symlink_metadata().unwrap();
+        assert_eq!((m.uid(), m.gid()), owner, "{}", root.display());
+        let d = root.join("pkg-2").symlink_metadata().unwrap();
+        assert_eq!((d.uid(), d.gid()), owner, "{}", root.display());
+    }
+    let ro = n.publish_with("pod-r", &["cache=nm", "strategy=snapshot"], &["--readonly"]);
+    assert!(ro.ok(), "{ro:?}");
+    let rr = PathBuf::from(n.target("pod-r"));
+    let err = fs::write(rr.join(f), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "read-only publish: {err}");
+
+    // What pod-a does stays in pod-a.
+    fs::remove_file(a.join(f)).unwrap();
+    fs::write(a.join(f), "pod-a's own bytes").unwrap();
+    fs::remove_dir_all(a.join("pkg-3")).unwrap();
+    let nested = Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(a.join("pods-own"))
+        .output()
+        .unwrap();
+    assert!(nested.status.success(), "{nested:?}");
+    fs::write(a.join("pods-own/f"), "x").unwrap();
+    assert_eq!(tree_listing(&golden), want, "golden unchanged");
+    assert_eq!(tree_listing(&rb), want, "pod-b unchanged");
+    let c = n.publish("pod-c", &["cache=nm"]);
+    assert!(c.ok(), "{c:?}");
+    assert_eq!(tree_listing(Path::new(&n.target("pod-c"))), want);
+
+    let hl = n.publish_with("pod-h", &["cache=nm", "strategy=hardlink"], &["--readonly"]);
+    assert_eq!(hl.code, 3, "{hl:?}");
+    assert!(hl.stderr.contains("linkat"), "{}", hl.stderr);
+
+    let pods = n.d.kubelet.join("pods");
+    let rel = pods.strip_prefix(&fs_root).unwrap().display().to_string();
+    assert_eq!(
+        subvolumes_named(&fs_root, &rel).len(),
+        5,
+        "a, nested, b, r, c"
+    );
+    for pod in ["pod-a", "pod-b", "pod-r", "pod-c"] {
+        assert!(n.unpublish(pod).ok(), "{pod}");
+        assert!(!Path::new(&n.target(pod)).exists(), "{pod}");
+    }
+    n.wait_trash_empty();
+    let kubelet =
+        n.d.kubelet
+            .strip_prefix(&fs_root)
+            .unwrap()
+            .display()
+            .to_string();
+    let left = subvolumes_named(&fs_root, &kubelet);
+    assert!(
+        left.iter().all(|p| p.contains("/golden/")),
+        "only the golden store's subvolumes are left: {left:?}"
+    );
+    assert_eq!(tree_listing(&golden), want);
+}
+
 #[test]
 fn overlay_on_tmpfs() {
     if !can_mount("overlay_on_tmpfs") {
@@ -1335,4 +1463,26 @@ fn waiters_of_a_failed_build_get_its_code() {
         }
     });
     assert!(mounts_below(&d.kubelet).is_empty());
+}
+
+/// Snapshots on btrfs: what a pod writes stays in the pod, and an fsGroup
+/// pod running as 1000 writes anywhere in its tree.
+#[test]
+fn tamper_and_fsgroup_through_snapshot() {
+    if !can_mount("tamper_and_fsgroup_through_snapshot") {
+        return;
+    }
+    match std::env::var_os("BINDERY_BTRFS_DIR") {
+        Some(dir) => {
+            tamper_per_strategy_on(Path::new(&dir), &["snapshot"]);
+            fsgroup_on(Path::new(&dir), &["snapshot"]);
+        }
+        None => {
+            prerequisite(
+                "tamper_and_fsgroup_through_snapshot",
+                false,
+                "BINDERY_BTRFS_DIR not set",
+            );
+        }
+    }
 }

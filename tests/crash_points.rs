@@ -332,20 +332,20 @@ fn linger_survives_a_crash_at_every_point() {
     n.assert_clean("linger");
 }
 
-/// A node with one declared cache built from a small tree.
-fn cache_daemon(src: &Scratch) -> Daemon {
+/// A node under `parent` with one declared cache built from a small tree.
+fn cache_daemon(parent: &Path, src: &Scratch, strategy: &str) -> Daemon {
     let source = src.path.join("tree");
     make_tree(&source, 20, 10);
     let conf = src.path.join("caches.conf");
     fs::write(
         &conf,
         format!(
-            "[cache nm]\nsource = dir:{}\nstrategy = copy\nnamespaces = *\n",
+            "[cache nm]\nsource = dir:{}\nstrategy = {strategy}\nnamespaces = *\n",
             source.display()
         ),
     )
     .unwrap();
-    Daemon::start(&[&format!("--cache-config={}", conf.display())])
+    Daemon::start_in(parent, &[&format!("--cache-config={}", conf.display())])
 }
 
 fn cache_publish(d: &Daemon, target: &str) -> Out {
@@ -395,14 +395,41 @@ fn cache_volumes_survive_a_crash_at_every_point() {
     if !can_mount("cache crash points") {
         return;
     }
+    cache_crash_points(&std::env::temp_dir(), "copy");
+}
+
+/// The same crash points with btrfs snapshots: a snapshot made but not yet
+/// recorded is destroyed by recovery, never served.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
+fn snapshot_cache_volumes_survive_a_crash_at_every_point() {
+    if !can_mount("snapshot cache crash points") {
+        return;
+    }
+    match std::env::var_os("BINDERY_BTRFS_DIR") {
+        Some(dir) => cache_crash_points(Path::new(&dir), "snapshot"),
+        None => {
+            prerequisite(
+                "snapshot cache crash points",
+                false,
+                "BINDERY_BTRFS_DIR not set (.ci/in-namespace sets it)",
+            );
+        }
+    }
+}
+
+fn cache_crash_points(parent: &Path, strategy: &str) {
     for point in [
         "cache_publish.recorded",
         "cache_publish.populated",
         "cache_unpublish.recorded",
         "cache_unpublish.removed",
     ] {
-        let src = Scratch::new("crash-src");
-        let mut d = cache_daemon(&src);
+        let src = Scratch::new_in(parent, "crash-src");
+        let mut d = cache_daemon(parent, &src, strategy);
         let target = d.kpath("pods/c1/volumes/kubernetes.io~csi/cache/mount");
         let source_files = count_files(&src.path.join("tree"));
         if point.starts_with("cache_publish") {
@@ -422,6 +449,15 @@ fn cache_volumes_survive_a_crash_at_every_point() {
         }
         let root = PathBuf::from(&target).join("app/nm");
         assert_eq!(count_files(&root), source_files, "{point}: a complete copy");
+        let made = if strategy == "snapshot" {
+            "snapshot of"
+        } else {
+            "by copy"
+        };
+        assert!(
+            d.log_text().contains(made),
+            "{point}: not made by {strategy}"
+        );
         assert!(cache_unpublish(&d, &target).ok());
         assert!(!Path::new(&target).exists(), "{point}: removed");
         let records = fs::read_dir(d.state.join("volumes"))

@@ -209,6 +209,7 @@ fn build_decl(name: &str, keys: &HashMap<String, String>) -> Result<CacheDecl> {
                 Choice::Auto,
                 Choice::Fill(Strategy::Reflink),
                 Choice::Overlay,
+                Choice::Snapshot,
                 Choice::Fill(Strategy::Copy),
             ] {
                 if !out.contains(&c) {

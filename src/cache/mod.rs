@@ -11,7 +11,7 @@
 //! populate::Owner { uid, gid: Option<u32>, mode: Option<u32>, group_writable: bool }
 //! populate::Stats { files, dirs, symlinks, skipped, bytes: u64 }
 //! populate::populate(golden, dest, Strategy, &Owner, threads) -> Result<Stats>
-//! probe::ensure_probe_file(store) / probe_pair(store, dir) -> Probe { link, reflink }
+//! probe::ensure_probe_file(store) / probe_pair(store, dir) -> Probe { link, reflink, snapshot }
 //!                                                       real linkat/FICLONE, never st_dev
 //! usage::measure(target, root, max_entries, deadline) -> Usage   bounded, fd-relative, no symlinks/mounts
 //!
@@ -64,6 +64,9 @@
 //!   retry after a crash never sees a half-full volume as ready.
 //! - Hardlink needs the golden store and the target on one mount, reflink on one
 //!   filesystem: `probe_pair` says whether they work there (Caches caches it per mount).
+//! - Snapshot needs the version to be a btrfs subvolume (the store makes them so on
+//!   btrfs) and the target on the same btrfs filesystem; linkat out of a subvolume is
+//!   EXDEV, so hardlink never works from a btrfs store.
 //! - Unpublish: `Trash::discard` (a rename, O(1)) and the trash thread deletes.
 //!   The trash dir must be on the pods' filesystem, outside the pod's volume dir.
 
@@ -104,12 +107,15 @@ pub(crate) mod testutil {
         false
     }
 
-    /// The directory named by `var` when set, else print why the test is skipped.
+    /// The directory named by `var` when set, else print why the test is skipped
+    /// (a failure under CI=true, see `testkit::prerequisite`).
     pub fn env_dir(var: &str, test: &str) -> Option<PathBuf> {
         match std::env::var_os(var) {
             Some(v) if Path::new(&v).is_dir() => Some(PathBuf::from(v)),
             _ => {
-                eprintln!("SKIP {test}: set {var} to a mounted directory to run it");
+                let why =
+                    format!("set {var} to a mounted directory to run it (.ci/in-namespace does)");
+                crate::testkit::prerequisite(test, false, &why);
                 None
             }
         }

@@ -2,8 +2,10 @@
 //! its tree filled (or its overlay mounted), restored after a reboot, and
 //! moved to the trash on unpublish.
 
+use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +20,7 @@ use crate::cache::request::CacheRequest;
 use crate::cache::volume::{Caches, SHARED_VARIANT};
 use crate::error::{Error, Result};
 use crate::lifecycle::{CacheCopy, Filled};
-use crate::sys::{self, mount, mountinfo, mounts};
+use crate::sys::{self, btrfs, mount, mountinfo, mounts};
 
 /// Create `path` (or take the one the kubelet made) as a directory owned by
 /// the pod, so that it can add, delete and replace files in it.
@@ -46,6 +48,34 @@ fn ensure_owned_dir(path: &Path, owner: &Owner) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` is the root of a btrfs subvolume (the golden store makes
+/// its versions subvolumes where it is on btrfs).
+fn is_subvolume(path: &Path) -> bool {
+    sys::fs::open_dir(path).is_ok_and(|fd| btrfs::is_subvolume(fd.as_fd()).unwrap_or(false))
+}
+
+/// Put a writable snapshot of the subvolume `source` at `dest`, in place of
+/// the empty directory there (made by the kubelet or `ensure_owned_dir`).
+/// On disk when this returns: the snapshot ioctl commits its transaction.
+fn snapshot_into(source: &Path, dest: &Path) -> Result<()> {
+    let (Some(parent), Some(leaf)) = (dest.parent(), dest.file_name()) else {
+        return Err(Error::invalid(
+            "target_path",
+            format!("{}: no parent", dest.display()),
+        ));
+    };
+    let name = CString::new(leaf.as_bytes())
+        .map_err(|_| Error::invalid("target_path", format!("{}: NUL byte", dest.display())))?;
+    let pfd = sys::fs::open_dir(parent)?;
+    match sys::fs::unlink_at(pfd.as_fd(), &name, true) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(Error::sys("rmdir before snapshot", dest, e)),
+    }
+    let sfd = sys::fs::open_dir(source)?;
+    btrfs::snapshot(sfd.as_fd(), pfd.as_fd(), &name, false)
+        .map_err(|e| Error::sys("btrfs snapshot", dest, e))
+}
+
 /// What a recorded cache publication can lack on the node (see `Caches::missing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lack {
@@ -65,13 +95,21 @@ impl Lack {
 }
 
 impl Caches {
-    /// The strategy used for `req` into `dest`, or why none can be. `auto` is reflink
-    /// where FICLONE from the store into `dest` works, else overlay. Hardlink shares
+    /// The strategy used for `req` into `dest`, or why none can be. `auto` is snapshot
+    /// where the golden version is a btrfs subvolume and a snapshot of the store's
+    /// probe subvolume into `dest` works, else reflink where FICLONE from the store
+    /// into `dest` works, else overlay. Hardlink shares
     /// inodes between pods, so it is allowed only when the pod cannot change them (a
     /// read-only publish), or when the declaration trusts its tenants with shared
     /// inodes. fs-verity is no substitute: it seals contents, but a root pod can still
     /// chmod, chown or set xattrs (file capabilities, ACLs) on a sealed inode.
-    fn resolve(&self, req: &CacheRequest, dest: &Path, readonly: bool) -> Result<Choice> {
+    fn resolve(
+        &self,
+        req: &CacheRequest,
+        golden: &Path,
+        dest: &Path,
+        readonly: bool,
+    ) -> Result<Choice> {
         let name = &req.decl.name;
         let field = if req.requested {
             "volume_context.strategy".to_string()
@@ -79,10 +117,30 @@ impl Caches {
             format!("cache {name}: strategies")
         };
         match req.choice {
-            Choice::Auto => Ok(match self.probe(dest)?.reflink {
-                Ok(()) => Choice::Fill(Strategy::Reflink),
-                Err(_) => Choice::Overlay,
-            }),
+            Choice::Auto => {
+                let probe = self.probe(dest)?;
+                Ok(if probe.snapshot.is_ok() && is_subvolume(golden) {
+                    Choice::Snapshot
+                } else if probe.reflink.is_ok() {
+                    Choice::Fill(Strategy::Reflink)
+                } else {
+                    Choice::Overlay
+                })
+            }
+            Choice::Snapshot => {
+                let why = match self.probe(dest)?.snapshot {
+                    Err(e) => format!("a btrfs snapshot from the golden store into {} fails ({e})", dest.display()),
+                    Ok(()) if !is_subvolume(golden) => format!(
+                        "golden version {} is not a btrfs subvolume (built before the store was on btrfs)",
+                        golden.display()
+                    ),
+                    Ok(()) => return Ok(req.choice),
+                };
+                Err(Error::invalid(
+                    field,
+                    format!("snapshot: {why}; use reflink, overlay or copy"),
+                ))
+            }
             Choice::Fill(Strategy::Reflink) => match self.probe(dest)?.reflink {
                 Ok(()) => Ok(req.choice),
                 Err(e) => Err(Error::invalid(
@@ -136,7 +194,7 @@ impl Caches {
         (vol.join("bindery-upper"), vol.join("bindery-work"))
     }
 
-    /// The overlay lower dir for `owner`: the golden version itself when the pod takes
+    /// The overlay lower dir (and snapshot source) for `owner`: the golden version itself when the pod takes
     /// root's tree as it is, else a variant owned as asked (directories the pod can
     /// write in, copy-up keeps their owner and modes), built once per owner.
     fn overlay_lower(&self, name: &str, version: &Version, owner: &Owner) -> Result<PathBuf> {
@@ -180,7 +238,7 @@ impl Caches {
             dest.push(part);
             ensure_owned_dir(&dest, &req.owner)?;
         }
-        let choice = self.resolve(req, &dest, readonly)?;
+        let choice = self.resolve(req, &golden, &dest, readonly)?;
         let mut overlay_lower = None;
         match choice {
             Choice::Overlay => {
@@ -198,6 +256,21 @@ impl Caches {
                     },
                 )?;
                 mount::overlay(&lower, &upper, &work, &dest)?;
+            }
+            Choice::Snapshot => {
+                let source = self.overlay_lower(name, &version, &req.owner)?;
+                snapshot_into(&source, &dest)?;
+                // The root directory as the other strategies make it for this owner.
+                ensure_owned_dir(&dest, &req.owner)?;
+                if req.owner != Owner::default() {
+                    sys::fs::fsync(sys::fs::open_dir(&dest)?.as_fd(), &dest)?;
+                }
+                info!(
+                    "cache {name:?} v{version}: snapshot of {} at {} in {:.1?}",
+                    source.display(),
+                    dest.display(),
+                    started.elapsed()
+                );
             }
             Choice::Fill(strategy) => {
                 // Writable hardlinks link a variant with inodes of its own: what a

@@ -6,6 +6,10 @@
 //! subdirectory is opened with `openat2(RESOLVE_NO_XDEV)`, which refuses every mount
 //! point, bind mounts of the same filesystem included (on kernels without openat2,
 //! st_dev is compared with the parent's). Such a directory stays and is reported.
+//! A btrfs subvolume met on the way (the `snapshot` strategy's pod trees, the
+//! golden store's versions) is destroyed whole with one ioctl instead of emptied
+//! file by file; one that cannot be (it holds a subvolume a pod made) is made
+//! writable and emptied like any directory.
 //!
 //! `Trash` moves a tree aside with one `rename` (same filesystem) and deletes it on a
 //! background thread; `Trash::new` first queues whatever a crash left in the trash.
@@ -20,6 +24,7 @@ use nix::errno::Errno;
 use nix::sys::stat::SFlag;
 
 use crate::error::{Error, Result};
+use crate::sys::btrfs;
 use crate::sys::fs::{self, EntryType};
 
 pub mod trash;
@@ -72,6 +77,10 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         }
         Err(e) => return Err(Error::sys("open directory", path, e)),
     };
+    if destroy_subvolume(&parent, &name, &root) {
+        debug!("destroyed subvolume {}", path.display());
+        return Ok(());
+    }
     let mut walk = Walk {
         root_path: path,
         frames: Vec::new(),
@@ -125,6 +134,28 @@ fn split(path: &Path) -> Result<(PathBuf, CString)> {
 
 fn is_dir(mode: u32) -> bool {
     SFlag::from_bits_truncate(mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+/// Destroy `name` of `parent` whole if the opened directory `dir` is a btrfs
+/// subvolume's root; false (nothing changed but, for a read-only subvolume that
+/// cannot be destroyed, its flag) when it is not, or must be emptied first.
+fn destroy_subvolume(parent: &OwnedFd, name: &CStr, dir: &OwnedFd) -> bool {
+    if !matches!(btrfs::is_subvolume(dir.as_fd()), Ok(true)) {
+        return false;
+    }
+    match btrfs::destroy(parent.as_fd(), name) {
+        Ok(()) => true,
+        Err(e) => {
+            // ENOTEMPTY: it holds another subvolume, which the walk destroys.
+            debug!("subvolume {name:?} not destroyed whole ({e}): emptying it");
+            if matches!(btrfs::is_read_only(dir.as_fd()), Ok(true)) {
+                if let Err(e) = btrfs::set_read_only(dir.as_fd(), false) {
+                    debug!("cannot make subvolume {name:?} writable: {e}");
+                }
+            }
+            false
+        }
+    }
 }
 
 /// Open a subdirectory for removal: no symlink, no mount crossing (EXDEV if it is a mount).
@@ -304,6 +335,7 @@ impl Walk<'_> {
                 let dev = top.dev;
                 let opened = open_subdir(self.top_fd(), &name, dev);
                 match opened {
+                    Ok(fd) if destroy_subvolume(self.top_fd(), &name, &fd) => self.removed += 1,
                     Ok(fd) => self.push(fd, name)?,
                     Err(Errno::ENOENT) => {}
                     // Replaced by a file or a symlink since it was listed: unlink that.

@@ -1,5 +1,6 @@
 //! The only place that makes mount, process and filesystem system calls.
 
+pub mod btrfs;
 pub mod cgroup;
 pub mod consumers;
 pub mod fs;

@@ -12,6 +12,8 @@ pub enum Choice {
     Auto,
     Fill(Strategy),
     Overlay,
+    /// One btrfs snapshot of the golden subvolume (or of an owner variant).
+    Snapshot,
 }
 
 impl FromStr for Choice {
@@ -20,10 +22,13 @@ impl FromStr for Choice {
         match s {
             "auto" | "" => Ok(Choice::Auto),
             "overlay" => Ok(Choice::Overlay),
+            "snapshot" => Ok(Choice::Snapshot),
             other => other.parse::<Strategy>().map(Choice::Fill).map_err(|_| {
                 Error::invalid(
                     "strategy",
-                    format!("{other:?}: expected hardlink, reflink, copy, overlay or auto"),
+                    format!(
+                        "{other:?}: expected hardlink, reflink, copy, overlay, snapshot or auto"
+                    ),
                 )
             }),
         }
@@ -35,6 +40,7 @@ impl Choice {
         match self {
             Choice::Auto => "auto",
             Choice::Overlay => "overlay",
+            Choice::Snapshot => "snapshot",
             Choice::Fill(s) => s.as_str(),
         }
     }

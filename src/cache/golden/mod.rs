@@ -17,7 +17,9 @@
 //!                                    across processes (daemon and `bindery cache build`)
 //! ```
 //! A version is the build's start time in unix nanoseconds, zero-padded to 20 digits, so
-//! string order is time order.
+//! string order is time order. On btrfs, versions and variants are subvolumes made
+//! read-only once complete (`create_tree`, `freeze_tree`): a pod's `snapshot` is one
+//! ioctl, and `remove_tree` destroys them whole.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -35,7 +37,7 @@ use crate::cache::manifest::{Confirmed, Manifest};
 use crate::cache::populate::{populate_masked, Owner, Strategy};
 use crate::cache::remove::remove_tree;
 use crate::error::{Error, Result};
-use crate::sys::fs;
+use crate::sys::{btrfs, fs};
 
 pub mod pin;
 mod variant;
@@ -197,7 +199,7 @@ impl GoldenStore {
         let tmp_name = format!("{TMP_PREFIX}{version}");
         let tmp = dir.join(&tmp_name);
         let result = (|| {
-            std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            create_tree(&dir, &tmp_name)?;
             let root = Owner {
                 uid: Some(0),
                 gid: Some(0),
@@ -210,6 +212,7 @@ impl GoldenStore {
                 let marker = self.meta_path(name, &version, "verity");
                 fs::create_file(&marker, true)?;
             }
+            freeze_tree(&tmp)?;
             let manifest = Manifest::scan(&tmp)?;
             manifest.write_to(&self.meta_path(name, &version, "manifest"))?;
             let tmp_fd = fs::open_dir(&tmp)?;
@@ -423,6 +426,39 @@ impl GoldenStore {
         }
         Ok(removed)
     }
+}
+
+/// Create `name` in `dir`, where a version or variant is built: a btrfs
+/// subvolume where the store is on btrfs (pods then get it by one O(1)
+/// snapshot, the `snapshot` strategy), else a plain directory.
+pub(super) fn create_tree(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    let dfd = fs::open_dir(dir)?;
+    if btrfs::is_btrfs(dfd.as_fd()).unwrap_or(false) {
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| Error::invalid("cache", format!("{name:?}: NUL byte")))?;
+        match btrfs::create_subvolume(dfd.as_fd(), &cname) {
+            Ok(()) => return Ok(()),
+            Err(e) => warn!(
+                "{}: no btrfs subvolume ({e}); a plain directory, which the snapshot \
+                 strategy cannot use",
+                path.display()
+            ),
+        }
+    }
+    std::fs::create_dir(&path).map_err(|e| Error::io("create", &path, e))
+}
+
+/// Make a finished tree read-only if it is a btrfs subvolume: not even root
+/// writes into it then without first clearing the flag, and every snapshot
+/// of it starts from the bytes its manifest records.
+pub(super) fn freeze_tree(path: &Path) -> Result<()> {
+    let fd = fs::open_dir(path)?;
+    if btrfs::is_subvolume(fd.as_fd()).unwrap_or(false) {
+        btrfs::set_read_only(fd.as_fd(), true)
+            .map_err(|e| Error::sys("make subvolume read-only", path, e))?;
+    }
+    Ok(())
 }
 
 /// Seal every regular file below `dir` with fs-verity (reopened read-only: the

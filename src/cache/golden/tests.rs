@@ -3,6 +3,7 @@
 use super::*;
 use crate::cache::populate::populate;
 use crate::cache::testutil::*;
+use std::os::unix::fs::MetadataExt;
 
 fn store() -> (TempDir, GoldenStore) {
     let t = TempDir::new("store");
@@ -216,4 +217,70 @@ fn names_are_checked_and_failed_builds_leave_nothing() {
     assert!(s.versions("ok").unwrap().is_empty());
     assert_eq!(Version::parse("123"), None);
     assert!(Version::parse("00000000000000000042").is_some());
+}
+
+/// On btrfs, versions and variants are read-only subvolumes (not even root
+/// writes into them) that verify intact, and gc destroys the unused ones.
+#[test]
+fn versions_on_btrfs_are_read_only_subvolumes() {
+    let Some(b) = env_dir(
+        "BINDERY_BTRFS_DIR",
+        "versions_on_btrfs_are_read_only_subvolumes",
+    ) else {
+        return;
+    };
+    let t = TempDir::new_in(&b, "store");
+    let s = GoldenStore::new(&t.path().join("golden")).with_threads(2);
+    let src = TempDir::new("src");
+    sample_tree(src.path());
+    let frozen = |p: &Path| {
+        let fd = fs::open_dir(p).unwrap();
+        btrfs::is_subvolume(fd.as_fd()).unwrap() && btrfs::is_read_only(fd.as_fd()).unwrap()
+    };
+    let v1 = s.build_from_dir("npm", src.path()).unwrap();
+    let p1 = s.path("npm", &v1);
+    assert!(frozen(&p1));
+    assert!(std::fs::write(p1.join("new"), b"x").is_err());
+    assert!(std::fs::write(p1.join("top.txt"), b"x").is_err());
+    assert_eq!(s.verify("npm", &v1).unwrap(), Vec::<PathBuf>::new());
+    let v2 = s.build_from_dir("npm", src.path()).unwrap();
+    let owner = Owner {
+        uid: Some(1000),
+        gid: Some(1000),
+        mode: None,
+        group_writable: false,
+    };
+    let var = s
+        .variant(
+            "npm",
+            &v2,
+            "o-1000",
+            Strategy::Reflink,
+            &owner,
+            VariantLimit::Owners(1),
+        )
+        .unwrap();
+    assert!(frozen(&var));
+    assert_eq!(
+        std::fs::symlink_metadata(var.join("a/b")).unwrap().uid(),
+        1000
+    );
+    assert_eq!(s.gc("npm", &HashSet::new()).unwrap(), vec![v1]);
+    assert!(!p1.exists());
+    assert_eq!(
+        s.gc_variants("npm", &HashSet::new()).unwrap(),
+        vec![(v2.clone(), "o-1000".to_string())]
+    );
+    assert!(!var.exists());
+    let left: Vec<_> = std::fs::read_dir(t.path().join("golden/npm"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with(".tmp-")),
+        "{left:?}"
+    );
 }

@@ -90,8 +90,9 @@ impl GoldenStore {
             if tmp.exists() {
                 remove_tree(&tmp)?;
             }
-            std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            create_tree(&dir, &tmp_name)?;
             populate_masked(&golden, &tmp, strategy, owner, self.threads, 0o7777)?;
+            freeze_tree(&tmp)?;
             // Whole on disk before it is renamed into place, as a version is.
             fs::syncfs(fs::open_dir(&tmp)?.as_fd(), &tmp)?;
             Manifest::scan(&tmp)?.write_to(&self.variant_manifest(name, version, key))?;

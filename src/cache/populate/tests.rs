@@ -275,6 +275,27 @@ fn reflink_on_xfs() {
     }
 }
 
+/// btrfs: the store's probe file lives in a read-only subvolume, so a probe
+/// meets what a publish from a golden subvolume meets: snapshots and
+/// FICLONE work, linkat fails (EXDEV). The probe leaves nothing behind.
+#[test]
+fn snapshot_probe_on_btrfs() {
+    let Some(b) = env_dir("BINDERY_BTRFS_DIR", "snapshot_probe_on_btrfs") else {
+        return;
+    };
+    let g = TempDir::new_in(&b, "golden");
+    let t = TempDir::new_in(&b, "target");
+    let p = probe(g.path(), t.path());
+    assert_eq!(p.snapshot, Ok(()), "{p:?}");
+    assert_eq!(p.reflink, Ok(()), "{p:?}");
+    assert_eq!(p.link, Err(Errno::EXDEV), "{p:?}");
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    let sub = crate::sys::fs::open_dir(&g.path().join(PROBE_SUBVOLUME)).unwrap();
+    assert!(crate::sys::btrfs::is_read_only(sub.as_fd()).unwrap());
+    // Again, on the existing probe subvolume.
+    assert_eq!(probe(g.path(), t.path()), p);
+}
+
 /// tmpfs has no FICLONE: reflink fails clearly, hardlink and copy work.
 #[test]
 fn strategies_on_tmpfs() {
@@ -284,7 +305,10 @@ fn strategies_on_tmpfs() {
     let g = TempDir::new_in(&tmpfs, "golden");
     let t = TempDir::new_in(&tmpfs, "target");
     let p = probe(g.path(), t.path());
-    assert!(p.reflink.is_err() && p.link.is_ok(), "{p:?}");
+    assert!(
+        p.reflink.is_err() && p.link.is_ok() && p.snapshot.is_err(),
+        "{p:?}"
+    );
     std::fs::remove_file(g.path().join(PROBE_FILE)).unwrap();
     sample_tree(g.path());
     let d = TempDir::new_in(&tmpfs, "dest");

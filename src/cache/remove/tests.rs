@@ -216,3 +216,54 @@ fn move_to_trash_across_filesystems_fails() {
         None
     );
 }
+
+/// btrfs: subvolumes met by `remove_tree` are destroyed whole: a read-only one
+/// (a golden version: emptying it would fail with EROFS), writable ones below a
+/// plain directory, one a pod nested in its snapshot, a read-only one holding
+/// another (made writable, emptied, removed); nothing outside is touched.
+#[test]
+fn subvolumes_are_destroyed_whole() {
+    let Some(dir) = env_dir("BINDERY_BTRFS_DIR", "subvolumes_are_destroyed_whole") else {
+        return;
+    };
+    let top = TempDir::new_in(&dir, "subvols");
+    let outside = outside_dir();
+    let subvolume = |parent: &Path, name: &str| {
+        let fd = fs::open_dir(parent).unwrap();
+        btrfs::create_subvolume(fd.as_fd(), &CString::new(name).unwrap()).unwrap();
+        parent.join(name)
+    };
+    let read_only = |p: &Path| {
+        let fd = fs::open_dir(p).unwrap();
+        btrfs::set_read_only(fd.as_fd(), true).unwrap();
+        assert!(btrfs::is_read_only(fd.as_fd()).unwrap());
+    };
+
+    let ro = subvolume(top.path(), "ro");
+    sample_tree(&ro);
+    read_only(&ro);
+    assert!(
+        stdfs::write(ro.join("new"), b"x").is_err(),
+        "root gets EROFS"
+    );
+    remove_tree(&ro).unwrap();
+    assert!(!ro.exists());
+
+    let plain = top.path().join("plain");
+    stdfs::create_dir(&plain).unwrap();
+    let outer = subvolume(&plain, "outer");
+    hostile_tree(&outer, outside.path());
+    let inner = subvolume(&outer, "inner");
+    sample_tree(&inner);
+    read_only(&inner);
+    remove_tree(&plain).unwrap();
+    assert!(!plain.exists());
+    outside_intact(outside.path());
+
+    let holder = subvolume(top.path(), "holder");
+    sample_tree(&subvolume(&holder, "nested"));
+    read_only(&holder);
+    remove_tree(&holder).unwrap();
+    assert!(!holder.exists());
+    assert_eq!(stdfs::read_dir(top.path()).unwrap().count(), 0);
+}
