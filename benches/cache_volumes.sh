@@ -613,7 +613,8 @@ for fs, fstype, base in order:
         row("publish reflink", "pub.log.reflink", "pub.wall.reflink", "bindery hardlink", "pub.log.hardlink",
             "<= 1.50x hardlink", 1.50)
         row("  population only", "pub.pop.reflink", None, "bindery hardlink", "pub.pop.hardlink")
-        row("publish reflink", "pub.log.reflink", None, "cp -a --reflink=always", "base.cpreflink")
+    if have("reflink"):
+        row("publish reflink", "pub.log.reflink", "pub.wall.reflink", "cp -a --reflink=always", "base.cpreflink")
     row("publish copy", "pub.log.copy", "pub.wall.copy", "cp -a", "base.cpa")
     row("  population only", "pub.pop.copy", None, "cp -a", "base.cpa")
     row("publish overlay", "pub.log.overlay", "pub.wall.overlay", goal="<= 5 ms", limit=5000)

@@ -2,11 +2,15 @@
 # End-to-end suite: bindery on a real one-node Kubernetes cluster (../shared/k8s beside the
 # clone). Run it through .ci/e2e, which builds the images and enters a private mount + PID
 # namespace first; this script expects to be PID 1's child there (it mounts an XFS scratch
-# filesystem and a tmpfs over /var/lib/bindery that vanish with the namespace).
+# filesystem, or btrfs with E2E_FS=btrfs, and a tmpfs over /var/lib/bindery that vanish with
+# the namespace).
 # env: BINDERY_BIN (host copy of the binary, for `bindery csi`), IMAGES (dir with the image
 #      tars), KIT (../shared/k8s), E2E_KEEP=1 (leave the cluster up at the end, until
 #      /var/tmp/bindery-e2e.keep is removed), E2E_ONLY=REGEX (only the steps whose name
-#      matches, plus install), E2E_LOGS (where logs are kept, default /var/tmp/bindery-e2e-logs).
+#      matches, plus install), E2E_LOGS (where logs are kept, default /var/tmp/bindery-e2e-logs),
+#      E2E_FS=xfs|btrfs (the kubelet dir's filesystem, default xfs: reflink=1; on btrfs the
+#      golden versions are subvolumes, snapshot pods run and the read-only pod is a snapshot,
+#      since linkat out of a subvolume is EXDEV).
 # Prints one PASS/FAIL line per step and "N passed, M failed" last; exits 1 if any failed.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -16,6 +20,12 @@ KIT=${KIT:-$REPO/../shared/k8s}
 # The kubelet dir is fixed because the chart's values for the suite name it (tests/e2e/values.yaml).
 D=/var/tmp/bindery-e2e
 LOGS=${E2E_LOGS:-/var/tmp/bindery-e2e-logs}   # kept after the run: kubelet, bindery, csi-sanity
+FS=${E2E_FS:-xfs}
+case $FS in
+  xfs) WRITABLE="copy overlay reflink auto" RO_STRATEGY=hardlink ;;
+  btrfs) WRITABLE="copy overlay reflink snapshot auto" RO_STRATEGY=snapshot ;;
+  *) echo "FAIL setup: E2E_FS=$FS (xfs or btrfs)"; exit 1 ;;
+esac
 DRIVER=bindery.csi.dev
 NS=bindery
 PASSED=0 FAILED=0
@@ -148,12 +158,15 @@ health_metric() { # pvc: the kubelet's kubelet_volume_stats_health_status_abnorm
 metric_is() { [[ $(health_metric "$1") == "$2" ]]; }
 
 # ---------------------------------------------------------------- the cluster
-log "scratch: XFS (reflink) for the kubelet dir and containerd, tmpfs for /var/lib/bindery"
+log "scratch: $FS for the kubelet dir and containerd, tmpfs for /var/lib/bindery"
 [[ -d $D ]] && { "$KIT/down.sh" "$D" --purge > /dev/null 2>&1; mountpoint -q "$D" && umount -l "$D"; rm -rf "$D"; }
 [[ -d /var/lib/bindery ]] || made_state_dir=1
 mkdir -p "$D" /var/lib/bindery
 rm -f "$D.img"; truncate -s 8G "$D.img"
-mkfs.xfs -q -m reflink=1 "$D.img" && mount -o loop "$D.img" "$D" || { echo "FAIL setup: no XFS scratch"; exit 1; }
+case $FS in
+  xfs) mkfs.xfs -q -m reflink=1 "$D.img" ;;
+  btrfs) mkfs.btrfs -q "$D.img" > /dev/null ;;
+esac && mount -o loop "$D.img" "$D" || { echo "FAIL setup: no $FS scratch"; exit 1; }
 mount -t tmpfs -o mode=0700 bindery-state /var/lib/bindery
 # Bidirectional mount propagation needs shared source mounts (as on systemd hosts).
 mount --make-rshared "$D"; mount --make-shared /var/lib/bindery
@@ -211,8 +224,8 @@ install_bindery() {
   # those keys (probed with `bindery cache build` on a scratch store), else the older format.
   # $conf is the caches.conf that the chart renders from $caches (the value caches).
   local conf caches probe=$D/conf-probe
-  conf=$(printf '[cache tools]\nsource = dir:%s\nnamespaces = default\nstrategies = auto, reflink, overlay, copy, hardlink\n' "$CACHE_SRC")
-  caches="{tools: {source: \"dir:$CACHE_SRC\", namespaces: [default], strategies: [auto, reflink, overlay, copy, hardlink]}}"
+  conf=$(printf '[cache tools]\nsource = dir:%s\nnamespaces = default\nstrategies = auto, reflink, overlay, snapshot, copy, hardlink\n' "$CACHE_SRC")
+  caches="{tools: {source: \"dir:$CACHE_SRC\", namespaces: [default], strategies: [auto, reflink, overlay, snapshot, copy, hardlink]}}"
   mkdir -p "$probe/kubelet"; printf '%s\n' "$conf" > "$probe/caches.conf"
   if ! "$BINDERY_BIN" cache build tools --cache-config="$probe/caches.conf" --state-dir="$probe/state" \
       --kubelet-dir="$probe/kubelet" > "$probe/out" 2>&1; then
@@ -220,6 +233,8 @@ install_bindery() {
     conf=$(printf '[cache tools]\nsource = dir:%s\nstrategy = auto\n' "$CACHE_SRC")
     caches="{tools: {source: \"dir:$CACHE_SRC\", strategy: auto}}"
   fi
+  # On btrfs the scratch store's version is a read-only subvolume: rm -rf alone gets EROFS.
+  [[ $FS != btrfs ]] || find "$probe" -depth -type d -inum 256 -exec btrfs -q subvolume delete {} + > /dev/null
   rm -rf "$probe"
   # The values of this run, on top of tests/e2e/values.yaml (see bindery_manifests).
   cat > "$D/values-run.yaml" <<EOF
@@ -359,27 +374,37 @@ EOF
 }
 
 cache_strategies() {
-  local s failed="" ro
-  for s in copy overlay reflink auto; do
+  local s failed="" ro uid ino running=""
+  for s in $WRITABLE; do
     pod cache-$s "$(cache_vol c "{cache: tools, strategy: $s}")" "$(mnt c /cache)"
+    running+=" cache-$s"
   done
   # hardlink links the golden inodes into the pod: without fs-verity or the trust key it is
-  # allowed only read-only (a read-only bind: even root gets EROFS), so no pod changes them
-  ro=$(printf '  - name: c\n    csi:\n      driver: %s\n      readOnly: true\n      volumeAttributes: {cache: tools, strategy: hardlink}\n' "$DRIVER")
-  pod cache-hardlink "$ro" "$(mnt c /cache)"
+  # allowed only read-only (a read-only bind: even root gets EROFS), so no pod changes them.
+  # On btrfs (golden subvolumes, linkat is EXDEV) the read-only pod is a snapshot.
+  ro=$(printf '  - name: c\n    csi:\n      driver: %s\n      readOnly: true\n      volumeAttributes: {cache: tools, strategy: %s}\n' "$DRIVER" "$RO_STRATEGY")
+  pod cache-ro "$ro" "$(mnt c /cache)"
   pod cache-place "$(cache_vol c '{cache: tools, placeCacheAtPath: deps/tools}')" "$(mnt c /app)"
-  wait_until 90 pods_running cache-copy cache-overlay cache-reflink cache-hardlink cache-auto cache-place
-  for s in copy overlay reflink hardlink auto; do
+  wait_until 90 pods_running $running cache-ro cache-place
+  for s in $WRITABLE ro; do
     if ! pod_running cache-$s; then failed+=" $s: $(stuck cache-$s);"; continue; fi
     [[ $(in_pod cache-$s 'cat /cache/hello.txt /cache/sub/deep.txt /cache/link' | tr '\n' ' ') == "hello deep hello " ]] ||
       { failed+=" $s: content differs;"; continue; }
-    if [[ $s == hardlink ]]; then
-      in_pod cache-$s 'echo changed > /cache/hello.txt' 2>/dev/null && failed+=" hardlink: a read-only publication accepted a write;"
+    if [[ $s == ro ]]; then
+      in_pod cache-$s 'echo changed > /cache/hello.txt' 2>/dev/null && failed+=" $RO_STRATEGY: a read-only publication accepted a write;"
       continue
     fi
     [[ $(in_pod cache-$s 'echo mine > /cache/new.txt && echo changed > /cache/hello.txt && cat /cache/hello.txt') == changed ]] ||
       failed+=" $s: pod cannot write its own copy;"
   done
+  if [[ $FS == btrfs ]]; then
+    # snapshot and auto: the pod's tree on the node is a subvolume of its own (inode 256)
+    for s in snapshot auto; do
+      uid=$(kubectl get pod cache-$s -o jsonpath='{.metadata.uid}')
+      ino=$(stat -c %i "$KUBELET_DIR/pods/$uid/volumes/kubernetes.io~csi/c/mount" 2>&1)
+      [[ $ino == 256 ]] || failed+=" $s: the pod's tree is not a btrfs subvolume (inode $ino);"
+    done
+  fi
   # the writes stayed in each pod: the source and every other pod still have the original
   [[ $(cat "$CACHE_SRC/hello.txt") == hello ]] || failed+=" a pod's write reached the cache source;"
   if pod_running cache-place; then
@@ -649,12 +674,12 @@ node_reboot() {
   [[ $(in_pod s3-sub 'cat /data/s.txt') == in-sub ]] || why "the subPath pod does not read s.txt after the reboot" || return 1
   in_pod s3-b 'echo rebooted > /data/rebooted.txt' || why "s3-b cannot write after the reboot" || return 1
   # Each writable cache pod keeps its own writes (the cache step changed hello.txt and wrote
-  # new.txt in each); the read-only hardlink pod and placeCacheAtPath show the original.
-  for p in copy overlay reflink auto; do
+  # new.txt in each); the read-only pod and placeCacheAtPath show the original.
+  for p in $WRITABLE; do
     [[ $(in_pod cache-$p 'cat /cache/hello.txt /cache/new.txt /cache/sub/deep.txt' | tr '\n' ' ') == "changed mine deep " ]] ||
       why "cache-$p after the reboot: $(in_pod cache-$p 'cat /cache/hello.txt /cache/new.txt /cache/sub/deep.txt' 2>&1 | tr '\n' ' ' | cut -c1-300)" || return 1
   done
-  [[ $(in_pod cache-hardlink 'cat /cache/hello.txt') == hello ]] || why "cache-hardlink does not read the original after the reboot" || return 1
+  [[ $(in_pod cache-ro 'cat /cache/hello.txt') == hello ]] || why "cache-ro does not read the original after the reboot" || return 1
   [[ $(in_pod cache-place 'cat /app/deps/tools/hello.txt') == hello ]] || why "cache-place does not read its placed cache after the reboot" || return 1
   (( $(mounters) == 1 )) || why "$(mounters) s3fs processes after the reboot, want 1" || return 1
   # No dead FUSE mount anywhere below the kubelet dir.
@@ -729,7 +754,7 @@ step "install: CSIDriver, node DaemonSet and controller Running, registered, Pro
 step "static PV: 3 pods share one s3fs, writes cross pods and reach the bucket, health metric 0" static_pv
 step "dynamic PVC (reclaimData false): new prefix, DeleteVolume keeps the data" dynamic false
 step "dynamic PVC (reclaimData true): new prefix, DeleteVolume removes the data" dynamic true
-step "cache volumes: copy, overlay, reflink, hardlink, auto, placeCacheAtPath" cache_strategies
+step "cache volumes: $WRITABLE, read-only $RO_STRATEGY, placeCacheAtPath ($FS)" cache_strategies
 step "non-root pod (uid 1000, fsGroup 2000) writes its cache and S3 volumes" non_root
 step "node plugin pod deleted: volumes keep working, new plugin adopts the mounter" plugin_restart
 step "s3fs killed under running pods (a reader, a subPath): they read again without a restart, healthy" mounter_killed
