@@ -564,6 +564,16 @@ fn strategies_on(dir: &Path, expect_auto: &str) {
         assert_eq!(out.code, 3, "{out:?}");
         assert!(out.stderr.contains("FICLONE"), "{}", out.stderr);
     }
+    // So is a snapshot where the store is not on btrfs, leaving the target empty.
+    let out = n.publish("pod-s", &["cache=nm", "strategy=snapshot"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("volume_context.strategy") && out.stderr.contains("snapshot:"),
+        "{}",
+        out.stderr
+    );
+    let left = fs::read_dir(n.target("pod-s")).map_or(0, |r| r.count());
+    assert_eq!(left, 0, "a refused snapshot leaves nothing in the target");
     for pod in ["pod-a", "pod-b"] {
         assert!(n.unpublish(pod).ok());
     }

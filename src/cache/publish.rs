@@ -98,10 +98,9 @@ impl Caches {
     /// The strategy used for `req` into `dest`, or why none can be. `auto` is snapshot
     /// where the golden version is a btrfs subvolume and a snapshot of the store's
     /// probe subvolume into `dest` works, else reflink where FICLONE from the store
-    /// into `dest` works, else overlay. Hardlink shares
-    /// inodes between pods, so it is allowed only when the pod cannot change them (a
-    /// read-only publish), or when the declaration trusts its tenants with shared
-    /// inodes. fs-verity is no substitute: it seals contents, but a root pod can still
+    /// into `dest` works, else overlay. Hardlink shares inodes between pods, so it is
+    /// allowed only when the pod cannot change them (a read-only publish), or when the
+    /// declaration trusts its tenants with shared inodes. fs-verity is no substitute: it seals contents, but a root pod can still
     /// chmod, chown or set xattrs (file capabilities, ACLs) on a sealed inode.
     fn resolve(
         &self,
@@ -129,9 +128,13 @@ impl Caches {
             }
             Choice::Snapshot => {
                 let why = match self.probe(dest)?.snapshot {
-                    Err(e) => format!("a btrfs snapshot from the golden store into {} fails ({e})", dest.display()),
+                    Err(e) => format!(
+                        "a btrfs snapshot from the golden store into {} fails ({e})",
+                        dest.display()
+                    ),
                     Ok(()) if !is_subvolume(golden) => format!(
-                        "golden version {} is not a btrfs subvolume (built before the store was on btrfs)",
+                        "golden version {} is not a btrfs subvolume (built by an older bindery, \
+                         or where no subvolume could be created)",
                         golden.display()
                     ),
                     Ok(()) => return Ok(req.choice),
@@ -194,9 +197,10 @@ impl Caches {
         (vol.join("bindery-upper"), vol.join("bindery-work"))
     }
 
-    /// The overlay lower dir (and snapshot source) for `owner`: the golden version itself when the pod takes
-    /// root's tree as it is, else a variant owned as asked (directories the pod can
-    /// write in, copy-up keeps their owner and modes), built once per owner.
+    /// The overlay lower dir (and snapshot source) for `owner`: the golden version
+    /// itself when the pod takes root's tree as it is, else a variant owned as asked
+    /// (directories the pod can write in, copy-up keeps their owner and modes), built
+    /// once per owner.
     fn overlay_lower(&self, name: &str, version: &Version, owner: &Owner) -> Result<PathBuf> {
         if *owner == Owner::default() {
             return Ok(self.store.path(name, version));

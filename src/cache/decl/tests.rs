@@ -73,6 +73,11 @@ trust_tenants_with_shared_inodes = false
     assert!(!dflt[0]
         .strategies
         .contains(&Choice::Fill(Strategy::Hardlink)));
+    // Snapshot copies on write: allowed by default, and named like the others.
+    assert!(dflt[0].strategies.contains(&Choice::Snapshot));
+    let snap = parse_ok("[cache x]\nsource = dir:/a\nstrategies = snapshot, copy\n");
+    assert_eq!(snap[0].strategy, Choice::Snapshot);
+    assert_eq!(Choice::Snapshot.as_str(), "snapshot");
 }
 
 #[test]
