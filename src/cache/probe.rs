@@ -20,9 +20,8 @@ static PROBE_SEQ: AtomicU64 = AtomicU64::new(0);
 /// The name of the probe file kept in the golden store's root.
 pub const PROBE_FILE: &str = ".probe";
 
-/// Where the golden store keeps its probe file on btrfs: inside a read-only
-/// subvolume, as the versions are, so that a probe meets what a publish meets
-/// (linkat out of a subvolume fails with EXDEV) and can take a snapshot.
+/// The golden store's probe subvolume on btrfs (empty, read-only), which the
+/// snapshot probe takes a snapshot of, as a publish does of a version.
 pub const PROBE_SUBVOLUME: &str = ".probe-subvolume";
 
 /// What a real probe between the golden store and a pod's directory found: whether
@@ -37,34 +36,31 @@ pub struct Probe {
     pub snapshot: std::result::Result<(), Errno>,
 }
 
-/// Make sure the store's probe file exists (4 KiB, root, read-only), for
-/// `probe_pair`: in a read-only subvolume of its own where the store is on
-/// btrfs, else in the store's root.
+/// Make sure the store's probe file exists (4 KiB, root, read-only) and, where
+/// the store is on btrfs, its probe subvolume, for `probe_pair`.
 pub fn ensure_probe_file(store: &Path) -> Result<()> {
+    write_probe_file(store)?;
     let root = fs::open_dir(store)?;
     if !btrfs::is_btrfs(root.as_fd()).unwrap_or(false) {
-        return write_probe_file(store);
+        return Ok(());
     }
     let sub = store.join(PROBE_SUBVOLUME);
     let name = cstring(PROBE_SUBVOLUME.as_bytes(), store)?;
-    let made = match btrfs::create_subvolume(root.as_fd(), &name) {
-        Ok(()) => true,
-        Err(Errno::EEXIST) => false,
+    match btrfs::create_subvolume(root.as_fd(), &name) {
+        Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => {
-            info!("{}: no probe subvolume ({e})", sub.display());
-            return write_probe_file(store);
+            info!("{}: no probe subvolume ({e}): no snapshots", sub.display());
+            return Ok(());
         }
-    };
+    }
     let fd = fs::open_dir(&sub)?;
-    if !made && btrfs::is_read_only(fd.as_fd()).unwrap_or(false) {
-        return Ok(());
+    if btrfs::is_subvolume(fd.as_fd()).unwrap_or(false)
+        && !btrfs::is_read_only(fd.as_fd()).unwrap_or(false)
+    {
+        btrfs::set_read_only(fd.as_fd(), true)
+            .map_err(|e| Error::sys("make probe subvolume read-only", &sub, e))?;
     }
-    if !btrfs::is_subvolume(fd.as_fd()).unwrap_or(false) {
-        return write_probe_file(&sub);
-    }
-    write_probe_file(&sub)?;
-    btrfs::set_read_only(fd.as_fd(), true)
-        .map_err(|e| Error::sys("make probe subvolume read-only", &sub, e))
+    Ok(())
 }
 
 fn write_probe_file(dir: &Path) -> Result<()> {
@@ -94,16 +90,12 @@ fn write_probe_file(dir: &Path) -> Result<()> {
 /// Link, clone and snapshot the store's probe into `target` (then remove the
 /// copies): what hardlink, reflink and snapshot population would do there.
 pub fn probe_pair(store: &Path, target: &Path) -> Result<Probe> {
-    let sub = store.join(PROBE_SUBVOLUME);
-    let subvolume = fs::open_dir(&sub)
+    let sfd = fs::open_dir(store)?;
+    let subvolume = fs::open_dir(&store.join(PROBE_SUBVOLUME))
         .ok()
         .filter(|fd| btrfs::is_subvolume(fd.as_fd()).unwrap_or(false));
-    let (src_dir, sfd) = match subvolume {
-        Some(fd) => (sub, fd),
-        None => (store.to_path_buf(), fs::open_dir(store)?),
-    };
     let tfd = fs::open_dir(target)?;
-    let src_name = cstring(PROBE_FILE.as_bytes(), &src_dir)?;
+    let src_name = cstring(PROBE_FILE.as_bytes(), store)?;
     let seq = PROBE_SEQ.fetch_add(1, Ordering::Relaxed);
     let base = format!(".bindery-probe-{}-{seq}", std::process::id());
     let (lname, rname, sname) = (
@@ -116,7 +108,7 @@ pub fn probe_pair(store: &Path, target: &Path) -> Result<Probe> {
         let _ = fs::unlink_at(tfd.as_fd(), &lname, false);
     }
     let src = fs::open_file_at(sfd.as_fd(), &src_name)
-        .map_err(|e| Error::sys("open probe file", src_dir.join(PROBE_FILE), e))?;
+        .map_err(|e| Error::sys("open probe file", store.join(PROBE_FILE), e))?;
     let dst = fs::create_file_at(tfd.as_fd(), &rname, 0o600)
         .map_err(|e| Error::sys("create probe file", target.join(format!("{base}-r")), e))?;
     let reflink = fs::ficlone(dst.as_fd(), src.as_fd());
@@ -124,17 +116,18 @@ pub fn probe_pair(store: &Path, target: &Path) -> Result<Probe> {
     if let Err(e) = fs::unlink_at(tfd.as_fd(), &rname, false) {
         debug!("cannot remove probe in {}: {e}", target.display());
     }
-    let snapshot = if src_dir == store {
+    let snapshot = match subvolume {
         // No subvolume to take: the store is not on btrfs.
-        Err(Errno::EOPNOTSUPP)
-    } else {
-        let made = btrfs::snapshot(sfd.as_fd(), tfd.as_fd(), &sname, false);
-        if made.is_ok() {
-            if let Err(e) = btrfs::destroy(tfd.as_fd(), &sname) {
-                debug!("cannot destroy probe snapshot in {}: {e}", target.display());
+        None => Err(Errno::EOPNOTSUPP),
+        Some(sub) => {
+            let made = btrfs::snapshot(sub.as_fd(), tfd.as_fd(), &sname, false);
+            if made.is_ok() {
+                if let Err(e) = btrfs::destroy(tfd.as_fd(), &sname) {
+                    debug!("cannot destroy probe snapshot in {}: {e}", target.display());
+                }
             }
+            made
         }
-        made
     };
     let p = Probe {
         link,

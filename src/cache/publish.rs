@@ -168,6 +168,18 @@ impl Caches {
                         ),
                     ));
                 }
+                if is_subvolume(golden) {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "hardlink: golden version {} is a btrfs subvolume (built while the \
+                             cache's strategies did not name hardlink), and linkat out of a \
+                             subvolume fails (EXDEV); `bindery cache build {name}` makes a version \
+                             for hardlink, or use snapshot, reflink or copy",
+                            golden.display()
+                        ),
+                    ));
+                }
                 match self.probe(dest)?.link {
                     Ok(()) => Ok(req.choice),
                     Err(e) => Err(Error::invalid(

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use crate::cache::decl::{self, Loaded, Namespaces};
+use crate::cache::decl::{self, Choice, Loaded, Namespaces};
 use crate::cache::golden::{self, GoldenStore, Version};
 use crate::cache::manifest::Confirmed;
 use crate::cache::populate::Strategy;
@@ -136,9 +136,15 @@ impl Caches {
                 root.display()
             ),
         }
+        let hardlinked = loaded
+            .decls
+            .iter()
+            .filter(|(_, d)| d.strategies.contains(&Choice::Fill(Strategy::Hardlink)))
+            .map(|(name, _)| name.clone());
         let store = GoldenStore::new(&root)
             .with_threads(cfg.workers.max(1))
-            .with_verity(verity.is_ok());
+            .with_verity(verity.is_ok())
+            .with_plain_dirs(hardlinked);
         Ok(Caches {
             cfg,
             declared: loaded,

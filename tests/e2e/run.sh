@@ -224,8 +224,12 @@ install_bindery() {
   # those keys (probed with `bindery cache build` on a scratch store), else the older format.
   # $conf is the caches.conf that the chart renders from $caches (the value caches).
   local conf caches probe=$D/conf-probe
-  conf=$(printf '[cache tools]\nsource = dir:%s\nnamespaces = default\nstrategies = auto, reflink, overlay, snapshot, copy, hardlink\n' "$CACHE_SRC")
-  caches="{tools: {source: \"dir:$CACHE_SRC\", namespaces: [default], strategies: [auto, reflink, overlay, snapshot, copy, hardlink]}}"
+  # On btrfs without hardlink: a cache whose strategies name it keeps plain directories,
+  # which cannot be snapshotted.
+  local strategies="auto, reflink, overlay, snapshot, copy, hardlink"
+  [[ $FS != btrfs ]] || strategies="auto, reflink, overlay, snapshot, copy"
+  conf=$(printf '[cache tools]\nsource = dir:%s\nnamespaces = default\nstrategies = %s\n' "$CACHE_SRC" "$strategies")
+  caches="{tools: {source: \"dir:$CACHE_SRC\", namespaces: [default], strategies: [$strategies]}}"
   mkdir -p "$probe/kubelet"; printf '%s\n' "$conf" > "$probe/caches.conf"
   if ! "$BINDERY_BIN" cache build tools --cache-config="$probe/caches.conf" --state-dir="$probe/state" \
       --kubelet-dir="$probe/kubelet" > "$probe/out" 2>&1; then

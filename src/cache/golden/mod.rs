@@ -19,7 +19,8 @@
 //! A version is the build's start time in unix nanoseconds, zero-padded to 20 digits, so
 //! string order is time order. On btrfs, versions and variants are subvolumes made
 //! read-only once complete (`create_tree`, `freeze_tree`): a pod's `snapshot` is one
-//! ioctl, and `remove_tree` destroys them whole.
+//! ioctl, and `remove_tree` destroys them whole. Caches whose strategies name hardlink
+//! keep plain directories (`with_plain_dirs`): linkat out of a subvolume is EXDEV.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -106,6 +107,9 @@ pub struct GoldenStore {
     pins: Pins,
     /// Seal every file of new versions with fs-verity (only where a probe showed it works).
     verity: bool,
+    /// Caches whose versions stay plain directories on btrfs: those whose
+    /// strategies name hardlink (linkat out of a subvolume is EXDEV).
+    plain: Arc<HashSet<String>>,
 }
 
 impl GoldenStore {
@@ -116,7 +120,21 @@ impl GoldenStore {
             threads: 4,
             verity: false,
             pins: Pins::default(),
+            plain: Arc::default(),
         }
+    }
+
+    /// Build the versions of the caches `names` as plain directories even on
+    /// btrfs, where the others are read-only subvolumes: hardlink pods link
+    /// their files, and linkat out of a subvolume fails with EXDEV.
+    pub fn with_plain_dirs(mut self, names: impl IntoIterator<Item = String>) -> GoldenStore {
+        self.plain = Arc::new(names.into_iter().collect());
+        self
+    }
+
+    /// Whether versions of `name` are built as subvolumes where the store is on btrfs.
+    fn subvolumes(&self, name: &str) -> bool {
+        !self.plain.contains(name)
     }
 
     /// Seal the files of versions built from now on with fs-verity.
@@ -199,7 +217,7 @@ impl GoldenStore {
         let tmp_name = format!("{TMP_PREFIX}{version}");
         let tmp = dir.join(&tmp_name);
         let result = (|| {
-            create_tree(&dir, &tmp_name)?;
+            create_tree(&dir, &tmp_name, self.subvolumes(name))?;
             let root = Owner {
                 uid: Some(0),
                 gid: Some(0),
@@ -428,13 +446,13 @@ impl GoldenStore {
     }
 }
 
-/// Create `name` in `dir`, where a version or variant is built: a btrfs
-/// subvolume where the store is on btrfs (pods then get it by one O(1)
-/// snapshot, the `snapshot` strategy), else a plain directory.
-pub(super) fn create_tree(dir: &Path, name: &str) -> Result<()> {
+/// Create `name` in `dir`, where a version or variant is built: with
+/// `subvolume`, a btrfs subvolume where the store is on btrfs (pods then get
+/// it by one O(1) snapshot, the `snapshot` strategy), else a plain directory.
+pub(super) fn create_tree(dir: &Path, name: &str, subvolume: bool) -> Result<()> {
     let path = dir.join(name);
     let dfd = fs::open_dir(dir)?;
-    if btrfs::is_btrfs(dfd.as_fd()).unwrap_or(false) {
+    if subvolume && btrfs::is_btrfs(dfd.as_fd()).unwrap_or(false) {
         let cname = std::ffi::CString::new(name)
             .map_err(|_| Error::invalid("cache", format!("{name:?}: NUL byte")))?;
         match btrfs::create_subvolume(dfd.as_fd(), &cname) {

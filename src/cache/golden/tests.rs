@@ -272,6 +272,11 @@ fn versions_on_btrfs_are_read_only_subvolumes() {
         vec![(v2.clone(), "o-1000".to_string())]
     );
     assert!(!var.exists());
+    // A cache whose strategies name hardlink keeps plain directories.
+    let plain = GoldenStore::new(&t.path().join("golden")).with_plain_dirs(["tools".to_string()]);
+    let v = plain.build_from_dir("tools", src.path()).unwrap();
+    let fd = fs::open_dir(&plain.path("tools", &v)).unwrap();
+    assert!(!btrfs::is_subvolume(fd.as_fd()).unwrap());
     let left: Vec<_> = std::fs::read_dir(t.path().join("golden/npm"))
         .unwrap()
         .flatten()

@@ -90,7 +90,7 @@ impl GoldenStore {
             if tmp.exists() {
                 remove_tree(&tmp)?;
             }
-            create_tree(&dir, &tmp_name)?;
+            create_tree(&dir, &tmp_name, self.subvolumes(name))?;
             populate_masked(&golden, &tmp, strategy, owner, self.threads, 0o7777)?;
             freeze_tree(&tmp)?;
             // Whole on disk before it is renamed into place, as a version is.
