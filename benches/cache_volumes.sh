@@ -353,8 +353,10 @@ wait_trash() {
 csi() { "$B" csi "$@" --endpoint "unix://$SOCK" --timeout 1800; }
 
 start_daemon() {
-  local conf="$W/$FS.caches.conf" t0
-  printf '[cache nm]\nsource = dir:%s\nnamespaces = *\nstrategies = auto, hardlink, reflink, snapshot, copy, overlay\n' "$SRC" >"$conf"
+  local conf="$W/$FS.caches.conf" t0 strategies="auto, hardlink, reflink, copy, overlay"
+  # On btrfs a cache that names hardlink keeps plain directories, which cannot be snapshotted.
+  [ "$FS" != btrfs ] || strategies="auto, reflink, snapshot, copy, overlay"
+  printf '[cache nm]\nsource = dir:%s\nnamespaces = *\nstrategies = %s\n' "$SRC" "$strategies" >"$conf"
   mkdir -p "$KUB" "$STATE"
   LOG="$W/$FS.daemon.log"
   t0=$(now_us)
@@ -494,7 +496,7 @@ run_fs() {
   STATE="$base/state"
   SOCK="$W/$FS.sock"
   TRASH="$KUB/plugins/bindery.csi.dev/trash"
-  # Golden versions on btrfs are subvolumes: linkat out of them is EXDEV.
+  # On btrfs the cache is declared for snapshot and without hardlink (start_daemon).
   strategies=""
   [ "$FS" = btrfs ] || strategies="hardlink"
   echo probe >"$base/.reflink-probe"
