@@ -82,6 +82,20 @@ pub fn prerequisite(test: &str, met: bool, why: &str) -> bool {
     met
 }
 
+/// The directory named by `var` (.ci/in-namespace sets BINDERY_XFS_DIR,
+/// BINDERY_BTRFS_DIR and BINDERY_TMPFS_DIR to mounted ones), or None after
+/// `prerequisite` said why: a failure under CI=true.
+pub fn env_dir(var: &str, test: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(var) {
+        Some(v) if std::path::Path::new(&v).is_dir() => Some(v.into()),
+        _ => {
+            let why = format!("set {var} to a mounted directory to run it (.ci/in-namespace does)");
+            prerequisite(test, false, &why);
+            None
+        }
+    }
+}
+
 /// Whether python3 can import fusepy (.ci/setup installs it): the FUSE
 /// servers of the tests that need a misbehaving one are written with it.
 pub fn has_fusepy() -> bool {

@@ -586,15 +586,8 @@ fn reflink_on_xfs() {
     if !can_mount("reflink_on_xfs") {
         return;
     }
-    match std::env::var_os("BINDERY_XFS_DIR") {
-        Some(dir) => strategies_on(Path::new(&dir), "reflink"),
-        None => {
-            prerequisite(
-                "reflink_on_xfs",
-                false,
-                "BINDERY_XFS_DIR not set (.ci/in-namespace sets it)",
-            );
-        }
+    if let Some(dir) = env_dir("BINDERY_XFS_DIR", "reflink_on_xfs") {
+        strategies_on(Path::new(&dir), "reflink");
     }
 }
 
@@ -624,12 +617,7 @@ fn snapshot_on_btrfs() {
     if !can_mount("snapshot_on_btrfs") {
         return;
     }
-    let Some(fs_root) = std::env::var_os("BINDERY_BTRFS_DIR").map(PathBuf::from) else {
-        prerequisite(
-            "snapshot_on_btrfs",
-            false,
-            "BINDERY_BTRFS_DIR not set (.ci/in-namespace sets it)",
-        );
+    let Some(fs_root) = env_dir("BINDERY_BTRFS_DIR", "snapshot_on_btrfs") else {
         return;
     };
     let n = cache_node_conf(&fs_root, "strategies = auto, snapshot, copy\n", 10, 10, &[]);
@@ -726,12 +714,10 @@ fn hardlink_caches_on_btrfs_keep_plain_versions() {
     if !can_mount("hardlink_caches_on_btrfs_keep_plain_versions") {
         return;
     }
-    let Some(fs_root) = std::env::var_os("BINDERY_BTRFS_DIR").map(PathBuf::from) else {
-        prerequisite(
-            "hardlink_caches_on_btrfs_keep_plain_versions",
-            false,
-            "BINDERY_BTRFS_DIR not set (.ci/in-namespace sets it)",
-        );
+    let Some(fs_root) = env_dir(
+        "BINDERY_BTRFS_DIR",
+        "hardlink_caches_on_btrfs_keep_plain_versions",
+    ) else {
         return;
     };
     let n = cache_node_conf(
@@ -768,15 +754,8 @@ fn overlay_on_tmpfs() {
     if !can_mount("overlay_on_tmpfs") {
         return;
     }
-    match std::env::var_os("BINDERY_TMPFS_DIR") {
-        Some(dir) => strategies_on(Path::new(&dir), "overlay"),
-        None => {
-            prerequisite(
-                "overlay_on_tmpfs",
-                false,
-                "BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)",
-            );
-        }
+    if let Some(dir) = env_dir("BINDERY_TMPFS_DIR", "overlay_on_tmpfs") {
+        strategies_on(Path::new(&dir), "overlay");
     }
 }
 
@@ -1046,15 +1025,8 @@ fn tamper_through_reflink_stays_in_the_pod() {
     if !can_mount("tamper_through_reflink_stays_in_the_pod") {
         return;
     }
-    match std::env::var_os("BINDERY_XFS_DIR") {
-        Some(dir) => tamper_per_strategy_on(Path::new(&dir), &["reflink"]),
-        None => {
-            prerequisite(
-                "tamper_through_reflink_stays_in_the_pod",
-                false,
-                "BINDERY_XFS_DIR not set",
-            );
-        }
+    if let Some(dir) = env_dir("BINDERY_XFS_DIR", "tamper_through_reflink_stays_in_the_pod") {
+        tamper_per_strategy_on(Path::new(&dir), &["reflink"]);
     }
 }
 
@@ -1124,15 +1096,8 @@ fn fsgroup_non_root_writer_reflink() {
     if !can_mount("fsgroup_non_root_writer_reflink") {
         return;
     }
-    match std::env::var_os("BINDERY_XFS_DIR") {
-        Some(dir) => fsgroup_on(Path::new(&dir), &["reflink", "overlay"]),
-        None => {
-            prerequisite(
-                "fsgroup_non_root_writer_reflink",
-                false,
-                "BINDERY_XFS_DIR not set",
-            );
-        }
+    if let Some(dir) = env_dir("BINDERY_XFS_DIR", "fsgroup_non_root_writer_reflink") {
+        fsgroup_on(Path::new(&dir), &["reflink", "overlay"]);
     }
 }
 
@@ -1198,12 +1163,10 @@ fn lost_cache_mounts_are_restored_never_served_empty() {
     if !can_mount("lost_cache_mounts_are_restored_never_served_empty") {
         return;
     }
-    let Some(dir) = std::env::var_os("BINDERY_TMPFS_DIR") else {
-        prerequisite(
-            "lost_cache_mounts_are_restored_never_served_empty",
-            false,
-            "BINDERY_TMPFS_DIR not set (.ci/in-namespace sets it)",
-        );
+    let Some(dir) = env_dir(
+        "BINDERY_TMPFS_DIR",
+        "lost_cache_mounts_are_restored_never_served_empty",
+    ) else {
         return;
     };
     let mut n = cache_node(Path::new(&dir), "auto", 3, 4, &["--watchdog-interval=0"]);
@@ -1519,17 +1482,8 @@ fn tamper_and_fsgroup_through_snapshot() {
     if !can_mount("tamper_and_fsgroup_through_snapshot") {
         return;
     }
-    match std::env::var_os("BINDERY_BTRFS_DIR") {
-        Some(dir) => {
-            tamper_per_strategy_on(Path::new(&dir), &["snapshot"]);
-            fsgroup_on(Path::new(&dir), &["snapshot"]);
-        }
-        None => {
-            prerequisite(
-                "tamper_and_fsgroup_through_snapshot",
-                false,
-                "BINDERY_BTRFS_DIR not set",
-            );
-        }
+    if let Some(dir) = env_dir("BINDERY_BTRFS_DIR", "tamper_and_fsgroup_through_snapshot") {
+        tamper_per_strategy_on(Path::new(&dir), &["snapshot"]);
+        fsgroup_on(Path::new(&dir), &["snapshot"]);
     }
 }

@@ -65,8 +65,8 @@
 //! - Hardlink needs the golden store and the target on one mount, reflink on one
 //!   filesystem: `probe_pair` says whether they work there (Caches caches it per mount).
 //! - Snapshot needs the version to be a btrfs subvolume (the store makes them so on
-//!   btrfs) and the target on the same btrfs filesystem; linkat out of a subvolume is
-//!   EXDEV, so hardlink never works from a btrfs store.
+//!   btrfs, except for caches whose strategies name hardlink: linkat out of a
+//!   subvolume is EXDEV) and the target on the same btrfs filesystem.
 //! - Unpublish: `Trash::discard` (a rename, O(1)) and the trash thread deletes.
 //!   The trash dir must be on the pods' filesystem, outside the pod's volume dir.
 
@@ -92,6 +92,7 @@ pub(crate) mod testutil {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::{Path, PathBuf};
 
+    pub use crate::testkit::env_dir;
     pub use crate::testkit::Scratch as TempDir;
 
     pub fn is_root() -> bool {
@@ -105,20 +106,6 @@ pub(crate) mod testutil {
             return true;
         }
         false
-    }
-
-    /// The directory named by `var` when set, else print why the test is skipped
-    /// (a failure under CI=true, see `testkit::prerequisite`).
-    pub fn env_dir(var: &str, test: &str) -> Option<PathBuf> {
-        match std::env::var_os(var) {
-            Some(v) if Path::new(&v).is_dir() => Some(PathBuf::from(v)),
-            _ => {
-                let why =
-                    format!("set {var} to a mounted directory to run it (.ci/in-namespace does)");
-                crate::testkit::prerequisite(test, false, &why);
-                None
-            }
-        }
     }
 
     /// A small tree with the shapes population must handle.

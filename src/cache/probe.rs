@@ -54,9 +54,7 @@ pub fn ensure_probe_file(store: &Path) -> Result<()> {
         }
     }
     let fd = fs::open_dir(&sub)?;
-    if btrfs::is_subvolume(fd.as_fd()).unwrap_or(false)
-        && !btrfs::is_read_only(fd.as_fd()).unwrap_or(false)
-    {
+    if btrfs::is_subvolume(fd.as_fd()).unwrap_or(false) {
         btrfs::set_read_only(fd.as_fd(), true)
             .map_err(|e| Error::sys("make probe subvolume read-only", &sub, e))?;
     }

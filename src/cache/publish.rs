@@ -100,8 +100,9 @@ impl Caches {
     /// probe subvolume into `dest` works, else reflink where FICLONE from the store
     /// into `dest` works, else overlay. Hardlink shares inodes between pods, so it is
     /// allowed only when the pod cannot change them (a read-only publish), or when the
-    /// declaration trusts its tenants with shared inodes. fs-verity is no substitute: it seals contents, but a root pod can still
-    /// chmod, chown or set xattrs (file capabilities, ACLs) on a sealed inode.
+    /// declaration trusts its tenants with shared inodes. fs-verity is no substitute: it
+    /// seals contents, but a root pod can still chmod, chown or set xattrs (file
+    /// capabilities, ACLs) on a sealed inode.
     fn resolve(
         &self,
         req: &CacheRequest,

@@ -148,10 +148,8 @@ fn destroy_subvolume(parent: &OwnedFd, name: &CStr, dir: &OwnedFd) -> bool {
         Err(e) => {
             // ENOTEMPTY: it holds another subvolume, which the walk destroys.
             debug!("subvolume {name:?} not destroyed whole ({e}): emptying it");
-            if matches!(btrfs::is_read_only(dir.as_fd()), Ok(true)) {
-                if let Err(e) = btrfs::set_read_only(dir.as_fd(), false) {
-                    debug!("cannot make subvolume {name:?} writable: {e}");
-                }
+            if let Err(e) = btrfs::set_read_only(dir.as_fd(), false) {
+                debug!("cannot make subvolume {name:?} writable: {e}");
             }
             false
         }

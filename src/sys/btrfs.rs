@@ -124,7 +124,8 @@ pub fn is_read_only(fd: BorrowedFd<'_>) -> nix::Result<bool> {
     Ok(flags & SUBVOL_RDONLY != 0)
 }
 
-/// Make the subvolume whose root is `fd` read-only (or writable again).
+/// Make the subvolume whose root is `fd` read-only (or writable again); a
+/// subvolume that already is stays as it is (the kernel then writes nothing).
 pub fn set_read_only(fd: BorrowedFd<'_>, on: bool) -> nix::Result<()> {
     let mut flags = 0u64;
     // SAFETY: as in is_read_only.

@@ -50,7 +50,7 @@ pub fn is_root() -> bool {
 /// Tests that mount need root and a private mount namespace (.ci/test runs
 /// the suite under `unshare`). Returns false, printing why, when missing.
 #[allow(unused_imports)]
-pub use bindery::testkit::{has_fusepy, prerequisite};
+pub use bindery::testkit::{env_dir, has_fusepy, prerequisite};
 
 pub fn can_mount(test: &str) -> bool {
     prerequisite(test, is_root(), "needs root")

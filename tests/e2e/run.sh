@@ -9,8 +9,8 @@
 #      /var/tmp/bindery-e2e.keep is removed), E2E_ONLY=REGEX (only the steps whose name
 #      matches, plus install), E2E_LOGS (where logs are kept, default /var/tmp/bindery-e2e-logs),
 #      E2E_FS=xfs|btrfs (the kubelet dir's filesystem, default xfs: reflink=1; on btrfs the
-#      golden versions are subvolumes, snapshot pods run and the read-only pod is a snapshot,
-#      since linkat out of a subvolume is EXDEV).
+#      cache is declared without hardlink, so its golden versions are subvolumes, snapshot
+#      pods run and the read-only pod is a snapshot).
 # Prints one PASS/FAIL line per step and "N passed, M failed" last; exits 1 if any failed.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -385,7 +385,7 @@ cache_strategies() {
   done
   # hardlink links the golden inodes into the pod: without fs-verity or the trust key it is
   # allowed only read-only (a read-only bind: even root gets EROFS), so no pod changes them.
-  # On btrfs (golden subvolumes, linkat is EXDEV) the read-only pod is a snapshot.
+  # On btrfs (no hardlink declared: golden subvolumes) the read-only pod is a snapshot.
   ro=$(printf '  - name: c\n    csi:\n      driver: %s\n      readOnly: true\n      volumeAttributes: {cache: tools, strategy: %s}\n' "$DRIVER" "$RO_STRATEGY")
   pod cache-ro "$ro" "$(mnt c /cache)"
   pod cache-place "$(cache_vol c '{cache: tools, placeCacheAtPath: deps/tools}')" "$(mnt c /app)"
