@@ -43,13 +43,14 @@
 #   SEED           tree generator seed (default 1); the tree is deterministic
 #   SRC_TREE       use this existing directory as the cache source instead of
 #                  generating one (it is never modified or deleted)
-#   FSES           filesystems, any of: root tmpfs xfs btrfs (default all four)
+#   FSES           filesystems, any of: root tmpfs xfs btrfs ext4 (default: root tmpfs
+#                  xfs btrfs; ext4 is a loop image like xfs, away from the root disk's noise)
 #   REPS           repetitions (default 3); tables show medians
 #   ROOT_DIR       where the root-filesystem run and all temp files live (default /var/tmp)
 #   WORKERS        the daemon's --workers (population threads, default 4)
 #   FLOOR_THREADS  threads of the parallel floor run (default: nproc, at least 2)
 #                  (the floor is built with rustc for the host, not with cargo)
-#   XFS_SIZE, TMPFS_SIZE  sizes in GiB (default: 3 x the tree + 2; btrfs as XFS)
+#   XFS_SIZE, TMPFS_SIZE  sizes in GiB (default: 3 x the tree + 2; btrfs and ext4 as XFS)
 #   BINDERY_BIN    the bindery binary (default: the static musl release build)
 #   LOG_DIR        if set, the daemon logs and the raw results are copied there
 #
@@ -59,7 +60,7 @@
 # Temp files live in $ROOT_DIR/bindery-cachebench.*; mounts, the loop device,
 # the daemon and the temp files are removed on exit, also on failure or Ctrl-C.
 # Needs root, rustc (builds benches/floor.rs), python3, xfsprogs, util-linux,
-# coreutils, btrfs-progs. No network.
+# coreutils, btrfs-progs, e2fsprogs. No network.
 set -euo pipefail
 
 # shellcheck source=benches/namespace.sh
@@ -91,11 +92,11 @@ if [ "$FILES" -lt 10 ] || [ "$DIRS" -lt 10 ] || [ "$DIRS" -gt "$FILES" ]; then
 fi
 if [ "$REPS" -lt 1 ] || [ "$REPS" -gt 50 ]; then echo "REPS must be 1..50" >&2; exit 64; fi
 for fs in $FSES; do
-  case $fs in root | tmpfs | xfs | btrfs) ;; *) echo "FSES: unknown filesystem '$fs' (root tmpfs xfs btrfs)" >&2; exit 64 ;; esac
+  case $fs in root | tmpfs | xfs | btrfs | ext4) ;; *) echo "FSES: unknown filesystem '$fs' (root tmpfs xfs btrfs ext4)" >&2; exit 64 ;; esac
 done
 [ -x "$B" ] || { echo "bindery binary not found: $B (set BINDERY_BIN)" >&2; exit 1; }
 [ -z "$SRC_TREE" ] || [ -d "$SRC_TREE" ] || { echo "SRC_TREE $SRC_TREE is not a directory" >&2; exit 64; }
-need_tools rustc python3 awk cp rm find sort cmp mkfs.xfs mkfs.btrfs btrfs losetup mount umount sync
+need_tools rustc python3 awk cp rm find sort cmp mkfs.xfs mkfs.btrfs mkfs.ext4 btrfs losetup mount umount sync
 mkdir -p "$ROOT_DIR"
 
 W=$(mktemp -d "$ROOT_DIR/bindery-cachebench.XXXXXX")
@@ -131,7 +132,7 @@ cleanup() {
       while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
   done
   # mount -o loop sets autoclear; detach explicitly in case it did not happen.
-  for img in "$W/xfs.img" "$W/btrfs.img"; do
+  for img in "$W/xfs.img" "$W/btrfs.img" "$W/ext4.img"; do
     [ -e "$img" ] || continue
     for dev in $(losetup -n -O NAME -j "$img" 2>/dev/null); do losetup -d "$dev" 2>/dev/null; done
   done
@@ -488,6 +489,13 @@ run_fs() {
       mkfs.btrfs -q "$W/btrfs.img" >/dev/null
       mount -o loop "$W/btrfs.img" "$base"
       ;;
+    ext4)
+      base="$W/ext4"
+      mkdir -p "$base"
+      truncate -s "${XFS_SIZE}G" "$W/ext4.img"
+      mkfs.ext4 -q "$W/ext4.img"
+      mount -o loop "$W/ext4.img" "$base"
+      ;;
   esac
   fstype=$(findmnt -n -o FSTYPE,SOURCE -T "$base" | awk '{print $1 " on " $2}')
   say "filesystem $FS: $base ($fstype)"
@@ -631,7 +639,7 @@ for fs, fstype, base in order:
     for s in [f for f in fills if f in like]:
         key, name = like[s]
         row(f"deletion {s}", f"del.{s}", None, f"rm -rf of the {name} copy", f"rm.{key}",
-            "<= 1.00x rm -rf", 1.00)
+            "<= 0.80x rm -rf", 0.80)
         row("  trash thread's own log", f"del.log.{s}", None, f"rm -rf of the {name} copy", f"rm.{key}")
     for s in ("overlay", "overlay+walk"):
         row(f"deletion {s}", f"del.{s}")
@@ -663,4 +671,4 @@ for fs, _, _ in order:
 PY
 [ -z "${LOG_DIR:-}" ] || { cp "$RESULTS" "$LOG_DIR/results.tsv"; echo "daemon logs and results.tsv copied to $LOG_DIR"; }
 say "clean"
-echo "mounts under $W: $(mounts_under "$W/"); loop devices on its images: $(for i in xfs btrfs; do losetup -n -O NAME -j "$W/$i.img" 2>/dev/null; done | wc -l)"
+echo "mounts under $W: $(mounts_under "$W/"); loop devices on its images: $(for i in xfs btrfs ext4; do losetup -n -O NAME -j "$W/$i.img" 2>/dev/null; done | wc -l)"

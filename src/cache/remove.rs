@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::sys::btrfs;
 use crate::sys::fs::{self, EntryType};
 
+pub(super) mod parallel;
 pub mod trash;
 
 /// Directory fds kept open at once while descending; deeper ancestors are closed and
@@ -45,28 +46,43 @@ const MAX_RETRIES: u32 = 3;
 /// everything else is removed and the error lists what stayed. `path` itself being a
 /// mount point is refused before anything is touched.
 pub fn remove_tree(path: &Path) -> Result<()> {
+    remove_tree_with(path, 1)
+}
+
+/// `remove_tree` with up to `threads` threads (the calling one included): the
+/// tree's subdirectories near its top are removed concurrently, each by its
+/// own walk from an opened parent, then one walk over the root removes what
+/// is left and reports what stays. The threads it starts inherit the calling
+/// thread's CPU and I/O priority.
+pub fn remove_tree_with(path: &Path, threads: usize) -> Result<()> {
     let (parent_path, name) = split(path)?;
     let parent = match fs::open_dir(&parent_path) {
         Ok(fd) => fd,
         Err(e) if e.errno() == Some(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let st = match fs::stat_at(parent.as_fd(), &name) {
+    remove_at(&parent, &name, path, threads)
+}
+
+/// Remove entry `name` of the opened directory `parent` (`path` names it in
+/// messages) and everything below it, as `remove_tree_with` says.
+fn remove_at(parent: &OwnedFd, name: &CStr, path: &Path, threads: usize) -> Result<()> {
+    let st = match fs::stat_at(parent.as_fd(), name) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(Error::sys("fstatat", path, e)),
     };
     if !is_dir(st.st_mode) {
-        return match fs::unlink_at(parent.as_fd(), &name, false) {
+        return match fs::unlink_at(parent.as_fd(), name, false) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(Error::sys("unlinkat", path, e)),
         };
     }
     // Without openat2, a mount at `path` shows as a device differing from its parent's.
     let parent_dev = fs::fstat(parent.as_fd())
-        .map_err(|e| Error::sys("fstat", &parent_path, e))?
+        .map_err(|e| Error::sys("fstat", path, e))?
         .st_dev;
-    let root = match open_subdir(&parent, &name, parent_dev) {
+    let root = match open_subdir(parent, name, parent_dev) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::EXDEV) => {
@@ -77,9 +93,12 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         }
         Err(e) => return Err(Error::sys("open directory", path, e)),
     };
-    if destroy_subvolume(&parent, &name, &root) {
+    if destroy_subvolume(parent, name, &root) {
         debug!("destroyed subvolume {}", path.display());
         return Ok(());
+    }
+    if threads > 1 {
+        parallel::remove_subtrees(&root, path, threads);
     }
     let mut walk = Walk {
         root_path: path,
@@ -87,10 +106,10 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         left: Vec::new(),
         removed: 0,
     };
-    walk.push(root, name.clone())?;
+    walk.push(root, name.to_owned())?;
     walk.run()?;
     if walk.left.is_empty() {
-        match fs::unlink_at(parent.as_fd(), &name, true) {
+        match fs::unlink_at(parent.as_fd(), name, true) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(e) => walk
                 .left

@@ -196,6 +196,65 @@ pub fn cap_output(pid: i32, max: u64, keep: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The nice value of background work (deletion of pods' trees): below the
+/// threads that answer the kubelet, which run at the daemon's own.
+pub const BACKGROUND_NICE: i32 = 10;
+
+const IOPRIO_WHO_PROCESS: nix::libc::c_long = 1;
+const IOPRIO_CLASS_SHIFT: u32 = 13;
+/// The idle I/O class: served when the disk has nothing else queued. The
+/// kernel's schedulers still serve it under constant load (mq-deadline ages
+/// every request after `prio_aging_expire`, 10 s; BFQ serves the idle class
+/// at least every 200 ms), so it is slowed, never stopped.
+pub const IOPRIO_CLASS_IDLE: u32 = 3;
+
+/// Make the calling thread background work: nice `BACKGROUND_NICE` for the
+/// CPU, the idle I/O class for the disk. Threads it starts afterwards
+/// inherit both. Lowering its own priority needs no privilege; the error
+/// (e.g. a seccomp profile that refuses ioprio_set) is for the caller to log.
+pub fn run_in_background() -> std::result::Result<(), Errno> {
+    let tid = nix::unistd::gettid().as_raw();
+    let who = nix::libc::id_t::try_from(tid).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: setpriority takes integers only and touches no memory of ours.
+    Errno::result(unsafe {
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, who, BACKGROUND_NICE)
+    })?;
+    let value = nix::libc::c_long::from(IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT);
+    // SAFETY: ioprio_set takes integers only and touches no memory of ours.
+    Errno::result(unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            nix::libc::c_long::from(tid),
+            value,
+        )
+    })
+    .map(drop)
+}
+
+/// Thread `tid`'s nice value and I/O priority class (0: none set, which the
+/// kernel treats as best-effort at the nice value's level).
+pub fn thread_priority(tid: i32) -> std::result::Result<(i32, u32), Errno> {
+    let stat = fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))?;
+    // Field 19 (nice), counted after the command name's closing parenthesis.
+    let nice = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+        .and_then(|n| n.parse().ok())
+        .ok_or(Errno::EINVAL)?;
+    // SAFETY: ioprio_get takes integers only and touches no memory of ours.
+    let prio = Errno::result(unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_ioprio_get,
+            IOPRIO_WHO_PROCESS,
+            nix::libc::c_long::from(tid),
+        )
+    })?;
+    let class = u32::try_from(prio).map_err(|_| Errno::EINVAL)? >> IOPRIO_CLASS_SHIFT;
+    Ok((nice, class))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +266,31 @@ mod tests {
         assert_eq!(s.state, 'S');
         assert_eq!(s.start_ticks, 987654);
         assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn background_threads_run_below_the_daemon() {
+        let before = thread_priority(nix::unistd::gettid().as_raw()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            run_in_background().unwrap();
+            let me = thread_priority(nix::unistd::gettid().as_raw()).unwrap();
+            // A thread it starts inherits both.
+            let child = thread::spawn(|| thread_priority(nix::unistd::gettid().as_raw()).unwrap())
+                .join()
+                .unwrap();
+            tx.send((me, child)).unwrap();
+        })
+        .join()
+        .unwrap();
+        let (me, child) = rx.recv().unwrap();
+        assert_eq!(me, (BACKGROUND_NICE, IOPRIO_CLASS_IDLE));
+        assert_eq!(child, me);
+        // Only that thread: the caller keeps its own.
+        assert_eq!(
+            thread_priority(nix::unistd::gettid().as_raw()).unwrap(),
+            before
+        );
     }
 
     #[test]

@@ -52,6 +52,80 @@ fn removes_everything_and_follows_no_symlink() {
     remove_tree(&t.path().join("never/existed")).unwrap();
 }
 
+/// A wide, deep tree around the hostile one: enough subdirectories at the
+/// top and below for every thread, symlinks to outside at every level.
+fn wide_hostile_tree(root: &Path, outside: &Path) {
+    hostile_tree(root, outside);
+    for i in 0..30 {
+        let d = root.join(format!("pkg-{i}/lib/sub"));
+        stdfs::create_dir_all(&d).unwrap();
+        stdfs::write(d.join("f"), b"x").unwrap();
+        stdfs::write(root.join(format!("pkg-{i}/index")), b"x").unwrap();
+        symlink(outside, root.join(format!("pkg-{i}/lib/to-outside"))).unwrap();
+    }
+    chmod(&root.join("pkg-3/lib"), 0o555);
+    chmod(&root.join("pkg-4/lib/sub"), 0o000);
+}
+
+#[test]
+fn parallel_removal_is_as_safe_as_the_walk() {
+    for threads in [2, 3, 8] {
+        let o = outside_dir();
+        let t = TempDir::new("pod");
+        let tree = t.path().join("vol");
+        stdfs::create_dir(&tree).unwrap();
+        wide_hostile_tree(&tree, o.path());
+        // Narrow at the top: the split goes down a level to find work.
+        let narrow = t.path().join("narrow");
+        wide_hostile_tree(&narrow.join("only"), o.path());
+        for p in [&tree, &narrow] {
+            remove_tree_with(p, threads).unwrap();
+            assert!(!p.exists(), "{threads} threads: {}", p.display());
+        }
+        outside_intact(o.path());
+        remove_tree_with(&tree, threads).unwrap();
+    }
+}
+
+/// The split hands out subtrees that do not overlap, never a symlink, and
+/// goes down only while the top is too narrow for the threads.
+#[test]
+fn the_split_hands_out_disjoint_subtrees() {
+    let o = outside_dir();
+    let t = TempDir::new("split");
+    let root = t.path().join("vol");
+    for i in 0..20 {
+        stdfs::create_dir_all(root.join(format!("only/d{i:02}/x"))).unwrap();
+    }
+    stdfs::write(root.join("only/file"), b"x").unwrap();
+    symlink(o.path(), root.join("link-dir")).unwrap();
+    symlink(o.path(), root.join("only/link-dir")).unwrap();
+    let fd = fs::open_dir(&root).unwrap();
+    let names = |threads| {
+        let mut v: Vec<PathBuf> = parallel::split(&fd, &root, threads)
+            .into_iter()
+            .map(|(_, _, p)| p.strip_prefix(&root).unwrap().to_path_buf())
+            .collect();
+        v.sort();
+        v
+    };
+    // One thread wants 8 items: "only" is too few, its 20 children are enough.
+    let want: Vec<PathBuf> = (0..20)
+        .map(|i| PathBuf::from(format!("only/d{i:02}")))
+        .collect();
+    assert_eq!(names(1), want);
+    // 3 threads want 24: one more level, the 20 "x" dirs (then the depth limit).
+    let deeper: Vec<PathBuf> = (0..20)
+        .map(|i| PathBuf::from(format!("only/d{i:02}/x")))
+        .collect();
+    assert_eq!(names(3), deeper);
+    outside_intact(o.path());
+    assert!(
+        root.join("only/d00/x").is_dir(),
+        "the split removes nothing"
+    );
+}
+
 #[test]
 fn a_symlink_at_the_top_is_removed_not_followed() {
     let o = outside_dir();
@@ -133,46 +207,48 @@ fn never_crosses_into_a_mount() {
         eprintln!("SKIP never_crosses_into_a_mount: set BINDERY_MOUNT_TESTS=1 inside `unshare --mount --propagation private`");
         return;
     }
-    let o = outside_dir();
-    let t = TempDir::new("pod");
-    let tree = t.path().join("vol");
-    stdfs::create_dir_all(tree.join("sub/tmpfs")).unwrap();
-    stdfs::create_dir_all(tree.join("sub/bind")).unwrap();
-    stdfs::write(tree.join("sub/file"), b"x").unwrap();
-    let run = |args: &[&str]| {
-        assert!(Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .unwrap()
-            .success())
-    };
-    let tm = tree.join("sub/tmpfs");
-    let bd = tree.join("sub/bind");
-    run(&["mount", "-t", "tmpfs", "bindery-test", tm.to_str().unwrap()]);
-    stdfs::write(tm.join("in-tmpfs"), b"x").unwrap();
-    // A bind mount of a directory on the same filesystem: st_dev alone would not see it.
-    run(&[
-        "mount",
-        "--bind",
-        o.path().to_str().unwrap(),
-        bd.to_str().unwrap(),
-    ]);
-    let e = remove_tree(&tree).unwrap_err();
-    assert!(
-        e.to_string().contains("2 entries could not be removed"),
-        "{e}"
-    );
-    assert!(tm.join("in-tmpfs").exists());
-    outside_intact(o.path());
-    assert!(!tree.join("sub/file").exists());
-    // The tree's own top being a mount point is refused outright.
-    let e = remove_tree(&tm).unwrap_err();
-    assert!(e.to_string().contains("mount point"), "{e}");
-    run(&["umount", tm.to_str().unwrap()]);
-    run(&["umount", bd.to_str().unwrap()]);
-    remove_tree(&tree).unwrap();
-    assert!(!tree.exists());
-    outside_intact(o.path());
+    for threads in [1, 3] {
+        let o = outside_dir();
+        let t = TempDir::new("pod");
+        let tree = t.path().join("vol");
+        stdfs::create_dir_all(tree.join("sub/tmpfs")).unwrap();
+        stdfs::create_dir_all(tree.join("sub/bind")).unwrap();
+        stdfs::write(tree.join("sub/file"), b"x").unwrap();
+        let run = |args: &[&str]| {
+            assert!(Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap()
+                .success())
+        };
+        let tm = tree.join("sub/tmpfs");
+        let bd = tree.join("sub/bind");
+        run(&["mount", "-t", "tmpfs", "bindery-test", tm.to_str().unwrap()]);
+        stdfs::write(tm.join("in-tmpfs"), b"x").unwrap();
+        // A bind mount of a directory on the same filesystem: st_dev alone would not see it.
+        run(&[
+            "mount",
+            "--bind",
+            o.path().to_str().unwrap(),
+            bd.to_str().unwrap(),
+        ]);
+        let e = remove_tree_with(&tree, threads).unwrap_err();
+        assert!(
+            e.to_string().contains("2 entries could not be removed"),
+            "{e}"
+        );
+        assert!(tm.join("in-tmpfs").exists());
+        outside_intact(o.path());
+        assert!(!tree.join("sub/file").exists());
+        // The tree's own top being a mount point is refused outright.
+        let e = remove_tree_with(&tm, threads).unwrap_err();
+        assert!(e.to_string().contains("mount point"), "{e}");
+        run(&["umount", tm.to_str().unwrap()]);
+        run(&["umount", bd.to_str().unwrap()]);
+        remove_tree_with(&tree, threads).unwrap();
+        assert!(!tree.exists());
+        outside_intact(o.path());
+    }
 }
 
 #[test]
@@ -197,6 +273,44 @@ fn trash_moves_fast_and_empties_leftovers_at_start() {
     assert!(trash.wait_idle(Duration::from_secs(10)));
     assert_eq!(stdfs::read_dir(&trash_dir).unwrap().count(), 0);
     outside_intact(o.path());
+}
+
+/// The trash deletes below the daemon's priority: nice 10, idle I/O class.
+#[test]
+fn the_trash_deletes_in_the_background() {
+    use crate::sys::process::{thread_priority, BACKGROUND_NICE, IOPRIO_CLASS_IDLE};
+    let base = TempDir::new("trash-prio");
+    let _trash = Trash::new(&base.path().join("trash")).unwrap();
+    let trash_threads = || -> Vec<i32> {
+        stdfs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                stdfs::read_to_string(e.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "bindery-trash")
+            })
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    // Every trash thread (other tests make theirs) lowers its own priority
+    // first thing; wait for that, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tids = trash_threads();
+        let prios: Vec<_> = tids.iter().map(|t| thread_priority(*t)).collect();
+        if !tids.is_empty()
+            && prios.iter().all(|p| {
+                matches!(p, Ok(p) if *p == (BACKGROUND_NICE, IOPRIO_CLASS_IDLE)) || p.is_err()
+            })
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "threads named bindery-trash: {tids:?} {prios:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -256,7 +370,15 @@ fn subvolumes_are_destroyed_whole() {
     let inner = subvolume(&outer, "inner");
     sample_tree(&inner);
     read_only(&inner);
-    remove_tree(&plain).unwrap();
+    // Side by side: the parallel removal's threads destroy them as items.
+    for i in 0..4 {
+        let s = subvolume(&plain, &format!("pod-{i}"));
+        sample_tree(&s);
+        if i % 2 == 0 {
+            read_only(&s);
+        }
+    }
+    remove_tree_with(&plain, 3).unwrap();
     assert!(!plain.exists());
     outside_intact(outside.path());
 

@@ -1,6 +1,9 @@
 //! The trash: a pod's tree moved aside with one `rename` (same
-//! filesystem), then deleted by `remove_tree` on a background thread.
-//! `Trash::new` first queues whatever a crash left in it.
+//! filesystem), then deleted on a background thread, `DELETE_THREADS` at a
+//! time, at a lower CPU and I/O priority than the threads that answer the
+//! kubelet (`sys::process::run_in_background`): deletion never competes with
+//! a publish on equal terms. `Trash::new` first queues whatever a crash left
+//! in it.
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -14,11 +17,15 @@ use crossbeam_channel::{unbounded, Sender};
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
-use super::{remove_tree, split};
+use super::{remove_tree_with, split};
 use crate::error::{Error, Result};
-use crate::sys::fs;
+use crate::sys::{fs, process};
 
 static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Threads that delete one tree (the trash thread and the ones it starts):
+/// bounded, so that deletion takes at most this many cores from the node.
+pub const DELETE_THREADS: usize = 2;
 
 /// Move `path` into `trash_dir` under a unique name with one rename (same filesystem).
 ///
@@ -84,10 +91,15 @@ impl Trash {
         std::thread::Builder::new()
             .name("bindery-trash".into())
             .spawn(move || {
+                // The kernel's name too (std sets none on musl): for `top -H`, and tests.
+                let _ = nix::sys::prctl::set_name(c"bindery-trash");
+                if let Err(e) = process::run_in_background() {
+                    warn!("trash: deleting at the daemon's own priority: {e}");
+                }
                 // Ends when the Trash (the only sender) is dropped and the queue is empty.
                 for (path, size) in rx.iter() {
                     let started = Instant::now();
-                    match remove_tree(&path) {
+                    match remove_tree_with(&path, DELETE_THREADS) {
                         Ok(()) => debug!(
                             "trash: removed {} in {:?}",
                             path.display(),
