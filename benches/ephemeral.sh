@@ -13,7 +13,9 @@
 #      goal: within 2 MiB (memory does not grow per volume ever seen);
 #   2. throughput: CLIENTS (default 16) concurrent clients doing
 #      publish+unpublish cycles of their own ephemeral volumes for DURATION
-#      seconds (default 20); cycles per second, and the ratio to BASELINE_BIN.
+#      seconds (default 20); cycles per second, and the ratio to BASELINE_BIN;
+#      and the daemon's own time per NodePublishVolume / NodeUnpublishVolume
+#      in that phase (p50 and p99 of its "ok in" log lines, ms).
 # Every call is one `bindery csi` process, as a kubelet's call is one gRPC
 # call; the client's start-up cost is the same for both binaries.
 #
@@ -63,7 +65,7 @@ start() {
   local bin=$1 name=$2
   mkdir -p "$W/$name/kubelet"
   SOCK="unix://$W/$name/csi.sock"
-  RUST_LOG=warn "$bin" --endpoint "$SOCK" --node-id bench --kubelet-dir "$W/$name/kubelet" \
+  RUST_LOG=info "$bin" --endpoint "$SOCK" --node-id bench --kubelet-dir "$W/$name/kubelet" \
     --state-dir "$W/$name/state" --cache-config "$W/$CONF" --watchdog-interval 0 \
     >/dev/null 2>"$W/$name/daemon.log" &
   DAEMON=$!
@@ -90,7 +92,13 @@ cycles() {
   done
 }
 
-# measure BIN NAME: prints "rss_warm rss_end cycles_per_second".
+# p50 and p99 (ms) of the daemon's METHOD "ok in" lines after line FROM of LOG.
+latency() {
+  tail -n +"$(($3 + 1))" "$2" | grep -F "$1 volume=" | sed -n 's/.* ok in \([0-9.]*\)ms$/\1/p' | sort -n |
+    awk '{a[NR] = $1} END {if (NR == 0) {print "- -"; exit} i = int(NR * 0.99); if (i < 1) i = 1; printf "%.1f %.1f\n", a[int((NR + 1) / 2)], a[i]}'
+}
+
+# measure BIN NAME: prints "rss_warm rss_end cycles_per_second pub_p50 pub_p99 unpub_p50 unpub_p99".
 measure() {
   local bin=$1 name=$2 warm end n start_ns end_ns pids=()
   start "$bin" "$name"
@@ -98,6 +106,7 @@ measure() {
   warm=$(kb "$DAEMON")
   cycles "$bin" "$name" 0 "$WARM" "$CYCLES"
   end=$(kb "$DAEMON")
+  lines=$(wc -l <"$W/$name/daemon.log")
   start_ns=$(date +%s%N)
   for c in $(seq 1 "$CLIENTS"); do
     (
@@ -115,18 +124,22 @@ measure() {
   n=$(cat "$W/$name"/client-* | awk '{s += $1} END {print s}')
   stop
   awk -v w="$warm" -v e="$end" -v n="$n" -v t=$((end_ns - start_ns)) \
-    'BEGIN {printf "%d %d %.1f\n", w, e, n / (t / 1e9)}'
+    -v pub="$(latency NodePublishVolume "$W/$name/daemon.log" "$lines")" \
+    -v unpub="$(latency NodeUnpublishVolume "$W/$name/daemon.log" "$lines")" \
+    'BEGIN {printf "%d %d %.1f %s %s\n", w, e, n / (t / 1e9), pub, unpub}'
 }
 
-printf '%-10s %14s %16s %10s %20s\n' binary "RSS@$WARM" "RSS@$CYCLES" "growth" "cycles/s ($CLIENTS clients)"
+printf '%-10s %14s %16s %10s %20s %18s %18s\n' binary "RSS@$WARM" "RSS@$CYCLES" "growth" \
+  "cycles/s ($CLIENTS clients)" "publish p50/p99" "unpublish p50/p99"
 CONF=caches.conf
-read -r w e r < <(measure "$B" this)
-printf '%-10s %11d kB %13d kB %7d kB %20s\n' this "$w" "$e" $((e - w)) "$r"
+read -r w e r p50 p99 u50 u99 < <(measure "$B" this)
+printf '%-10s %11d kB %13d kB %7d kB %20s %15s ms %15s ms\n' this "$w" "$e" $((e - w)) "$r" "$p50/$p99" "$u50/$u99"
 if [ -n "$BASE" ]; then
   CONF=caches-baseline.conf
   [ "${BASELINE_NAMESPACES:-0}" = 1 ] && CONF=caches.conf
-  read -r bw be br < <(measure "$BASE" baseline)
-  printf '%-10s %11d kB %13d kB %7d kB %20s\n' baseline "$bw" "$be" $((be - bw)) "$br"
+  read -r bw be br bp50 bp99 bu50 bu99 < <(measure "$BASE" baseline)
+  printf '%-10s %11d kB %13d kB %7d kB %20s %15s ms %15s ms\n' baseline "$bw" "$be" $((be - bw)) "$br" \
+    "$bp50/$bp99" "$bu50/$bu99"
   awk -v a="$r" -v b="$br" 'BEGIN {printf "throughput this/baseline: %.2fx\n", a / b}'
 fi
 awk -v g=$((e - w)) 'BEGIN {exit !(g <= 2048)}' && echo "memory: PASS (growth <= 2 MiB)" \

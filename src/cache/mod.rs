@@ -16,7 +16,7 @@
 //! usage::measure(target, root, max_entries, deadline) -> Usage   bounded, fd-relative, no symlinks/mounts
 //!
 //! remove::remove_tree(path) -> Result<()>               never follows symlinks, never crosses mounts
-//! remove::remove_tree_with(path, threads) -> Result<()>  the same, subtrees near the top in parallel
+//! remove::parallel::remove_tree_with(path, threads)     the same, subtrees near the top in parallel
 //! remove::trash::move_to_trash(path, trash_dir) -> Result<Option<PathBuf>>
 //! remove::trash::Trash::new(dir) -> Result<Trash>        empties leftovers in the background
 //!        .discard(path, bytes) -> Result<bool>          rename into the trash + queue deletion

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::sys::btrfs;
 use crate::sys::fs::{self, EntryType};
 
-pub(super) mod parallel;
+pub mod parallel;
 pub mod trash;
 
 /// Directory fds kept open at once while descending; deeper ancestors are closed and
@@ -46,35 +46,36 @@ const MAX_RETRIES: u32 = 3;
 /// everything else is removed and the error lists what stayed. `path` itself being a
 /// mount point is refused before anything is touched.
 pub fn remove_tree(path: &Path) -> Result<()> {
-    remove_tree_with(path, 1)
-}
-
-/// `remove_tree` with up to `threads` threads (the calling one included): the
-/// tree's subdirectories near its top are removed concurrently, each by its
-/// own walk from an opened parent, then one walk over the root removes what
-/// is left and reports what stays. The threads it starts inherit the calling
-/// thread's CPU and I/O priority.
-pub fn remove_tree_with(path: &Path, threads: usize) -> Result<()> {
     let (parent_path, name) = split(path)?;
     let parent = match fs::open_dir(&parent_path) {
         Ok(fd) => fd,
         Err(e) if e.errno() == Some(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
-    remove_at(&parent, &name, path, threads)
+    remove_at(&parent, &name, path)
 }
 
 /// Remove entry `name` of the opened directory `parent` (`path` names it in
-/// messages) and everything below it, as `remove_tree_with` says.
-fn remove_at(parent: &OwnedFd, name: &CStr, path: &Path, threads: usize) -> Result<()> {
+/// messages) and everything below it, as `remove_tree` says.
+fn remove_at(parent: &OwnedFd, name: &CStr, path: &Path) -> Result<()> {
+    match open_root(parent, name, path)? {
+        Some(root) => empty_and_remove(parent, name, path, root),
+        None => Ok(()),
+    }
+}
+
+/// The directory to empty at `name` of `parent`, opened; None when there is
+/// nothing more to do: it did not exist, it was a file or a symlink (now
+/// unlinked) or a btrfs subvolume (now destroyed whole).
+fn open_root(parent: &OwnedFd, name: &CStr, path: &Path) -> Result<Option<OwnedFd>> {
     let st = match fs::stat_at(parent.as_fd(), name) {
         Ok(st) => st,
-        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(Error::sys("fstatat", path, e)),
     };
     if !is_dir(st.st_mode) {
         return match fs::unlink_at(parent.as_fd(), name, false) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Ok(()) | Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(Error::sys("unlinkat", path, e)),
         };
     }
@@ -84,7 +85,7 @@ fn remove_at(parent: &OwnedFd, name: &CStr, path: &Path, threads: usize) -> Resu
         .st_dev;
     let root = match open_subdir(parent, name, parent_dev) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::EXDEV) => {
             return Err(Error::InTheWay {
                 path: path.to_path_buf(),
@@ -95,11 +96,14 @@ fn remove_at(parent: &OwnedFd, name: &CStr, path: &Path, threads: usize) -> Resu
     };
     if destroy_subvolume(parent, name, &root) {
         debug!("destroyed subvolume {}", path.display());
-        return Ok(());
+        return Ok(None);
     }
-    if threads > 1 {
-        parallel::remove_subtrees(&root, path, threads);
-    }
+    Ok(Some(root))
+}
+
+/// Empty the opened directory `root` (entry `name` of `parent`) with one
+/// walk, then remove it; the error lists what stayed.
+fn empty_and_remove(parent: &OwnedFd, name: &CStr, path: &Path, root: OwnedFd) -> Result<()> {
     let mut walk = Walk {
         root_path: path,
         frames: Vec::new(),

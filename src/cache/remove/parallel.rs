@@ -1,6 +1,7 @@
 //! Parallel removal of one tree: its subdirectories near the top are handed
 //! to `threads` threads, each removing whole subtrees with the same
-//! fd-relative walk as `remove_tree`.
+//! fd-relative walk as `remove_tree`, then one walk over the root removes
+//! what is left and reports what stays.
 //!
 //! The split opens directories with `open_subdir` (no symlink followed, no
 //! mount crossed) and keeps each work item as (opened parent, name): no path
@@ -18,7 +19,8 @@ use std::sync::Arc;
 
 use log::debug;
 
-use super::{is_dir, open_subdir, remove_at};
+use super::{empty_and_remove, is_dir, open_root, open_subdir, remove_at, split as split_path};
+use crate::error::Result;
 use crate::sys::btrfs;
 use crate::sys::fs::{self, EntryType};
 
@@ -33,10 +35,30 @@ const ITEMS_PER_THREAD: usize = 8;
 /// (for messages).
 type Item = (Arc<OwnedFd>, CString, PathBuf);
 
+/// `remove_tree` with up to `threads` threads (the calling one included):
+/// the same guarantees, the tree's subdirectories near its top removed
+/// concurrently. The threads it starts inherit the calling thread's CPU and
+/// I/O priority.
+pub fn remove_tree_with(path: &Path, threads: usize) -> Result<()> {
+    let (parent_path, name) = split_path(path)?;
+    let parent = match fs::open_dir(&parent_path) {
+        Ok(fd) => fd,
+        Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Some(root) = open_root(&parent, &name, path)? else {
+        return Ok(());
+    };
+    if threads > 1 {
+        remove_subtrees(&root, path, threads);
+    }
+    empty_and_remove(&parent, &name, path, root)
+}
+
 /// Remove the subtrees below `root` (the opened directory at `root_path`)
 /// with `threads` threads, the calling one among them. The root itself and
 /// the files at the levels split through stay, for the caller's walk.
-pub(super) fn remove_subtrees(root: &OwnedFd, root_path: &Path, threads: usize) {
+fn remove_subtrees(root: &OwnedFd, root_path: &Path, threads: usize) {
     let items = split(root, root_path, threads);
     if items.len() < 2 {
         // Nothing to share: the caller's walk does it all.
@@ -48,7 +70,7 @@ pub(super) fn remove_subtrees(root: &OwnedFd, root_path: &Path, threads: usize) 
         let Some((parent, name, path)) = items.get(i) else {
             break;
         };
-        if let Err(e) = remove_at(parent, name, path, 1) {
+        if let Err(e) = remove_at(parent, name, path) {
             debug!("parallel removal: {e} (left for the walk over the root)");
         }
     };

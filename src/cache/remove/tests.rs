@@ -1,5 +1,6 @@
 //! Unit tests of `cache/remove.rs`.
 
+use super::parallel::remove_tree_with;
 use super::trash::{move_to_trash, Trash};
 use super::*;
 use crate::cache::testutil::*;

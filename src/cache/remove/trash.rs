@@ -17,7 +17,8 @@ use crossbeam_channel::{unbounded, Sender};
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
-use super::{remove_tree_with, split};
+use super::parallel::remove_tree_with;
+use super::split;
 use crate::error::{Error, Result};
 use crate::sys::{fs, process};
 
