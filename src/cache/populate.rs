@@ -67,8 +67,14 @@ pub(crate) fn populate_masked(
     threads: usize,
     file_mask: u32,
 ) -> Result<Stats> {
-    let threads = threads.max(1);
     let src = fs::open_dir(golden)?;
+    // A tree with no subdirectory is one job: starting threads for it costs
+    // more than the copy (an inline volume of a few files, published often).
+    let threads = if threads > 1 && has_subdir(src.as_fd()) {
+        threads
+    } else {
+        1
+    };
     let dst = fs::open_dir(dest)?;
     let sst = fs::fstat(src.as_fd()).map_err(|e| Error::sys("fstat", golden, e))?;
     let job = Shared {
@@ -120,6 +126,25 @@ pub(crate) fn populate_masked(
         started.elapsed()
     );
     Ok(stats)
+}
+
+/// Whether the directory has a subdirectory (an error reads as yes: the walk
+/// reports it).
+fn has_subdir(dir: BorrowedFd<'_>) -> bool {
+    let Ok(mut d) = fs::read_dir(dir) else {
+        return true;
+    };
+    let found = d.iter().any(|e| match e {
+        Ok(e) => {
+            !matches!(e.file_name().to_bytes(), b"." | b"..")
+                && !matches!(
+                    e.file_type(),
+                    Some(t) if t != EntryType::Directory
+                )
+        }
+        Err(_) => true,
+    });
+    found
 }
 
 fn cross_fs(strategy: Strategy, golden: &Path, dest: &Path) -> Error {

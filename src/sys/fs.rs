@@ -409,6 +409,17 @@ pub fn chown_path(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()>
 /// The mount id of an open file (statx STX_MNT_ID): probes of the golden store against a pod's
 /// directory are cached per mount, since linkat works only within one vfsmount.
 pub fn mount_id(fd: BorrowedFd<'_>) -> nix::Result<u64> {
+    statx_mount_id(fd, nix::libc::STATX_MNT_ID, 0)
+}
+
+/// The mount id of an open file without asking its filesystem for anything
+/// (an empty statx mask, AT_STATX_DONT_SYNC: FUSE and network filesystems
+/// answer from their caches); None where the kernel does not report it.
+pub fn cached_mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    statx_mount_id(fd, 0, nix::libc::AT_STATX_DONT_SYNC).ok()
+}
+
+fn statx_mount_id(fd: BorrowedFd<'_>, mask: u32, flags: nix::libc::c_int) -> nix::Result<u64> {
     let mut buf = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
     let empty: &CStr = match CStr::from_bytes_with_nul(b"\0") {
         Ok(c) => c,
@@ -423,8 +434,8 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> nix::Result<u64> {
             nix::libc::SYS_statx,
             fd.as_raw_fd(),
             empty.as_ptr(),
-            nix::libc::AT_EMPTY_PATH | nix::libc::AT_SYMLINK_NOFOLLOW,
-            nix::libc::STATX_MNT_ID,
+            nix::libc::AT_EMPTY_PATH | nix::libc::AT_SYMLINK_NOFOLLOW | flags,
+            mask,
             buf.as_mut_ptr(),
         )
     };

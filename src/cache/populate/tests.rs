@@ -320,3 +320,20 @@ fn strategies_on_tmpfs() {
         check_same_tree(g.path(), d.path(), None);
     }
 }
+
+/// Threads are started only for a tree with a subdirectory; a flat tree
+/// (files, symlinks, even one to a directory) is copied on the calling thread.
+#[test]
+fn only_trees_with_subdirectories_get_threads() {
+    let t = TempDir::new("flat");
+    let has = |p: &Path| has_subdir(fs::open_dir(p).unwrap().as_fd());
+    assert!(!has(t.path()));
+    std::fs::write(t.path().join("one"), b"1").unwrap();
+    std::os::unix::fs::symlink("/etc", t.path().join("to-a-dir")).unwrap();
+    assert!(!has(t.path()));
+    let dest = TempDir::new("flat-dest");
+    let stats = populate(t.path(), dest.path(), Strategy::Copy, &Owner::default(), 4).unwrap();
+    assert_eq!((stats.files, stats.symlinks), (1, 1));
+    std::fs::create_dir(t.path().join("sub")).unwrap();
+    assert!(has(t.path()));
+}
