@@ -46,13 +46,10 @@ const MAX_RETRIES: u32 = 3;
 /// everything else is removed and the error lists what stayed. `path` itself being a
 /// mount point is refused before anything is touched.
 pub fn remove_tree(path: &Path) -> Result<()> {
-    let (parent_path, name) = split(path)?;
-    let parent = match fs::open_dir(&parent_path) {
-        Ok(fd) => fd,
-        Err(e) if e.errno() == Some(Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    remove_at(&parent, &name, path)
+    match open_parent(path)? {
+        Some((parent, name)) => remove_at(&parent, &name, path),
+        None => Ok(()),
+    }
 }
 
 /// Remove entry `name` of the opened directory `parent` (`path` names it in
@@ -142,17 +139,23 @@ fn empty_and_remove(parent: &OwnedFd, name: &CStr, path: &Path, root: OwnedFd) -
     })
 }
 
-fn split(path: &Path) -> Result<(PathBuf, CString)> {
+/// The directory `path` is in, opened, and its last component; None when
+/// that directory does not exist (nothing to remove or move).
+fn open_parent(path: &Path) -> Result<Option<(OwnedFd, CString)>> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::invalid("path", format!("{}: no final component", path.display())))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let name = CString::new(name.as_bytes())
         .map_err(|_| Error::invalid("path", format!("{}: NUL byte", path.display())))?;
-    Ok((parent, name))
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match fs::open_dir(parent) {
+        Ok(fd) => Ok(Some((fd, name))),
+        Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn is_dir(mode: u32) -> bool {

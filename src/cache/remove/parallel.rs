@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use log::debug;
 
-use super::{empty_and_remove, is_dir, open_root, open_subdir, remove_at, split as split_path};
+use super::{empty_and_remove, is_dir, open_parent, open_root, open_subdir, remove_at};
 use crate::error::Result;
 use crate::sys::btrfs;
 use crate::sys::fs::{self, EntryType};
@@ -40,11 +40,8 @@ type Item = (Arc<OwnedFd>, CString, PathBuf);
 /// concurrently. The threads it starts inherit the calling thread's CPU and
 /// I/O priority.
 pub fn remove_tree_with(path: &Path, threads: usize) -> Result<()> {
-    let (parent_path, name) = split_path(path)?;
-    let parent = match fs::open_dir(&parent_path) {
-        Ok(fd) => fd,
-        Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
+    let Some((parent, name)) = open_parent(path)? else {
+        return Ok(());
     };
     let Some(root) = open_root(&parent, &name, path)? else {
         return Ok(());

@@ -17,8 +17,8 @@ use crossbeam_channel::{unbounded, Sender};
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
+use super::open_parent;
 use super::parallel::remove_tree_with;
-use super::split;
 use crate::error::{Error, Result};
 use crate::sys::{fs, process};
 
@@ -33,11 +33,8 @@ pub const DELETE_THREADS: usize = 2;
 /// Returns the new path, or `None` if `path` did not exist. A trash on another
 /// filesystem fails with EXDEV: the trash must sit on the filesystem of the trees.
 pub fn move_to_trash(path: &Path, trash_dir: &Path) -> Result<Option<PathBuf>> {
-    let (parent_path, name) = split(path)?;
-    let parent = match fs::open_dir(&parent_path) {
-        Ok(fd) => fd,
-        Err(e) if e.errno() == Some(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some((parent, name)) = open_parent(path)? else {
+        return Ok(None);
     };
     let trash = fs::open_dir(trash_dir)?;
     let nanos = SystemTime::now()
